@@ -1,0 +1,175 @@
+"""Command line: ``longvu ask VIDEO QUESTION`` and ``longvu describe VIDEO``.
+
+The answer goes to stdout; progress and diagnostics go to stderr.  Errors caused by
+the input (a bad file, checkpoint or option) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+from .errors import LongVUError
+
+EXIT_USAGE = 2
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _float(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    from .model import DEFAULT_MODEL
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder or hub id (default {DEFAULT_MODEL})")
+    g.add_argument("--siglip", help="local folder of the SigLIP tower (default: <model>/vision_towers/siglip)")
+    g.add_argument("--dinov2", help="local folder of the DINOv2 tower (default: <model>/vision_towers/dinov2)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config field, e.g. --set dino_threshold=0.8 (repeatable)")  # fmt: skip
+    s = p.add_argument_group("sampling")
+    s.add_argument("--fps", type=_float, default=1.0, help="frames sampled per second (default 1)")
+    s.add_argument("--max-frames", type=_positive_int, help="keep at most this many sampled frames, evenly spaced")
+    s.add_argument("--start", type=_float, help="first second of the video to use")
+    s.add_argument("--end", type=_float, help="last second of the video to use")
+    d = p.add_argument_group("generation")
+    d.add_argument("--max-new-tokens", type=_positive_int, default=512)
+    d.add_argument(
+        "--greedy", action="store_true", help="greedy decoding (the checkpoint's repetition penalty still applies)"
+    )
+    d.add_argument("--temperature", type=_float, help="sampling temperature (0 means greedy)")
+    d.add_argument("--top-p", type=_float, help="nucleus sampling threshold")
+    o = p.add_argument_group("output")
+    o.add_argument("--trace", metavar="FILE.json", help="write the compression trace (longvu-parity-trace/1)")
+    o.add_argument("--trace-arrays", metavar="FILE.npz", help="write trace arrays (first-step logits, ...)")
+    o.add_argument("--stream", dest="stream", action="store_true", default=None, help="print tokens as they come")
+    o.add_argument("--no-stream", dest="stream", action="store_false", help="print the answer at the end")
+    o.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longvu", description="Answer questions about long videos with LongVU.")
+    parser.add_argument("--version", action="version", version=f"longvu {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ask = sub.add_parser("ask", help="answer a question about a video")
+    ask.add_argument("video")
+    ask.add_argument("question")
+    _add_common(ask)
+    desc = sub.add_parser("describe", help="describe a video in detail")
+    desc.add_argument("video")
+    _add_common(desc)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _log(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run_ask(args) -> int:
+    from .config import parse_set_options
+    from .pipeline import DESCRIBE_PROMPT, GenerationOptions, LongVU
+    from .video import Sampling, load_video
+
+    if args.temperature is not None and args.temperature < 0:
+        raise LongVUError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise LongVUError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.greedy and (args.temperature or args.top_p is not None):
+        raise LongVUError("--greedy cannot be combined with --temperature or --top-p")
+    overrides = parse_set_options(args.overrides)
+    sampling = Sampling(fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end)
+    question = DESCRIBE_PROMPT if args.command == "describe" else args.question
+    if not question.strip():
+        raise LongVUError("the question is empty")
+    # Check the video before the (slow) model load, so a bad path fails fast.
+    if not os.path.isfile(args.video):
+        from .errors import VideoError
+
+        raise VideoError(
+            f"{args.video}: no such file" if not os.path.exists(args.video) else f"{args.video}: not a file"
+        )
+    t0 = time.perf_counter()
+    _log(args, f"loading {args.model} ...")
+    lv = LongVU.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2, overrides=overrides
+    )
+    t1 = time.perf_counter()
+    _log(
+        args,
+        f"loaded in {t1 - t0:.1f}s on {lv.model.device} ({str(lv.model.dtype).removeprefix('torch.')}); decoding video ...",
+    )
+    clip = load_video(args.video, sampling)
+    _log(args, f"{len(clip)} frames sampled from {clip.num_frames_total} ({clip.avg_fps:.2f} fps, every {clip.step})")
+    gen = GenerationOptions(
+        max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature, top_p=args.top_p
+    )
+    stream = args.stream if args.stream is not None else sys.stdout.isatty()
+    it = lv.ask_stream(clip, question, generation=gen, arrays=bool(args.trace_arrays))
+    if stream:
+        for piece in it:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        for _ in it:
+            pass
+        print(it.answer.text)
+    sys.stdout.flush()
+    answer = it.answer
+    if args.trace:
+        answer.trace.save(args.trace)
+    if args.trace_arrays:
+        answer.trace.save_arrays(args.trace_arrays)
+    _log(args, answer.trace.summary())
+    _log(args, f"done in {time.perf_counter() - t1:.1f}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
+    try:
+        return run_ask(args)
+    except LongVUError as e:
+        print(f"longvu: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("longvu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # an internal error: one line, traceback on request
+        if os.environ.get("LONGVU_DEBUG"):
+            raise
+        print(f"longvu: internal error: {type(e).__name__}: {e} (set LONGVU_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

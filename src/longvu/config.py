@@ -1,0 +1,212 @@
+"""LongVU configuration: one dataclass, one default per knob, read from the checkpoint.
+
+The released checkpoints store the LongVU fields in ``config.json`` next to the
+language model's own fields (Qwen2 or Llama).  :class:`LongVUConfig` keeps the
+fields the pipeline needs; everything else in the file stays in ``llm_config``
+and is handed to the transformers decoder untouched.
+
+Defaults are those of the reference code (``longvu/cambrian_arch.py`` @1b0be5c)
+where the checkpoint does not say.  The ``fix_*`` switches each correct one
+behaviour of the reference that looks like a bug; they are off by default because
+the released weights were trained and evaluated with the bugs in place (see
+``docs`` in the README, "Reference quirks").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, ConfigError
+
+SUPPORTED_MODEL_TYPES = ("cambrian_qwen", "cambrian_llama")
+
+# The reference looks for these ids to find the end of the prompt when it works out
+# the token budget (cambrian_arch.py L665-670, L940-945).  They are the real models'
+# <|endoftext|> (Qwen2) and <|reserved_special_token_0|> (Llama-3) ids, hard-coded
+# there; we keep them as data so the budget matches the reference exactly.
+REFERENCE_BUDGET_PAD_IDS = {"cambrian_qwen": 151643, "cambrian_llama": 128002}
+
+
+@dataclass
+class LongVUConfig:
+    """Every knob of the LongVU inference pipeline.
+
+    Stage 1 (temporal reduction), stage 2 (selection) and stage 3 (spatial token
+    compression) read their thresholds and windows from here; the connector reads
+    its sizes.  Build it with :meth:`from_checkpoint` and change fields with
+    :meth:`with_overrides`.
+    """
+
+    model_type: str = "cambrian_qwen"
+    hidden_size: int = 3584
+    # --- connector (SVA) ---
+    vision_hidden_size: int = 1024
+    image_token_len: int = 144  # high-res tokens per frame: a 12x12 query grid
+    query_num_list: list[int] = field(default_factory=lambda: [144])
+    lowres_token: int = 8  # side of the low-res grid: 8x8
+    connector_depth: int = 3
+    aux_token_len: int = 576  # each tower's features are resampled to 24x24
+    sva_num_heads: int = 16  # hard-coded in the reference's VisionCrossAttentionLayer
+    highres: bool = True
+    frame_pos: bool = False
+    # --- vision towers ---
+    vision_tower_names: list[str] = field(
+        default_factory=lambda: ["siglip/CLIP-ViT-SO400M-14-384", "facebook/dinov2-giant-res378"]
+    )
+    dino_image_size: int = 378  # the reference overrides DINOv2's processor to 378 px
+    encode_chunk: int = 64  # frames per tower forward pass
+    # --- stage 1: DINOv2 temporal reduction ---
+    dino_threshold: float = 0.83
+    dino_window: int = 16
+    max_frames_cap: int = 400  # cap after temporal reduction ("in case of OOM")
+    # --- stage 3: spatial token compression ---
+    drop_threshold: float = 0.7  # the reference's getattr default; checkpoints set 0.8
+    stc_window: int = 8
+    # --- token budget ---
+    tokenizer_model_max_length: int = 8192
+    inference_max_length: int = 16
+    budget_pad_token_id: int | None = None  # None: the reference's hard-coded id
+    # --- fixes of reference behaviour, all off by default ---
+    fix_unpad_orientation: bool = False
+    fix_frame_pos: bool = False
+    fix_dino_middle_frame: bool = False
+    # --- transformers' own config for the decoder ---
+    llm_config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(f"unknown model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        if self.budget_pad_token_id is None:
+            self.budget_pad_token_id = REFERENCE_BUDGET_PAD_IDS[self.model_type]
+        side = int(round(self.image_token_len**0.5))
+        if side * side != self.image_token_len:
+            raise ConfigError(f"image_token_len must be a square, got {self.image_token_len}")
+        if len(self.query_num_list) != 1:
+            raise ConfigError(f"only one query group is supported, got query_num_list={self.query_num_list}")
+        if self.dino_window <= 0 or self.stc_window <= 0 or self.max_frames_cap <= 0:
+            raise ConfigError("dino_window, stc_window and max_frames_cap must be positive")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def high_side(self) -> int:
+        """Side of the high-res grid (12 for 144 tokens)."""
+        return int(round(self.image_token_len**0.5))
+
+    @property
+    def aux_side(self) -> int:
+        """Side of each tower's resampled feature map (24 for 576 tokens)."""
+        return int(round(self.aux_token_len**0.5))
+
+    @property
+    def is_llama(self) -> bool:
+        return self.model_type == "cambrian_llama"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LongVUConfig:
+        """Build from a checkpoint's ``config.json`` content."""
+        if "model_type" not in raw:
+            raise CheckpointError("config.json has no model_type")
+        kw: dict[str, Any] = {"llm_config": dict(raw), "model_type": raw["model_type"]}
+        direct = [
+            "hidden_size", "vision_hidden_size", "image_token_len", "query_num_list", "lowres_token",
+            "connector_depth", "highres", "frame_pos", "dino_threshold", "drop_threshold",
+            "tokenizer_model_max_length", "inference_max_length",
+        ]  # fmt: skip
+        for name in direct:
+            if raw.get(name) is not None:
+                kw[name] = raw[name]
+        if raw.get("mm_vision_tower_aux_list"):
+            kw["vision_tower_names"] = list(raw["mm_vision_tower_aux_list"])
+        token_lens = raw.get("mm_vision_tower_aux_token_len_list")
+        if token_lens:
+            if len(set(token_lens)) != 1:
+                raise ConfigError(f"towers with different token lengths are not supported: {token_lens}")
+            kw["aux_token_len"] = token_lens[0]
+        if raw.get("mm_projector_type", "sva") != "sva":
+            raise CheckpointError(f"mm_projector_type {raw.get('mm_projector_type')!r} is not supported (only 'sva')")
+        if raw.get("num_query_group", 1) != 1:
+            raise CheckpointError(f"num_query_group {raw.get('num_query_group')} is not supported (only 1)")
+        return cls(**kw)
+
+    @classmethod
+    def from_checkpoint(cls, folder: str | Path) -> LongVUConfig:
+        path = Path(folder) / "config.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{folder}: no config.json (is this a LongVU checkpoint folder?)") from None
+        except ValueError as e:
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(raw)
+
+    # ---------------------------------------------------------------- overrides
+    @classmethod
+    def settable_fields(cls) -> dict[str, Any]:
+        """Fields that ``--set KEY=VALUE`` may change, with their types."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.name in ("llm_config", "model_type", "hidden_size", "vision_tower_names", "query_num_list"):
+                continue
+            out[f.name] = f.type
+        return out
+
+    def with_overrides(self, overrides: dict[str, Any]) -> LongVUConfig:
+        """A copy with ``overrides`` applied; values may be strings (from the CLI)."""
+        allowed = self.settable_fields()
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key not in allowed:
+                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(allowed))}")
+            changes[key] = _coerce(key, value, getattr(self, key), allowed[key])
+        new = dataclasses.replace(self, **changes)
+        new.llm_config = dict(self.llm_config)
+        return new
+
+
+def _coerce(key: str, value: Any, current: Any, annotation: str) -> Any:
+    """Convert ``value`` to the type of field ``key`` or raise a ConfigError."""
+    ann = str(annotation)
+    if ann.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} expects true/false, got {value!r}")
+    if ann.startswith("int"):
+        if ann == "int | None" and (value is None or str(value).lower() in ("none", "null")):
+            return None
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{key} expects an integer, got {value!r}") from None
+    if ann.startswith("float"):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} expects a number, got {value!r}") from None
+    return value
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, str]:
+    """Parse ``["KEY=VALUE", ...]`` from the CLI; the values stay strings."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

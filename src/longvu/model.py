@@ -1,0 +1,272 @@
+"""Loading a LongVU checkpoint: tokenizer, decoder LLM, SVA connector, vision towers.
+
+The released checkpoints (``cambrian_qwen``, ``cambrian_llama``) hold the decoder
+and the connector in one set of sharded safetensors; the vision towers are loaded
+separately.  We build the decoder with transformers' own Qwen2 / Llama classes and
+match every tensor by name: a tensor the model expects but the files lack, or one
+nobody claims, is an error that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import LongVUConfig
+from .connector import SVAConnector
+from .encoders import VisionTower, load_tower, quiet_transformers, resolve_tower_folder
+from .errors import CheckpointError
+
+DEFAULT_MODEL = "Vision-CAIR/LongVU_Qwen2_7B"
+CONNECTOR_PREFIXES = ("model.mm_projector", "model.vision_sampler", "model.vision_query", "model.image_newline")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise CheckpointError(f"unknown device {device!r} (use auto, cpu, cuda or mps)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for, but no CUDA GPU is available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CheckpointError("--device mps was asked for, but MPS is not available")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise CheckpointError(f"unknown dtype {dtype!r} (use auto, float32, float16 or bfloat16)")
+    return table[dtype]
+
+
+def offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local checkpoint folder, or a hub id downloaded (or found in the hub cache)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: a checkpoint must be a folder")
+        return path
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"{name}: no such checkpoint folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                name,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"],
+                local_files_only=offline_mode(),
+            )
+        )
+    except Exception as e:  # any hub failure becomes one actionable line
+        raise CheckpointError(
+            f"could not get checkpoint {name!r} from the Hugging Face hub ({type(e).__name__}); "
+            "pass --model PATH to a local checkpoint folder"
+        ) from None
+
+
+def weight_index(folder: Path) -> dict[str, str]:
+    """Tensor name -> shard file, from ``model.safetensors.index.json`` or a single file."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{index}: unreadable index ({e})") from None
+        missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
+        if missing:
+            raise CheckpointError(f"{folder}: missing weight shard(s) {', '.join(missing)}")
+        return dict(weight_map)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(single), "pt") as f:
+            return {k: single.name for k in f.keys()}
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def load_tokenizer(folder: Path):
+    import transformers
+
+    cfg_path = folder / "tokenizer_config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder}: no tokenizer_config.json")
+    cls_name = json.loads(cfg_path.read_text()).get("tokenizer_class") or "PreTrainedTokenizerFast"
+    cls = getattr(transformers, cls_name, None) or getattr(transformers, cls_name.removesuffix("Fast"), None)
+    if cls is None:
+        cls = transformers.PreTrainedTokenizerFast
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # tokenizers raise many types for bad files
+        raise CheckpointError(f"{folder}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+def build_llm_config(cfg: LongVUConfig):
+    from transformers import LlamaConfig, Qwen2Config
+
+    raw = {k: v for k, v in cfg.llm_config.items() if k not in ("model_type", "architectures", "_name_or_path")}
+    if cfg.model_type == "cambrian_qwen":
+        raw["rope_scaling"] = None  # the reference's CambrianQwenForCausalLM drops it
+        return Qwen2Config(**raw)
+    return LlamaConfig(**raw)
+
+
+@dataclass
+class LongVUModel:
+    """Everything loaded from a checkpoint."""
+
+    cfg: LongVUConfig
+    tokenizer: object
+    llm: torch.nn.Module
+    connector: SVAConnector
+    siglip: VisionTower
+    dinov2: VisionTower
+    generation_config: object
+    device: torch.device
+    dtype: torch.dtype
+    folder: Path
+
+    @property
+    def template(self) -> str:
+        return "llama3" if self.cfg.is_llama else "qwen"
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        """``[n]`` token ids -> ``[n, H]`` input embeddings."""
+        emb = self.llm.get_input_embeddings()
+        return emb(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+
+def load_model(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    siglip: str | None = None,
+    dinov2: str | None = None,
+    overrides: dict | None = None,
+) -> LongVUModel:
+    """Load a LongVU checkpoint from a folder or hub id (see :func:`resolve_checkpoint`)."""
+    quiet_transformers()
+    folder = resolve_checkpoint(model)
+    cfg = LongVUConfig.from_checkpoint(folder)
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    weights = weight_index(folder)
+    tokenizer = load_tokenizer(folder)
+
+    offline = offline_mode()
+    towers = {}
+    for name in cfg.vision_tower_names:
+        from .encoders import tower_kind
+
+        kind = tower_kind(name)
+        explicit = siglip if kind == "siglip" else dinov2
+        tf = resolve_tower_folder(name, folder, explicit, offline=offline)
+        towers[kind] = load_tower(name, tf, dtype=dt, device=dev, dino_image_size=cfg.dino_image_size)
+    if set(towers) != {"siglip", "dinov2"}:
+        raise CheckpointError(f"expected a SigLIP and a DINOv2 tower, config lists {cfg.vision_tower_names}")
+
+    llm = _load_llm(cfg, folder, weights, dt)
+    n_tok = len(tokenizer)
+    if llm.get_input_embeddings().weight.shape[0] != n_tok:
+        # The reference builder resizes to len(tokenizer) at load (shrinking a padded vocab).
+        llm.resize_token_embeddings(n_tok, mean_resizing=False)
+    llm.to(dev).eval()
+
+    widths = [towers["siglip"].hidden_size, towers["dinov2"].hidden_size]
+    connector = SVAConnector(cfg, widths)
+    _load_connector(connector, folder, weights, dt)
+    connector.to(dev).eval()
+
+    from transformers import GenerationConfig
+
+    if (folder / "generation_config.json").is_file():
+        gen = GenerationConfig.from_pretrained(str(folder), local_files_only=True)
+    else:
+        gen = GenerationConfig(eos_token_id=tokenizer.eos_token_id)
+    return LongVUModel(cfg, tokenizer, llm, connector, towers["siglip"], towers["dinov2"], gen, dev, dt, folder)
+
+
+def _load_llm(cfg: LongVUConfig, folder: Path, weights: dict[str, str], dtype: torch.dtype):
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+
+    cls = Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else LlamaForCausalLM
+    llm_cfg = build_llm_config(cfg)
+    try:
+        llm, info = cls.from_pretrained(
+            str(folder), config=llm_cfg, dtype=dtype, local_files_only=True, output_loading_info=True,
+            attn_implementation="sdpa",
+        )  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{folder}: cannot load the language model ({e})") from None
+    missing = sorted(info.get("missing_keys", []))
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if not k.startswith(CONNECTOR_PREFIXES))
+    mismatched = info.get("mismatched_keys", [])
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing tensor(s) {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected tensor(s) {unexpected[:5]}")
+        if mismatched:
+            parts.append(
+                f"tensor(s) of the wrong shape {[m[0] if isinstance(m, tuple) else m for m in mismatched][:5]}"
+            )
+        raise CheckpointError(f"{folder}: {'; '.join(parts)}")
+    return llm
+
+
+def _load_connector(connector: SVAConnector, folder: Path, weights: dict[str, str], dtype: torch.dtype) -> None:
+    from safetensors import safe_open
+
+    expected = {f"model.{k}" for k in connector.state_dict()}
+    present = {k for k in weights if k.startswith(CONNECTOR_PREFIXES)}
+    missing = sorted(expected - present)
+    unexpected = sorted(present - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing connector tensor(s) {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected connector tensor(s) {unexpected[:5]}")
+        raise CheckpointError(f"{folder}: {'; '.join(parts)}")
+    by_file: dict[str, list[str]] = {}
+    for k in sorted(expected):
+        by_file.setdefault(weights[k], []).append(k)
+    state = {}
+    for fname, keys in by_file.items():
+        with safe_open(str(folder / fname), "pt") as f:
+            for k in keys:
+                state[k.removeprefix("model.")] = f.get_tensor(k).to(dtype)
+    own = connector.state_dict()
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(
+            f"{folder}: connector tensor model.{k} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
+        )
+    connector.to(dtype)
+    connector.load_state_dict(state, strict=True)
