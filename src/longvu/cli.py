@@ -93,7 +93,7 @@ def _log(args, msg: str) -> None:
 def run_ask(args) -> int:
     from .config import parse_set_options
     from .pipeline import DESCRIBE_PROMPT, GenerationOptions, LongVU
-    from .video import Sampling, load_video
+    from .video import Sampling, load_video, probe_video
 
     if args.temperature is not None and args.temperature < 0:
         raise LongVUError(f"--temperature must be >= 0, got {args.temperature}")
@@ -106,13 +106,7 @@ def run_ask(args) -> int:
     question = DESCRIBE_PROMPT if args.command == "describe" else args.question
     if not question.strip():
         raise LongVUError("the question is empty")
-    # Check the video before the (slow) model load, so a bad path fails fast.
-    if not os.path.isfile(args.video):
-        from .errors import VideoError
-
-        raise VideoError(
-            f"{args.video}: no such file" if not os.path.exists(args.video) else f"{args.video}: not a file"
-        )
+    probe_video(args.video)  # fail fast, before the (slow) model load
     t0 = time.perf_counter()
     _log(args, f"loading {args.model} ...")
     lv = LongVU.from_pretrained(

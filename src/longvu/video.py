@@ -102,6 +102,11 @@ def _open(path: str):
     return container
 
 
+def probe_video(path: str | os.PathLike) -> None:
+    """Fail fast (a :class:`VideoError`) if ``path`` is not a readable file with a video stream."""
+    _open(str(path)).close()
+
+
 def _ffmpeg_reason(e: Exception) -> str:
     msg = getattr(e, "strerror", None) or str(e)
     return str(msg).strip().rstrip(".")
