@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -295,8 +296,6 @@ class LongVU:
         streamer: _StreamCollector | None = None,
     ) -> tuple[list[int], torch.Tensor | None, str]:
         """Generate from ``[1, L, H]`` embeddings; returns (new ids, first-step logits, stop reason)."""
-        from transformers import StoppingCriteriaList
-
         m = self.model
         gen = m.generation_config
         kw: dict[str, Any] = {"max_new_tokens": opts.max_new_tokens, "use_cache": True}
@@ -311,22 +310,32 @@ class LongVU:
             if opts.top_p is not None:
                 kw["top_p"] = opts.top_p
         stop_ids = m.tokenizer(stop_str, add_special_tokens=False).input_ids
-        out = m.llm.generate(
-            inputs_embeds=embeds,
-            generation_config=gen,
-            stopping_criteria=StoppingCriteriaList([_StopOnSequence(stop_ids)]),
-            streamer=streamer,
-            return_dict_in_generate=True,
-            output_logits=True,
-            pad_token_id=gen.pad_token_id if gen.pad_token_id is not None else _first(gen.eos_token_id),
-            **kw,
-        )
+        with warnings.catch_warnings():
+            # Generating from embeddings, the repetition penalty sees only new tokens: that is
+            # exactly the reference's behaviour, so transformers' warning about it is noise.
+            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
+            out = _generate(m, embeds, gen, stop_ids, streamer, kw)
         ids = out.sequences[0].tolist()
         logits0 = out.logits[0][0].float().cpu() if out.logits else None
         eos = gen.eos_token_id
         eos_set = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         stopped = ids and (ids[-1] in eos_set or (stop_ids and ids[-len(stop_ids) :] == stop_ids))
         return ids, logits0, "eos_or_stop_str" if stopped else "max_new_tokens"
+
+
+def _generate(m: LongVUModel, embeds, gen, stop_ids, streamer, kw):
+    from transformers import StoppingCriteriaList
+
+    return m.llm.generate(
+        inputs_embeds=embeds,
+        generation_config=gen,
+        stopping_criteria=StoppingCriteriaList([_StopOnSequence(stop_ids)]),
+        streamer=streamer,
+        return_dict_in_generate=True,
+        output_logits=True,
+        pad_token_id=gen.pad_token_id if gen.pad_token_id is not None else _first(gen.eos_token_id),
+        **kw,
+    )
 
 
 def _first(x):
