@@ -71,3 +71,17 @@ def qwen_model():
     from longvu import LongVU
 
     return LongVU.from_pretrained(QWEN, device="cpu", dtype="float32")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Never write to the user's cache from tests."""
+    import os
+
+    old = os.environ.get("LONGVU_CACHE_DIR")
+    os.environ["LONGVU_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LONGVU_CACHE_DIR", None)
+    else:
+        os.environ["LONGVU_CACHE_DIR"] = old

@@ -63,6 +63,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--stream", dest="stream", action="store_true", default=None, help="print tokens as they come")
     o.add_argument("--no-stream", dest="stream", action="store_false", help="print the answer at the end")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
+    c = p.add_argument_group("feature cache")
+    c.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    c.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     desc = sub.add_parser("describe", help="describe a video in detail")
     desc.add_argument("video")
     _add_common(desc)
+    chat = sub.add_parser("chat", help="an interactive conversation about a video (questions on stdin)")
+    chat.add_argument("video")
+    _add_common(chat)
+    cache = sub.add_parser("cache", help="inspect or empty the feature cache")
+    cache.add_argument("action", choices=["info", "clear"])
+    cache.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
     return parser
 
 
@@ -90,57 +99,124 @@ def _log(args, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def run_ask(args) -> int:
-    from .config import parse_set_options
-    from .pipeline import DESCRIBE_PROMPT, GenerationOptions, LongVU
-    from .video import Sampling, load_video, probe_video
-
+def _check_generation_args(args) -> None:
     if args.temperature is not None and args.temperature < 0:
         raise LongVUError(f"--temperature must be >= 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise LongVUError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.greedy and (args.temperature or args.top_p is not None):
         raise LongVUError("--greedy cannot be combined with --temperature or --top-p")
+
+
+def _load(args):
+    """Check the arguments and the video, then load the model: returns (LongVU, Sampling, options)."""
+    from .cache import FeatureCache
+    from .config import parse_set_options
+    from .pipeline import GenerationOptions, LongVU
+    from .video import Sampling, probe_video
+
+    _check_generation_args(args)
     overrides = parse_set_options(args.overrides)
     sampling = Sampling(fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end)
-    question = DESCRIBE_PROMPT if args.command == "describe" else args.question
-    if not question.strip():
-        raise LongVUError("the question is empty")
     probe_video(args.video)  # fail fast, before the (slow) model load
     t0 = time.perf_counter()
     _log(args, f"loading {args.model} ...")
     lv = LongVU.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2, overrides=overrides
-    )
-    t1 = time.perf_counter()
-    _log(
-        args,
-        f"loaded in {t1 - t0:.1f}s on {lv.model.device} ({str(lv.model.dtype).removeprefix('torch.')}); decoding video ...",
-    )
-    clip = load_video(args.video, sampling)
-    _log(args, f"{len(clip)} frames sampled from {clip.num_frames_total} ({clip.avg_fps:.2f} fps, every {clip.step})")
+        args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
+        overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir),
+        progress=not args.quiet and sys.stderr.isatty(),
+    )  # fmt: skip
+    dtype = str(lv.model.dtype).removeprefix("torch.")
+    _log(args, f"loaded in {time.perf_counter() - t0:.1f}s on {lv.model.device} ({dtype})")
     gen = GenerationOptions(
         max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature, top_p=args.top_p
     )
-    stream = args.stream if args.stream is not None else sys.stdout.isatty()
-    it = lv.ask_stream(clip, question, generation=gen, arrays=bool(args.trace_arrays))
-    if stream:
-        for piece in it:
+    return lv, sampling, gen
+
+
+def _encode(args, lv, sampling):
+    t0 = time.perf_counter()
+    feats = lv.features(args.video, sampling, arrays=bool(getattr(args, "trace_arrays", None)))
+    if lv.cache is not None:
+        for note in lv.cache.notes:
+            _log(args, f"longvu: {note}")
+    how = "from the feature cache" if "cache_hit" in feats.timings else "encoded"
+    _log(args, f"{len(feats)} frames sampled from {feats.num_frames_total} ({feats.avg_fps:.2f} fps, every "
+               f"{feats.step}); {how} in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+    return feats
+
+
+def _print_stream(stream, enabled: bool) -> None:
+    if enabled:
+        for piece in stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
     else:
-        for _ in it:
+        for _ in stream:
             pass
-        print(it.answer.text)
+        print(stream.answer.text)
     sys.stdout.flush()
-    answer = it.answer
+
+
+def run_ask(args) -> int:
+    from .pipeline import DESCRIBE_PROMPT
+
+    question = DESCRIBE_PROMPT if args.command == "describe" else args.question
+    if not question.strip():
+        raise LongVUError("the question is empty")
+    lv, sampling, gen = _load(args)
+    feats = _encode(args, lv, sampling)
+    t1 = time.perf_counter()
+    stream = lv.ask_stream(feats, question, generation=gen, arrays=bool(args.trace_arrays))
+    _print_stream(stream, args.stream if args.stream is not None else sys.stdout.isatty())
+    answer = stream.answer
     if args.trace:
         answer.trace.save(args.trace)
     if args.trace_arrays:
         answer.trace.save_arrays(args.trace_arrays)
     _log(args, answer.trace.summary())
-    _log(args, f"done in {time.perf_counter() - t1:.1f}s")
+    _log(args, f"answered in {time.perf_counter() - t1:.1f}s")
+    return 0
+
+
+def run_chat(args) -> int:
+    if args.trace or args.trace_arrays:
+        raise LongVUError("--trace and --trace-arrays are for `longvu ask`; chat turns are not traced")
+    lv, sampling, gen = _load(args)
+    feats = _encode(args, lv, sampling)
+    session = lv.chat(feats)
+    interactive = sys.stdin.isatty()
+    stream_out = args.stream if args.stream is not None else sys.stdout.isatty()
+    if interactive:
+        _log(args, "ask questions about the video; an empty line or Ctrl-D ends the chat, /reset forgets the history")
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            break
+        question = line.strip()
+        if question == "/reset":
+            session.reset()
+            _log(args, "(history cleared)")
+            continue
+        _print_stream(session.ask_stream(question, gen), stream_out)
+    return 0
+
+
+def run_cache(args) -> int:
+    from .cache import FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    if args.action == "info":
+        info = cache.info()
+        print(f"folder:  {info['root']}")
+        print(f"entries: {info['entries']} ({info['videos']} videos)")
+        print(f"size:    {info['bytes'] / 1024**2:.1f} MiB of {info['max_bytes'] / 1024**3:.1f} GiB")
+    else:
+        print(f"removed {cache.clear()} entries from {cache.root}")
     return 0
 
 
@@ -149,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
     try:
+        if args.command == "cache":
+            return run_cache(args)
+        if args.command == "chat":
+            return run_chat(args)
         return run_ask(args)
     except LongVUError as e:
         print(f"longvu: error: {e}", file=sys.stderr)

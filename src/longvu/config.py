@@ -58,7 +58,7 @@ class LongVUConfig:
         default_factory=lambda: ["siglip/CLIP-ViT-SO400M-14-384", "facebook/dinov2-giant-res378"]
     )
     dino_image_size: int = 378  # the reference overrides DINOv2's processor to 378 px
-    encode_chunk: int = 64  # frames per tower forward pass
+    encode_chunk: int = 16  # frames per tower forward pass (the reference uses 64; numerically irrelevant)
     # --- stage 1: DINOv2 temporal reduction ---
     dino_threshold: float = 0.83
     dino_window: int = 16

@@ -9,6 +9,8 @@ nobody claims, is an error that names it.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -146,6 +148,18 @@ class LongVUModel:
     device: torch.device
     dtype: torch.dtype
     folder: Path
+    weight_files: list[Path] = dataclasses.field(default_factory=list)
+    _fingerprint: str | None = dataclasses.field(default=None, repr=False)
+
+    def fingerprint(self) -> str:
+        """Identity of the vision-side weights (towers and connector) and of the config."""
+        if self._fingerprint is None:
+            from .cache import weights_fingerprint
+
+            h = hashlib.sha256(weights_fingerprint(self.weight_files).encode())
+            h.update(json.dumps(self.cfg.llm_config, sort_keys=True, default=str).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     @property
     def template(self) -> str:
@@ -207,7 +221,12 @@ def load_model(
         gen = GenerationConfig.from_pretrained(str(folder), local_files_only=True)
     else:
         gen = GenerationConfig(eos_token_id=tokenizer.eos_token_id)
-    return LongVUModel(cfg, tokenizer, llm, connector, towers["siglip"], towers["dinov2"], gen, dev, dt, folder)
+    files = sorted({folder / weights[k] for k in weights if k.startswith(CONNECTOR_PREFIXES)})
+    for tower in towers.values():
+        files += sorted(Path(tower.folder).glob("*.safetensors"))
+    return LongVUModel(
+        cfg, tokenizer, llm, connector, towers["siglip"], towers["dinov2"], gen, dev, dt, folder, weight_files=files
+    )
 
 
 def _load_llm(cfg: LongVUConfig, folder: Path, weights: dict[str, str], dtype: torch.dtype):

@@ -10,24 +10,27 @@ harness) wrap.  Every stage's decision is recorded in a :class:`Trace`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from .compress import compute_budget, reduce_frames, select_high_res, spatial_token_compression, use_mixed_resolution
+from .cache import FeatureCache
+from .compress import compute_budget, select_frames, select_high_res, spatial_token_compression, use_mixed_resolution
 from .config import LongVUConfig
+from .encode import VisualFeatures, encode_video
 from .model import DEFAULT_MODEL, LongVUModel, load_model
-from .preprocess import preprocess_frames
 from .prompt import IMAGE_TOKEN_INDEX, Conversation, tokenize_with_image
 from .trace import Trace
-from .video import Sampling, VideoClip, load_video
+from .video import Sampling, VideoClip, probe_video
 
 DESCRIBE_PROMPT = "Describe this video in detail."
 
@@ -100,6 +103,16 @@ class _StopOnSequence:
         return done
 
 
+class _StopOnEvent:
+    """Stop generating as soon as ``event`` is set (a client went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class LongVU:
     """Answer questions about videos with a LongVU checkpoint.
 
@@ -107,8 +120,10 @@ class LongVU:
     >>> lv.ask("video.mp4", "What happens?").text  # doctest: +SKIP
     """
 
-    def __init__(self, model: LongVUModel) -> None:
+    def __init__(self, model: LongVUModel, cache: FeatureCache | None = None, progress: bool = False) -> None:
         self.model = model
+        self.cache = cache
+        self.progress = progress
 
     @classmethod
     def from_pretrained(
@@ -120,9 +135,27 @@ class LongVU:
         siglip: str | None = None,
         dinov2: str | None = None,
         overrides: dict[str, Any] | None = None,
+        cache: bool | str | os.PathLike | FeatureCache = True,
+        progress: bool = False,
     ) -> LongVU:
-        """Load a checkpoint folder or hub id; ``overrides`` change config fields (like ``--set``)."""
-        return cls(load_model(model, device=device, dtype=dtype, siglip=siglip, dinov2=dinov2, overrides=overrides))
+        """Load a checkpoint folder or hub id.
+
+        Args:
+            overrides: config fields to change, like ``--set``.
+            cache: ``True`` for the default feature cache (``$LONGVU_CACHE_DIR`` or
+                ``~/.cache/longvu``), a folder, a :class:`FeatureCache`, or ``False``.
+            progress: show a progress bar on stderr while encoding videos.
+        """
+        m = load_model(model, device=device, dtype=dtype, siglip=siglip, dinov2=dinov2, overrides=overrides)
+        if cache is True:
+            fc = FeatureCache()
+        elif cache is False or cache is None:
+            fc = None
+        elif isinstance(cache, FeatureCache):
+            fc = cache
+        else:
+            fc = FeatureCache(cache)
+        return cls(m, fc, progress)
 
     @property
     def config(self) -> LongVUConfig:
@@ -131,7 +164,7 @@ class LongVU:
     # ------------------------------------------------------------------ public
     def ask(
         self,
-        video: str | os.PathLike | VideoClip,
+        video: str | os.PathLike | VideoClip | VisualFeatures,
         question: str,
         *,
         sampling: Sampling | None = None,
@@ -144,12 +177,12 @@ class LongVU:
             pass
         return stream.answer
 
-    def describe(self, video: str | os.PathLike | VideoClip, **kw) -> Answer:
+    def describe(self, video: str | os.PathLike | VideoClip | VisualFeatures, **kw) -> Answer:
         return self.ask(video, DESCRIBE_PROMPT, **kw)
 
     def ask_stream(
         self,
-        video: str | os.PathLike | VideoClip,
+        video: str | os.PathLike | VideoClip | VisualFeatures,
         question: str,
         *,
         sampling: Sampling | None = None,
@@ -158,12 +191,72 @@ class LongVU:
     ) -> AnswerStream:
         """Like :meth:`ask` but iterate to get text pieces as they are generated.
 
-        The full :class:`Answer` is on ``.answer`` once iteration ends.
+        The video is encoded (or read from the cache) when this is called; the full
+        :class:`Answer` is on ``.answer`` once iteration ends.
         """
-        clip = video if isinstance(video, VideoClip) else load_video(video, sampling)
+        feats = video if isinstance(video, VisualFeatures) else self.features(video, sampling, arrays=arrays)
         conv = Conversation(self.model.template)
         conv.add_user(question)
-        return AnswerStream(self, clip, conv, generation or GenerationOptions(), arrays)
+        return AnswerStream(self, feats, conv, generation or GenerationOptions(), arrays)
+
+    def chat(
+        self, video: str | os.PathLike | VideoClip | VisualFeatures, *, sampling: Sampling | None = None
+    ) -> ChatSession:
+        """A multi-turn conversation about one video; the video is encoded once."""
+        feats = video if isinstance(video, VisualFeatures) else self.features(video, sampling)
+        return ChatSession(self, feats)
+
+    def features(
+        self, video: str | os.PathLike | VideoClip, sampling: Sampling | None = None, *, arrays: bool = False
+    ) -> VisualFeatures:
+        """The question-independent encoding of ``video``, from the cache when possible."""
+        sampling = sampling or Sampling()
+        use_cache = self.cache is not None and not arrays and not isinstance(video, VideoClip)
+        key = None
+        if use_cache:
+            t0 = time.perf_counter()
+            probe_video(video)
+            key = self.cache_key(video, sampling)
+            hit = self.cache.get(key)
+            if hit is not None:
+                hit.timings = {"cache_hit": 1.0, "cache_read": time.perf_counter() - t0}
+                return hit
+        feats = encode_video(
+            self.model, video, sampling, keep_all_below=self.keep_all_below(), arrays=arrays, progress=self.progress
+        )
+        if use_cache:
+            self.cache.put(key, feats, video=os.path.realpath(video))
+        return feats
+
+    def keep_all_below(self) -> int:
+        """An upper bound of ``max_frames_dino`` over all prompts (text length 0)."""
+        cfg = self.model.cfg
+        per_frame = cfg.lowres_token**2 if cfg.highres else cfg.image_token_len
+        return max(1, (cfg.tokenizer_model_max_length - cfg.inference_max_length) // per_frame)
+
+    def cache_key(self, video: str | os.PathLike, sampling: Sampling) -> str:
+        cfg, m = self.model.cfg, self.model
+        return FeatureCache.make_key(
+            video=self.cache.video_digest(video),
+            sampling=dataclasses.asdict(sampling),
+            stage1={
+                k: getattr(cfg, k) for k in ("dino_threshold", "dino_window", "max_frames_cap", "fix_dino_middle_frame")
+            },  # fmt: skip
+            connector={
+                k: getattr(cfg, k)
+                for k in (
+                    "fix_unpad_orientation",
+                    "dino_image_size",
+                    "aux_token_len",
+                    "image_token_len",
+                    "vision_hidden_size",
+                )
+            },  # fmt: skip
+            keep_all_below=self.keep_all_below(),
+            weights=m.fingerprint(),
+            dtype=str(m.dtype),
+            device=m.device.type,
+        )
 
     # ---------------------------------------------------------------- internals
     def prompt_ids(self, conv: Conversation) -> list[int]:
@@ -172,13 +265,17 @@ class LongVU:
         return tokenize_with_image(text, m.tokenizer, drop_first=m.cfg.is_llama)
 
     @torch.inference_mode()
-    def build_inputs(self, clip: VideoClip, ids: list[int], trace: Trace, keep_arrays: bool) -> torch.Tensor:
-        """Run the vision side and the three compression stages; returns ``[1, L, H]`` embeddings."""
+    def compose(self, feats: VisualFeatures, ids: list[int], trace: Trace, keep_arrays: bool) -> torch.Tensor:
+        """The question-dependent stages: budgets, stage 1 decisions, grids, stage 2, stage 3, splice.
+
+        Returns:
+            ``[1, L, H]`` input embeddings for the LLM.
+        """
         m, cfg = self.model, self.model.cfg
         arr = trace.arrays if keep_arrays else None
         if ids.count(IMAGE_TOKEN_INDEX) != 1:
             raise ValueError(
-                f"the prompt must contain exactly one video placeholder, found {ids.count(IMAGE_TOKEN_INDEX)}"
+                f"the prompt must hold exactly one video placeholder, found {ids.count(IMAGE_TOKEN_INDEX)}"
             )
         budget = compute_budget(
             ids,
@@ -189,20 +286,14 @@ class LongVU:
             highres=cfg.highres,
             pad_id=cfg.budget_pad_token_id,
         )
-        trace.record_video(clip)
+        trace.record_video(feats)
         trace.record_prompt(ids, budget, cfg)
-        hw = clip.frame_hw
+        hw = feats.frame_hw
 
-        # Stage 1: DINOv2 features of every sampled frame, then temporal reduction.
-        dino_px = preprocess_frames(clip.frames, m.dinov2.spec)
-        dino = m.dinov2.encode(dino_px, cfg.encode_chunk, cfg.aux_side)
-        if arr is not None:
-            _pixel_sums(arr, "dino", dino_px)
-            arr["features_dino_sum"] = dino.double().sum((1, 2)).cpu().numpy()
-            arr["features_dino_l2"] = dino.double().flatten(1).norm(dim=1).cpu().numpy()
-        del dino_px
-        temporal = reduce_frames(
-            dino.float(),
+        # Stage 1 decisions from the stored window similarities.
+        temporal = select_frames(
+            feats.similarity,
+            feats.window_sizes,
             max_frames=budget.max_frames_dino,
             threshold=cfg.dino_threshold,
             window=cfg.dino_window,
@@ -210,36 +301,18 @@ class LongVU:
             fix_middle_frame=cfg.fix_dino_middle_frame,
         )
         kept = temporal.kept
-        trace.record_dino(temporal, clip, cfg)
-        if arr is not None and temporal.similarity is not None:
-            arr["dino_similarity"] = temporal.similarity.float().cpu().numpy()
-            arr["dino_window_sizes"] = np.asarray(temporal.window_sizes, dtype=np.int64)
-
-        # SigLIP on the kept frames only.
-        sig_px = preprocess_frames(clip.frames[kept], m.siglip.spec)
-        sig = m.siglip.encode(sig_px, cfg.encode_chunk, cfg.aux_side)
+        trace.record_dino(temporal, feats, cfg)
         if arr is not None:
-            # The reference preprocesses every sampled frame for both towers; report those.
-            _pixel_sums(arr, "siglip", preprocess_frames(clip.frames, m.siglip.spec))
-            # No per-frame SigLIP *sum*: on frames whose sum nearly cancels (1.7 out of +-1900)
-            # it sits at CPU float-noise level (transformers 4.42.4's own SigLIP differs from
-            # the golden by 2e-4 on this kind of machine); the L2 norm is a stable check.
-            arr["features_siglip_l2"] = sig.double().flatten(1).norm(dim=1).cpu().numpy()
-        del sig_px
+            _stage_arrays(arr, feats, temporal, kept)
 
-        # SVA connector: a 12x12 grid per frame (and an 8x8 one in mixed mode).
+        # Connector heads: a 12x12 grid per frame (and an 8x8 one in mixed mode).
         conn = m.connector
-        dt = next(conn.parameters()).dtype
-        aux = conn.project_aux([sig.to(dt), dino[kept].to(dt)])
-        sampled = conn.sample(aux, hw)
+        sampled = feats.sampled_for(kept).to(m.device)
         mixed = cfg.highres and cfg.image_token_len > cfg.lowres_token**2 and use_mixed_resolution(len(kept), budget)
         grid_hi = conn.project(sampled)
         high, high_grid = conn.unpad_with_newlines(grid_hi, hw)
         low = low_grid = None
         if arr is not None:
-            for i, a in enumerate(aux):
-                arr[f"hook_mm_projector_aux_{i}_0_frame_sum"] = a.double().sum((1, 2)).cpu().numpy()
-            arr["hook_vision_sampler_0_0_frame_sum"] = sampled.double().sum(-1).reshape(-1).cpu().numpy()
             arr["hook_mm_projector_0_frame_sum"] = grid_hi.double().sum((1, 2, 3)).cpu().numpy()
         if mixed:
             grid_lo = conn.project(conn.lowres(sampled))
@@ -269,7 +342,7 @@ class LongVU:
             base = high
             tokens = high.reshape(-1, high.shape[-1])
         visual_len = base.shape[0] * base.shape[1]
-        trace.record_selection(mixed, selection, kept, clip, visual_len=int(high.shape[0] * high.shape[1]),
+        trace.record_selection(mixed, selection, kept, feats, visual_len=int(high.shape[0] * high.shape[1]),
                                after_selection=int(tokens.shape[0]))  # fmt: skip
 
         # Stage 3: spatial token compression when the base tokens exceed the budget.
@@ -294,6 +367,7 @@ class LongVU:
         opts: GenerationOptions,
         stop_str: str,
         streamer: _StreamCollector | None = None,
+        cancel: threading.Event | None = None,
     ) -> tuple[list[int], torch.Tensor | None, str]:
         """Generate from ``[1, L, H]`` embeddings; returns (new ids, first-step logits, stop reason)."""
         m = self.model
@@ -314,7 +388,7 @@ class LongVU:
             # Generating from embeddings, the repetition penalty sees only new tokens: that is
             # exactly the reference's behaviour, so transformers' warning about it is noise.
             warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
-            out = _generate(m, embeds, gen, stop_ids, streamer, kw)
+            out = _generate(m, embeds, gen, stop_ids, streamer, kw, cancel)
         ids = out.sequences[0].tolist()
         logits0 = out.logits[0][0].float().cpu() if out.logits else None
         eos = gen.eos_token_id
@@ -323,13 +397,16 @@ class LongVU:
         return ids, logits0, "eos_or_stop_str" if stopped else "max_new_tokens"
 
 
-def _generate(m: LongVUModel, embeds, gen, stop_ids, streamer, kw):
+def _generate(m: LongVUModel, embeds, gen, stop_ids, streamer, kw, cancel=None):
     from transformers import StoppingCriteriaList
 
+    criteria = [_StopOnSequence(stop_ids)]
+    if cancel is not None:
+        criteria.append(_StopOnEvent(cancel))
     return m.llm.generate(
         inputs_embeds=embeds,
         generation_config=gen,
-        stopping_criteria=StoppingCriteriaList([_StopOnSequence(stop_ids)]),
+        stopping_criteria=StoppingCriteriaList(criteria),
         streamer=streamer,
         return_dict_in_generate=True,
         output_logits=True,
@@ -342,31 +419,60 @@ def _first(x):
     return x[0] if isinstance(x, list) else x
 
 
-def _pixel_sums(arr: dict, name: str, px: torch.Tensor) -> None:
-    arr[f"pixels_{name}_sum"] = px.double().sum((1, 2, 3)).numpy()
-    arr[f"pixels_{name}_sq_sum"] = (px.double() ** 2).sum((1, 2, 3)).numpy()
-    arr[f"pixels_{name}_frame0_crop"] = px[0, :, :16, :16].float().numpy().copy()
+def _stage_arrays(arr: dict, feats: VisualFeatures, temporal, kept: list[int]) -> None:
+    """Copy the encoder's per-frame checksums into the trace arrays (golden array names)."""
+    st = feats.stats
+    if temporal.similarity is not None:
+        arr["dino_similarity"] = temporal.similarity.float().cpu().numpy()
+        arr["dino_window_sizes"] = np.asarray(temporal.window_sizes, dtype=np.int64)
+    for name in ("pixels_dino_sum", "pixels_dino_sq_sum", "pixels_siglip_sum", "pixels_siglip_sq_sum",
+                 "features_dino_sum", "features_dino_l2"):  # fmt: skip
+        if f"{name}_all" in st:
+            arr[name] = st[f"{name}_all"]
+    for name in ("pixels_dino_frame0_crop", "pixels_siglip_frame0_crop"):
+        if name in st:
+            arr[name] = st[name]
+    for name in ("features_siglip_l2", "hook_mm_projector_aux_0_0_frame_sum", "hook_mm_projector_aux_1_0_frame_sum"):
+        if name in st:
+            arr[name] = feats.stored_stat(name, kept)
+    if "hook_vision_sampler_0_0_frame_sum" in st:
+        arr["hook_vision_sampler_0_0_frame_sum"] = feats.stored_stat("hook_vision_sampler_0_0_frame_sum", kept).reshape(
+            -1
+        )
 
 
 class AnswerStream:
     """Iterator over answer text pieces; ``.answer`` holds the full :class:`Answer` at the end."""
 
-    def __init__(self, lv: LongVU, clip: VideoClip, conv: Conversation, opts: GenerationOptions, arrays: bool):
-        self.lv, self.clip, self.conv, self.opts, self.keep_arrays = lv, clip, conv, opts, arrays
+    def __init__(
+        self,
+        lv: LongVU,
+        feats: VisualFeatures,
+        conv: Conversation,
+        opts: GenerationOptions,
+        arrays: bool,
+        on_done: Callable[[Answer], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.lv, self.feats, self.conv, self.opts, self.keep_arrays = lv, feats, conv, opts, arrays
+        self.on_done = on_done
+        self.cancel = cancel
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
         lv, m = self.lv, self.lv.model
         trace = Trace()
+        t0 = time.perf_counter()
         ids = lv.prompt_ids(self.conv)
-        embeds = lv.build_inputs(self.clip, ids, trace, self.keep_arrays)
+        embeds = lv.compose(self.feats, ids, trace, self.keep_arrays)
+        t1 = time.perf_counter()
         collector = _StreamCollector()
         result: dict[str, Any] = {}
 
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    result["out"] = lv.generate(embeds, self.opts, self.conv.stop_str, collector)
+                    result["out"] = lv.generate(embeds, self.opts, self.conv.stop_str, collector, self.cancel)
             except BaseException as e:  # re-raised in the consumer thread
                 result["error"] = e
                 collector.end()
@@ -396,4 +502,44 @@ class AnswerStream:
             if rest:
                 yield rest
         trace.record_generation(gen_ids, text, stopped_by, logits0)
+        trace.data["timings"] = {
+            **{f"encode_{k}": round(v, 4) for k, v in self.feats.timings.items()},
+            "compose": round(t1 - t0, 4),
+            "generate": round(time.perf_counter() - t1, 4),
+        }
         self.answer = Answer(text=text, token_ids=gen_ids, trace=trace, arrays=trace.arrays)
+        if self.on_done is not None:
+            self.on_done(self.answer)
+
+
+class ChatSession:
+    """A conversation about one video: each turn re-runs the question-dependent stages
+    (budgets, selection, STC) on the same encoded video, with the chat history in the prompt."""
+
+    def __init__(self, lv: LongVU, feats: VisualFeatures) -> None:
+        self.lv = lv
+        self.features = feats
+        self.conversation = Conversation(lv.model.template)
+
+    @property
+    def history(self) -> list[tuple[str, str]]:
+        return list(self.conversation.turns)
+
+    def ask_stream(self, question: str, generation: GenerationOptions | None = None) -> AnswerStream:
+        conv = Conversation(self.conversation.template, self.conversation.system, list(self.conversation.turns))
+        conv.add_user(question)
+
+        def done(answer: Answer) -> None:
+            self.conversation.add_user(question)
+            self.conversation.add_assistant(answer.text)
+
+        return AnswerStream(self.lv, self.features, conv, generation or GenerationOptions(), False, on_done=done)
+
+    def ask(self, question: str, generation: GenerationOptions | None = None) -> Answer:
+        stream = self.ask_stream(question, generation)
+        for _ in stream:
+            pass
+        return stream.answer
+
+    def reset(self) -> None:
+        self.conversation.turns.clear()

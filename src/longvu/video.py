@@ -128,14 +128,44 @@ class StreamInfo:
     total: int = 0
 
 
+def sampled_indices(total: int, avg_fps: float, sampling: Sampling) -> list[int]:
+    """Source indices that :class:`Sampling` keeps out of ``total`` frames (``max_frames`` included)."""
+    step = sampling.step(avg_fps)
+    first = 0 if sampling.start is None else math.ceil(sampling.start * avg_fps - 1e-9)
+    out = [i for i in range(first, total, step) if sampling.end is None or i / avg_fps < sampling.end]
+    if sampling.max_frames is not None and len(out) > sampling.max_frames:
+        keep = np.linspace(0, len(out), sampling.max_frames, endpoint=False).astype(int).tolist()
+        out = [out[i] for i in keep]
+    return out
+
+
+def planned_indices(path: str | os.PathLike, sampling: Sampling) -> set[int]:
+    """The source indices to keep, known before decoding (counts the stream's packets).
+
+    Needed when ``max_frames`` spreads frames over the whole video, so that frames can
+    be picked while decoding instead of after.
+    """
+    container = _open(str(path))
+    try:
+        stream = container.streams.video[0]
+        total = sum(1 for p in container.demux(stream) if p.size)
+        return set(sampled_indices(total, probe_fps(stream), sampling))
+    finally:
+        container.close()
+
+
 def iter_frames(
-    path: str | os.PathLike, sampling: Sampling | None = None, info: StreamInfo | None = None
+    path: str | os.PathLike,
+    sampling: Sampling | None = None,
+    info: StreamInfo | None = None,
+    only: set[int] | None = None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Decode ``path`` and yield ``(source_index, seconds, rgb[H, W, 3])`` per sampled frame.
 
     Frames come in order and only sampled frames are converted to RGB.  ``info`` (if
     given) is filled in as decoding goes; ``info.total`` is the number of decoded frames
-    once the generator is exhausted.  ``max_frames`` is applied by :func:`load_video`.
+    once the generator is exhausted.  ``max_frames`` is not applied here: pass the
+    indices of :func:`planned_indices` as ``only``.
     """
     import av
 
@@ -145,7 +175,8 @@ def iter_frames(
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Frame threading costs more than it gains here: the encoder keeps both cores busy.
+        stream.thread_type = "SLICE"
         info.avg_fps = probe_fps(stream)
         info.step = step = sampling.step(info.avg_fps)
         first = 0 if sampling.start is None else math.ceil(sampling.start * info.avg_fps - 1e-9)
@@ -156,6 +187,8 @@ def iter_frames(
                 if sampling.end is not None and t >= sampling.end:
                     continue
                 if index < first or (index - first) % step:
+                    continue
+                if only is not None and index not in only:
                     continue
                 yield index, t, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as e:
@@ -189,7 +222,8 @@ def load_video(path: str | os.PathLike, sampling: Sampling | None = None) -> Vid
         # would break that, so every frame is brought to the first frame's size.
         frames = [_resize_like(f, frames[0].shape) for f in frames]
     if sampling.max_frames is not None and len(frames) > sampling.max_frames:
-        keep = np.linspace(0, len(frames), sampling.max_frames, endpoint=False).astype(int).tolist()
+        wanted = set(sampled_indices(info.total, info.avg_fps, sampling))
+        keep = [i for i, idx in enumerate(indices) if idx in wanted]
         frames = [frames[i] for i in keep]
         indices = [indices[i] for i in keep]
         times = [times[i] for i in keep]

@@ -7,7 +7,7 @@
 
 from .selection import Budget, TextGuidedResult, compute_budget, select_high_res, use_mixed_resolution
 from .spatial import STCResult, spatial_token_compression
-from .temporal import TemporalResult, reduce_frames
+from .temporal import TemporalResult, cap_frames, reduce_frames, select_frames, window_similarities
 
 __all__ = [
     "Budget",
@@ -19,4 +19,7 @@ __all__ = [
     "select_high_res",
     "spatial_token_compression",
     "use_mixed_resolution",
+    "cap_frames",
+    "select_frames",
+    "window_similarities",
 ]

@@ -55,7 +55,7 @@ def window_similarity(features: torch.Tensor) -> torch.Tensor:
     return torch.mean(f @ f.T, dim=1)
 
 
-def _select_in_window(sim: torch.Tensor, threshold: float, fix_middle_frame: bool) -> torch.Tensor:
+def select_in_window(sim: torch.Tensor, threshold: float, fix_middle_frame: bool) -> torch.Tensor:
     sim = sim.clone()
     if fix_middle_frame:
         # Fix: ignore the self term, and keep the window's least redundant frame
@@ -68,6 +68,57 @@ def _select_in_window(sim: torch.Tensor, threshold: float, fix_middle_frame: boo
         return torch.where(keep)[0]
     sim[len(sim) // 2] = 0  # reference quirk: the middle frame is always kept
     return torch.where(sim < threshold)[0]
+
+
+def window_similarities(features: torch.Tensor, window: int = 16) -> tuple[torch.Tensor, list[int]]:
+    """Per-frame mean similarity inside consecutive windows of ``window`` frames.
+
+    Args:
+        features: ``[N, T, C]``
+    Returns:
+        ``[N]`` similarities (windows concatenated) and the window sizes.
+    """
+    sims = [window_similarity(features[s : s + window]) for s in range(0, features.shape[0], window)]
+    return torch.cat(sims), [len(x) for x in sims]
+
+
+def select_frames(
+    similarity: torch.Tensor,
+    window_sizes: list[int],
+    *,
+    max_frames: int,
+    threshold: float,
+    window: int = 16,
+    cap: int = 400,
+    fix_middle_frame: bool = False,
+) -> TemporalResult:
+    """Stage 1 decisions from precomputed window similarities (see :func:`reduce_frames`).
+
+    Splitting similarity from selection lets the similarities be computed as frames
+    stream in, and be cached: the selection depends on the question's token budget.
+    """
+    n = int(similarity.shape[0])
+    if n < max_frames:
+        return TemporalResult(kept=list(range(n)), path="none", num_kept_before_cap=n)
+    kept: list[int] = []
+    start = 0
+    for size in window_sizes:
+        sim = similarity[start : start + size]
+        kept.extend((select_in_window(sim, threshold, fix_middle_frame) + start).tolist())
+        start += size
+    before = len(kept)
+    if n < window:  # one short window; the reference applies no cap on this path
+        return TemporalResult(kept, "single_window", similarity, list(window_sizes), before, False)
+    capped = before > cap
+    if capped:
+        kept = cap_frames(kept, cap)
+    return TemporalResult(kept, "windows", similarity, list(window_sizes), before, capped)
+
+
+def cap_frames(kept: list[int], cap: int) -> list[int]:
+    """Keep ``cap`` of the survivors, evenly spaced: position ``int(i * n / cap)``."""
+    interval = len(kept) / float(cap)
+    return [kept[int(interval * i)] for i in range(cap)]
 
 
 def reduce_frames(
@@ -88,27 +139,11 @@ def reduce_frames(
         window: frames per window; with ``N < window`` the video is one window.
         cap: after the windowed pass at most ``cap`` frames are kept, evenly spaced
             (``int(i * n / cap)``); not applied on the single-window path.
-        fix_middle_frame: see :func:`_select_in_window`.
+        fix_middle_frame: see :func:`select_in_window`.
     """
     n = features.shape[0]
     if n < max_frames:
         return TemporalResult(kept=list(range(n)), path="none", num_kept_before_cap=n)
-    if n < window:
-        sim = window_similarity(features)
-        kept = _select_in_window(sim, threshold, fix_middle_frame).tolist()
-        return TemporalResult(kept, "single_window", sim, [n], len(kept), False)
-    kept: list[int] = []
-    sims = []
-    sizes = []
-    for start in range(0, n, window):
-        seg = features[start : start + window]
-        sim = window_similarity(seg)
-        sims.append(sim)
-        sizes.append(len(seg))
-        kept.extend((_select_in_window(sim, threshold, fix_middle_frame) + start).tolist())
-    before = len(kept)
-    capped = before > cap
-    if capped:
-        interval = before / float(cap)
-        kept = [kept[int(interval * i)] for i in range(cap)]
-    return TemporalResult(kept, "windows", torch.cat(sims), sizes, before, capped)
+    sim, sizes = window_similarities(features, window)
+    return select_frames(sim, sizes, max_frames=max_frames, threshold=threshold, cap=cap,
+                         fix_middle_frame=fix_middle_frame, window=window)  # fmt: skip
