@@ -34,7 +34,7 @@ def _float(s: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_model(p: argparse.ArgumentParser):
     from .model import DEFAULT_MODEL
 
     g = p.add_argument_group("model")
@@ -45,6 +45,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
                    help="override a config field, e.g. --set dino_threshold=0.8 (repeatable)")  # fmt: skip
+    c = p.add_argument_group("feature cache")
+    c.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    c.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    _add_model(p)
     s = p.add_argument_group("sampling")
     s.add_argument("--fps", type=_float, default=1.0, help="frames sampled per second (default 1)")
     s.add_argument("--max-frames", type=_positive_int, help="keep at most this many sampled frames, evenly spaced")
@@ -63,9 +70,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--stream", dest="stream", action="store_true", default=None, help="print tokens as they come")
     o.add_argument("--no-stream", dest="stream", action="store_false", help="print the answer at the end")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress or summary on stderr")
-    c = p.add_argument_group("feature cache")
-    c.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    c.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="an interactive conversation about a video (questions on stdin)")
     chat.add_argument("video")
     _add_common(chat)
+    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with a web page")
+    _add_model(srv)
+    n = srv.add_argument_group("server")
+    n.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    n.add_argument("--port", type=int, default=8000)
+    n.add_argument("--served-model-name", default=None, help="model id clients send (default: the --model name)")
+    n.add_argument("--allowed-local-media-path", help="folder whose videos requests may name by path")
+    n.add_argument("--allow-remote-urls", action="store_true", help="let requests name http(s) video URLs")
+    n.add_argument("--api-key", default=os.environ.get("LONGVU_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/ (default $LONGVU_API_KEY)")  # fmt: skip
+    n.add_argument("--max-upload-mb", type=_float, default=1024.0, help="largest video accepted (default 1024)")
+    n.add_argument("--max-video-seconds", type=_float, default=4 * 3600.0, help="longest video accepted")
+    n.add_argument("--request-timeout", type=_float, default=1800.0, help="seconds before a request is abandoned")
+    n.add_argument("--queue-size", type=_positive_int, default=8, help="requests waiting at most (then 503)")
+    n.add_argument("--max-new-tokens", type=_positive_int, default=512, help="default answer length")
+    n.add_argument("--upload-dir", help="where uploads are kept (default: a private temporary folder)")
+    n.add_argument("--quiet", "-q", action="store_true")
     cache = sub.add_parser("cache", help="inspect or empty the feature cache")
     cache.add_argument("action", choices=["info", "clear"])
     cache.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
@@ -108,26 +129,32 @@ def _check_generation_args(args) -> None:
         raise LongVUError("--greedy cannot be combined with --temperature or --top-p")
 
 
+def _load_model(args, overrides: dict, progress: bool):
+    from .cache import FeatureCache
+    from .pipeline import LongVU
+
+    t0 = time.perf_counter()
+    _log(args, f"loading {args.model} ...")
+    lv = LongVU.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
+        overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir), progress=progress,
+    )  # fmt: skip
+    dtype = str(lv.model.dtype).removeprefix("torch.")
+    _log(args, f"loaded in {time.perf_counter() - t0:.1f}s on {lv.model.device} ({dtype})")
+    return lv
+
+
 def _load(args):
     """Check the arguments and the video, then load the model: returns (LongVU, Sampling, options)."""
-    from .cache import FeatureCache
     from .config import parse_set_options
-    from .pipeline import GenerationOptions, LongVU
+    from .pipeline import GenerationOptions
     from .video import Sampling, probe_video
 
     _check_generation_args(args)
     overrides = parse_set_options(args.overrides)
     sampling = Sampling(fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end)
     probe_video(args.video)  # fail fast, before the (slow) model load
-    t0 = time.perf_counter()
-    _log(args, f"loading {args.model} ...")
-    lv = LongVU.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
-        overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir),
-        progress=not args.quiet and sys.stderr.isatty(),
-    )  # fmt: skip
-    dtype = str(lv.model.dtype).removeprefix("torch.")
-    _log(args, f"loaded in {time.perf_counter() - t0:.1f}s on {lv.model.device} ({dtype})")
+    lv = _load_model(args, overrides, progress=not args.quiet and sys.stderr.isatty())
     gen = GenerationOptions(
         max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature, top_p=args.top_p
     )
@@ -206,6 +233,32 @@ def run_chat(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    from .config import parse_set_options
+    from .server import ServerSettings, serve
+
+    overrides = parse_set_options(args.overrides)
+    if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
+        raise LongVUError(f"--allowed-local-media-path {args.allowed_local_media_path}: not a folder")
+    lv = _load_model(args, overrides, progress=False)
+    settings = ServerSettings(
+        model_name=args.served_model_name or str(args.model).rstrip("/").split("/")[-1],
+        allowed_local_media_path=args.allowed_local_media_path,
+        allow_remote_urls=args.allow_remote_urls,
+        api_key=args.api_key,
+        max_upload_mb=args.max_upload_mb,
+        max_video_seconds=args.max_video_seconds,
+        request_timeout_s=args.request_timeout,
+        queue_size=args.queue_size,
+        max_new_tokens=args.max_new_tokens,
+        upload_dir=args.upload_dir,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        _log(args, f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
+    serve(lv, settings, args.host, args.port)
+    return 0
+
+
 def run_cache(args) -> int:
     from .cache import FeatureCache
 
@@ -229,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_cache(args)
         if args.command == "chat":
             return run_chat(args)
+        if args.command == "serve":
+            return run_serve(args)
         return run_ask(args)
     except LongVUError as e:
         print(f"longvu: error: {e}", file=sys.stderr)

@@ -1,0 +1,158 @@
+"""Load test of ``longvu serve`` on loopback: N concurrent clients for a bounded time.
+
+    python -m benchmarks.load_test --clients 8 --seconds 30
+
+Starts ``longvu serve`` (tiny checkpoint, CPU) on a free 127.0.0.1 port, then N client
+threads send chat completions about a fixture video (named by path under the allowed
+media folder; the feature cache warms on the first request) until the time is up.  Each
+client waits for its answer before sending the next request, and every request sent is
+accounted for: a 200, a 503 (queue full, with Retry-After) or an error.  Reports p50/p95
+latency, throughput and error counts as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "parity"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--max-requests", type=int, default=2000, help="stop after this many requests in all")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--queue-size", type=int, default=4)
+    ap.add_argument("--stream", action="store_true", help="use stream: true")
+    ap.add_argument("--model", default=str(FIXTURES / "checkpoints" / "tiny-longvu-qwen2"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load_test.json"))
+    args = ap.parse_args(argv)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"longvu-load-cache-{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "longvu.cli", "serve", "--model", args.model, "--device", "cpu", "--host", "127.0.0.1",
+         "--port", str(port), "--allowed-local-media-path", str(FIXTURES / "videos"), "--queue-size",
+         str(args.queue_size), "--served-model-name", "tiny", "--cache-dir", str(cache), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the server did not start: " + server.stderr.read().decode()[-2000:])
+            time.sleep(0.2)
+
+        lock = threading.Lock()
+        sent = 0
+        records: list[dict] = []
+        stop_at = time.monotonic() + args.seconds
+
+        def client(i: int) -> None:
+            nonlocal sent
+            with httpx.Client(base_url=url, timeout=300) as http:
+                k = 0
+                while time.monotonic() < stop_at:
+                    with lock:
+                        if sent >= args.max_requests:
+                            return
+                        sent += 1
+                    k += 1
+                    body = {
+                        "model": "tiny",
+                        "messages": [{"role": "user", "content": [
+                            {"type": "video_url", "video_url": {"url": "video3.mp4"}},
+                            {"type": "text", "text": f"Client {i}, question {k}: what happens?"}]}],
+                        "max_tokens": args.max_tokens,
+                        "temperature": 0,
+                        "stream": args.stream,
+                    }  # fmt: skip
+                    t0 = time.perf_counter()
+                    try:
+                        r = http.post("/v1/chat/completions", json=body)
+                        status = r.status_code
+                        if status == 200 and args.stream and not r.text.rstrip().endswith("data: [DONE]"):
+                            status = -2  # a stream cut short
+                    except httpx.HTTPError:
+                        status = -1
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        records.append({"status": status, "latency_s": dt})
+                    if status == 503:
+                        time.sleep(float(r.headers.get("Retry-After", "1")) / 10)
+
+        t_start = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t_start
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    ok = [r["latency_s"] for r in records if r["status"] == 200]
+    by_status: dict[str, int] = {}
+    for r in records:
+        by_status[str(r["status"])] = by_status.get(str(r["status"]), 0) + 1
+    result = {
+        "command": "python -m benchmarks.load_test " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "clients": args.clients,
+        "seconds": round(elapsed, 2),
+        "requests_sent": sent,
+        "responses": len(records),
+        "lost": sent - len(records),
+        "status_counts": by_status,
+        "ok": len(ok),
+        "throughput_rps": round(len(ok) / elapsed, 3),
+        "latency_p50_s": round(percentile(ok, 0.5), 3),
+        "latency_p95_s": round(percentile(ok, 0.95), 3),
+        "latency_mean_s": round(statistics.fmean(ok), 3) if ok else None,
+        "errors": sum(v for k, v in by_status.items() if k not in ("200", "503")),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0 if result["lost"] == 0 and result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,643 @@
+"""An OpenAI-compatible HTTP server around one :class:`~longvu.pipeline.LongVU`.
+
+``POST /v1/chat/completions`` takes the video as a content part
+``{"type": "video_url", "video_url": {"url": ...}}`` (as vLLM does), where the url is
+a ``data:video/...;base64,`` URL, a file id from ``POST /v1/files``, a local path under
+``--allowed-local-media-path``, or (with ``--allow-remote-urls``) an http(s) URL.
+``stream: true`` answers with Server-Sent Events chunks like OpenAI's.  Also
+``GET /v1/models``, ``GET /health``, ``/v1/files`` and a web page at ``/``.
+
+One model instance serves requests one at a time from a bounded queue (503 with
+Retry-After when it is full).  Every error is a 4xx/5xx JSON body in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import File, Form, Request, UploadFile
+
+from .errors import LongVUError
+from .pipeline import GenerationOptions, LongVU
+from .prompt import Conversation
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServerSettings:
+    """Limits and policies of the server; every default can be changed on the command line."""
+
+    model_name: str = "longvu"
+    allowed_local_media_path: str | None = None
+    allow_remote_urls: bool = False
+    api_key: str | None = None
+    max_upload_mb: float = 1024.0
+    max_video_seconds: float = 4 * 3600.0
+    request_timeout_s: float = 1800.0
+    queue_size: int = 8
+    max_new_tokens: int = 512
+    upload_dir: str | None = None
+    upload_ttl_s: float = 24 * 3600.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, headers: dict | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Worker:
+    """Runs jobs one at a time on a thread (one model), fed by a bounded queue."""
+
+    def __init__(self, size: int) -> None:
+        self.jobs: asyncio.Queue | None = None
+        self.size = size
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.jobs = asyncio.Queue(maxsize=self.size)
+        self.task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            fn, fut = await self.jobs.get()
+            if fut.cancelled():
+                continue
+            try:
+                result = await asyncio.to_thread(fn)
+                if not fut.cancelled():
+                    fut.set_result(result)
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            except Exception as e:  # handed to the request
+                if not fut.cancelled():
+                    fut.set_exception(e)
+
+    def submit(self, fn) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self.jobs.put_nowait((fn, fut))
+        except asyncio.QueueFull:
+            raise APIError(503, "the server is busy: too many requests are queued; retry later", "server_error",
+                           "queue_full", headers={"Retry-After": "5"}) from None  # fmt: skip
+        return fut
+
+
+class MediaStore:
+    """Uploaded files: server-owned folder, generated names, removed when old."""
+
+    def __init__(self, folder: str | None, ttl_s: float) -> None:
+        self.own = folder is None
+        self.root = Path(folder or tempfile.mkdtemp(prefix="longvu-uploads-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ttl_s = ttl_s
+        self.meta: dict[str, dict] = {}
+
+    def new_path(self, suffix: str = ".bin") -> tuple[str, Path]:
+        fid = "file-" + uuid.uuid4().hex
+        return fid, self.root / f"{fid}{suffix}"
+
+    def register(self, fid: str, path: Path, filename: str, purpose: str) -> dict:
+        info = {"id": fid, "object": "file", "bytes": path.stat().st_size, "created_at": int(time.time()),
+                "filename": filename, "purpose": purpose, "path": path}  # fmt: skip
+        self.meta[fid] = info
+        return info
+
+    def get(self, fid: str) -> Path | None:
+        info = self.meta.get(fid)
+        return info["path"] if info and info["path"].exists() else None
+
+    def delete(self, fid: str) -> bool:
+        info = self.meta.pop(fid, None)
+        if info is None:
+            return False
+        info["path"].unlink(missing_ok=True)
+        return True
+
+    def sweep(self) -> None:
+        now = time.time()
+        for fid, info in list(self.meta.items()):
+            if now - info["created_at"] > self.ttl_s:
+                self.delete(fid)
+
+    def close(self) -> None:
+        if self.own:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def public(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k != "path"}
+
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
+
+
+def create_app(lv: LongVU, settings: ServerSettings | None = None):
+    """The FastAPI application serving ``lv``."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    settings = settings or ServerSettings()
+    worker = Worker(settings.queue_size)
+    store = MediaStore(settings.upload_dir, settings.upload_ttl_s)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await worker.start()
+        yield
+        await worker.stop()
+        store.close()
+
+    app = FastAPI(title="longvu", version=_version(), lifespan=lifespan)
+    app.state.lv, app.state.settings, app.state.store = lv, settings, store
+
+    # ------------------------------------------------------------- errors
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
+        msg = f"invalid request: {first.get('msg', 'malformed body')}" + (f" at {where}" if where else "")
+        return JSONResponse(APIError(400, msg).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), kind).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request, exc: Exception):
+        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}", "server_error").body(), 500)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if settings.api_key and request.url.path.startswith("/v1/"):
+            header = request.headers.get("authorization", "")
+            if header != f"Bearer {settings.api_key}":
+                err = APIError(401, "missing or wrong API key (send it as 'Authorization: Bearer KEY')",
+                               "authentication_error", "invalid_api_key")  # fmt: skip
+                return JSONResponse(err.body(), status_code=401)
+        return await call_next(request)
+
+    # ------------------------------------------------------------- routes
+    @app.get("/health")
+    async def health():
+        q = worker.jobs.qsize() if worker.jobs else 0
+        return {"status": "ok", "model": settings.model_name, "queued": q}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
+                                            "owned_by": "longvu"}]}  # fmt: skip
+
+    @app.post("/v1/files")
+    async def upload(file: UploadFile = File(...), purpose: str = Form("vision")):  # noqa: B008 (FastAPI idiom)
+        store.sweep()
+        suffix = Path(file.filename or "").suffix.lower()
+        suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix or "") else ".bin"
+        fid, path = store.new_path(suffix)
+        size = 0
+        try:
+            with open(path, "wb") as out:
+                while chunk := await file.read(1 << 20):
+                    size += len(chunk)
+                    _check_size(size, settings)
+                    out.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if size == 0:
+            path.unlink(missing_ok=True)
+            raise APIError(400, "the uploaded file is empty", code="empty_file")
+        return public(store.register(fid, path, Path(file.filename or "upload").name, purpose))
+
+    @app.get("/v1/files/{fid}")
+    async def file_info(fid: str):
+        info = store.meta.get(fid)
+        if not info:
+            raise APIError(404, f"no file {fid!r}", "not_found_error")
+        return public(info)
+
+    @app.delete("/v1/files/{fid}")
+    async def file_delete(fid: str):
+        if not store.delete(fid):
+            raise APIError(404, f"no file {fid!r}", "not_found_error")
+        return {"id": fid, "object": "file", "deleted": True}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+        req = _parse_chat_request(body, settings)
+        video_path, cleanup = await _resolve_video(req["video_url"], settings, store)
+        cancel = threading.Event()
+        created = int(time.time())
+        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+
+        def prepare():
+            from .video import probe_video
+
+            if cancel.is_set():  # the client left while the request was queued
+                raise _Cancelled()
+            probe_video(video_path)
+            _check_duration(video_path, settings)
+            feats = lv.features(video_path)
+            conv = Conversation(lv.model.template, req["system"] or Conversation("qwen").system, req["turns"])
+            return lv_stream(lv, feats, conv, req["gen"], cancel)
+
+        if not req["stream"]:
+            try:
+                answer = await _run_job(worker, lambda: _drain(prepare, cancel), request, cancel, settings)
+            finally:
+                cleanup()
+            return _completion(cid, created, settings.model_name, answer)
+
+        return StreamingResponse(
+            _sse(worker, prepare, request, cancel, settings, cid, created, req, cleanup),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # ------------------------------------------------------------- web page
+    @app.get("/")
+    async def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        path = (STATIC / name).resolve()
+        if path.parent != STATIC.resolve() or not path.is_file():
+            raise APIError(404, "not found", "not_found_error")
+        return FileResponse(path)
+
+    return app
+
+
+def lv_stream(lv: LongVU, feats, conv: Conversation, gen: GenerationOptions, cancel: threading.Event):
+    """An AnswerStream whose generation stops when ``cancel`` is set."""
+    from .pipeline import AnswerStream
+
+    return AnswerStream(lv, feats, conv, gen, False, cancel=cancel)
+
+
+def _drain(prepare, cancel: threading.Event):
+    stream = prepare()
+    for _ in stream:
+        if cancel.is_set():
+            raise _Cancelled()
+    return stream.answer
+
+
+async def _run_job(worker: Worker, fn, request, cancel: threading.Event, settings: ServerSettings):
+    """Queue ``fn``; wait for it while watching for a disconnect and the time limit."""
+    fut = worker.submit(fn)
+    start = time.monotonic()
+    while True:
+        done, _ = await asyncio.wait({fut}, timeout=0.25)
+        if done:
+            try:
+                return fut.result()
+            except _Cancelled:
+                raise APIError(499, "the client went away", code="cancelled") from None
+            except LongVUError as e:
+                raise APIError(400, str(e), code="bad_input") from None
+        if await request.is_disconnected():
+            cancel.set()
+            fut.cancel()
+            raise APIError(499, "the client went away", code="cancelled")
+        if time.monotonic() - start > settings.request_timeout_s:
+            cancel.set()
+            fut.cancel()
+            raise APIError(504, f"the request took longer than {settings.request_timeout_s:g}s", "server_error",
+                           "timeout")  # fmt: skip
+
+
+async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cleanup):
+    """Server-Sent Events for ``stream: true``: role chunk, content chunks, finish chunk, [DONE]."""
+    pieces: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def job():
+        stream = prepare()
+        for piece in stream:
+            if cancel.is_set():
+                raise _Cancelled()
+            loop.call_soon_threadsafe(pieces.put_nowait, ("piece", piece))
+        return stream.answer
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": settings.model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+        return f"data: {json.dumps(data)}\n\n"
+
+    finished = False
+    try:
+        try:
+            fut = worker.submit(job)
+        except APIError as e:
+            finished = True
+            yield f"data: {json.dumps(e.body())}\n\n"
+            return
+        yield chunk({"role": "assistant", "content": ""})
+        start = last_check = time.monotonic()
+        while True:
+            if fut.done() and pieces.empty():
+                break
+            try:
+                _, piece = await asyncio.wait_for(pieces.get(), timeout=0.25)
+                yield chunk({"content": piece})
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            if now - last_check > 0.5:
+                last_check = now
+                if await request.is_disconnected():
+                    return  # the finally block cancels the generation
+            if now - start > settings.request_timeout_s:
+                yield f"data: {json.dumps(APIError(504, 'request timed out', 'server_error', 'timeout').body())}\n\n"
+                return
+        try:
+            answer = fut.result()
+        except (LongVUError, _Cancelled) as e:
+            finished = True
+            yield f"data: {json.dumps(APIError(400, str(e), code='bad_input').body())}\n\n"
+            return
+        except Exception as e:  # reported in-stream: the status line was sent already
+            finished = True
+            yield f"data: {json.dumps(APIError(500, f'internal error: {type(e).__name__}', 'server_error').body())}\n\n"
+            return
+        finish = "stop" if answer.trace.data["generation"]["stopped_by"] != "max_new_tokens" else "length"
+        extra = {"longvu": _trace_summary(answer.trace.data)}
+        if req.get("include_usage"):
+            extra["usage"] = _usage(answer)
+        finished = True
+        yield chunk({}, finish, **extra)
+        yield "data: [DONE]\n\n"
+    finally:
+        # A client that disconnects ends this generator early (Starlette cancels it at a
+        # yield): stop the generation so the worker is free for the next request.
+        if not finished:
+            cancel.set()
+        cleanup()
+
+
+def _parse_chat_request(body: Any, settings: ServerSettings) -> dict:
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != settings.model_name:
+        raise APIError(404, f"the model {model!r} does not exist; this server serves {settings.model_name!r}",
+                       "not_found_error", "model_not_found", "model")  # fmt: skip
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", param="messages")
+    system = None
+    turns: list[tuple[str, str]] = []
+    video_url = None
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
+            raise APIError(400, f"messages[{i}] must have a role of system, user or assistant", param="messages")
+        text, url = _content(msg.get("content"), i)
+        if url is not None:
+            if msg["role"] != "user":
+                raise APIError(400, f"messages[{i}]: only user messages may carry a video", param="messages")
+            if video_url is not None:
+                raise APIError(400, "only one video per conversation is supported", param="messages")
+            video_url = url
+        if msg["role"] == "system":
+            system = text
+        else:
+            turns.append((msg["role"], text))
+    if video_url is None:
+        raise APIError(400, "no video: add a content part {'type': 'video_url', 'video_url': {'url': ...}}",
+                       code="no_video", param="messages")  # fmt: skip
+    if not turns or turns[-1][0] != "user":
+        raise APIError(400, "the last message must come from the user", param="messages")
+    if turns[0][0] != "user":
+        raise APIError(400, "the first non-system message must come from the user", param="messages")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", settings.max_new_tokens))
+    temperature, top_p = body.get("temperature"), body.get("top_p")
+    for name, v, lo, hi in (("max_tokens", max_tokens, 1, 1 << 20), ("temperature", temperature, 0, 2),
+                            ("top_p", top_p, 0, 1)):  # fmt: skip
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi):
+            raise APIError(400, f"'{name}' must be a number in [{lo}, {hi}]", param=name)
+    if top_p == 0:
+        raise APIError(400, "'top_p' must be greater than 0", param="top_p")
+    gen = GenerationOptions(max_new_tokens=int(max_tokens), greedy=temperature == 0, temperature=None if temperature == 0 else temperature,
+                            top_p=None if temperature == 0 else top_p)  # fmt: skip
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise APIError(400, "'stream' must be true or false", param="stream")
+    opts = body.get("stream_options") or {}
+    return {"system": system, "turns": turns, "video_url": video_url, "gen": gen, "stream": stream,
+            "include_usage": bool(isinstance(opts, dict) and opts.get("include_usage"))}  # fmt: skip
+
+
+def _content(content: Any, i: int) -> tuple[str, str | None]:
+    """Text and video url of one message's content (a string or a list of parts)."""
+    if isinstance(content, str):
+        return content, None
+    if not isinstance(content, list):
+        raise APIError(400, f"messages[{i}].content must be a string or a list of parts", param="messages")
+    texts, url = [], None
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "video_url":
+            v = part.get("video_url")
+            u = v.get("url") if isinstance(v, dict) else v
+            if not isinstance(u, str) or not u:
+                raise APIError(400, f"messages[{i}]: video_url needs a 'url'", param="messages")
+            if url is not None:
+                raise APIError(400, "only one video per conversation is supported", param="messages")
+            url = u
+        else:
+            raise APIError(400, f"messages[{i}]: unsupported content part type {kind!r} (use 'text' or 'video_url')",
+                           code="unsupported_content", param="messages")  # fmt: skip
+    return "\n".join(texts), url
+
+
+async def _resolve_video(url: str, settings: ServerSettings, store: MediaStore):
+    """A local file path for the request's video, and a cleanup function."""
+    noop = lambda: None  # noqa: E731
+    m = _DATA_URL.match(url)
+    if m:
+        mime = (m.group("mime") or "").lower()
+        if mime and not (mime.startswith("video/") or mime == "application/octet-stream"):
+            raise APIError(415, f"unsupported media type {mime!r}: send a video", code="unsupported_media_type")
+        if not m.group("b64"):
+            raise APIError(400, "data URLs must be base64-encoded", code="invalid_data_url")
+        payload = url[m.end() :]
+        _check_size(len(payload) * 3 // 4, settings)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(400, "the data URL is not valid base64", code="invalid_data_url") from None
+        if not data:
+            raise APIError(400, "the data URL holds no data", code="invalid_data_url")
+        _, path = store.new_path(".video")
+        path.write_bytes(data)
+        return str(path), lambda: path.unlink(missing_ok=True)
+    if url.startswith("file-"):
+        path = store.get(url)
+        if path is None:
+            raise APIError(404, f"no uploaded file {url!r}", "not_found_error", "file_not_found")
+        return str(path), noop
+    if re.match(r"^https?://", url, re.I):
+        if not settings.allow_remote_urls:
+            raise APIError(400, "remote URLs are disabled on this server (start it with --allow-remote-urls)",
+                           code="remote_urls_disabled")  # fmt: skip
+        path = await asyncio.to_thread(_download, url, settings, store)
+        return str(path), lambda: path.unlink(missing_ok=True)
+    local = url[len("file://") :] if url.startswith("file://") else url
+    return str(_allowed_local(local, settings)), noop
+
+
+def _allowed_local(path: str, settings: ServerSettings) -> Path:
+    """Resolve ``path`` (symlinks and ``..`` included) and require it inside the allowed folder."""
+    if not settings.allowed_local_media_path:
+        raise APIError(400, "local paths are disabled on this server (start it with --allowed-local-media-path DIR)",
+                       code="local_paths_disabled")  # fmt: skip
+    root = Path(settings.allowed_local_media_path).resolve()
+    p = Path(path)
+    if not p.is_absolute():
+        p = root / p
+    real = p.resolve()
+    if real != root and root not in real.parents:
+        raise APIError(403, "the path is outside the allowed media folder", "permission_error", "path_not_allowed")
+    if not real.is_file():
+        raise APIError(404, "no such file in the allowed media folder", "not_found_error", "file_not_found")
+    return real
+
+
+def _check_size(size: int, settings: ServerSettings) -> None:
+    if size > settings.max_upload_bytes:
+        raise APIError(413, f"the video is larger than the {settings.max_upload_mb:g} MB limit", code="file_too_large")
+
+
+def _download(url: str, settings: ServerSettings, store: MediaStore) -> Path:
+    import urllib.request
+
+    _, path = store.new_path(".video")
+    size = 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(path, "wb") as out:  # noqa: S310 (opt-in)
+            while chunk := r.read(1 << 20):
+                size += len(chunk)
+                _check_size(size, settings)
+                out.write(chunk)
+    except APIError:
+        path.unlink(missing_ok=True)
+        raise
+    except Exception as e:  # network errors become a 400 for the client
+        path.unlink(missing_ok=True)
+        raise APIError(400, f"could not download the video ({type(e).__name__})", code="download_failed") from None
+    return path
+
+
+def _check_duration(path: str, settings: ServerSettings) -> None:
+    import av
+
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        seconds = None
+        if s.duration and s.time_base:
+            seconds = float(s.duration * s.time_base)
+        elif c.duration:
+            seconds = c.duration / 1_000_000
+    if seconds is not None and seconds > settings.max_video_seconds:
+        raise LongVUError(
+            f"the video lasts {seconds:.0f}s, more than this server's {settings.max_video_seconds:g}s limit"
+        )
+
+
+def _usage(answer) -> dict:
+    prompt = answer.trace.data["counts"]["sequence_length"]
+    done = len(answer.token_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+
+def _trace_summary(t: dict) -> dict:
+    """The compression trace a client sees: frames kept, high-res frames, tokens per stage."""
+    video, dino, sel = t["video"], t["dino"], t["selection"]
+    ts = video.get("timestamps", [])
+    high = sel["high_res_frames"] if sel["input_mix_res"] else list(range(len(dino["kept_indices"])))
+    return {
+        "sampled_timestamps": ts,
+        "kept_indices": dino["kept_indices"],
+        "kept_timestamps": dino.get("kept_timestamps"),
+        "high_res_indices": [dino["kept_indices"][i] for i in high],
+        "tokens_per_frame": t.get("tokens_per_frame"),
+        "counts": t["counts"],
+        "stc_applied": t["stc"]["applied"],
+        "from_cache": "encode_cache_hit" in t.get("timings", {}),
+    }
+
+
+def _completion(cid: str, created: int, model: str, answer) -> dict:
+    finish = "stop" if answer.trace.data["generation"]["stopped_by"] != "max_new_tokens" else "length"
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": finish}],
+        "usage": _usage(answer),
+        "longvu": _trace_summary(answer.trace.data),
+    }
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def serve(lv: LongVU, settings: ServerSettings, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(lv, settings), host=host, port=port, log_level="info")
