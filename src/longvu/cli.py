@@ -103,6 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-new-tokens", type=_positive_int, default=512, help="default answer length")
     n.add_argument("--upload-dir", help="where uploads are kept (default: a private temporary folder)")
     n.add_argument("--quiet", "-q", action="store_true")
+    ev = sub.add_parser("eval", help="run a benchmark (videomme, mlvu, egoschema, mvbench, vniah)")
+    ev.add_argument("benchmark", choices=["videomme", "mlvu", "egoschema", "mvbench", "vniah"])
+    ev.add_argument("--data", required=True, help="the benchmark's folder, in its published layout")
+    ev.add_argument("--out", required=True, help="results folder (a re-run resumes)")
+    ev.add_argument("--model", default=None, help="checkpoint folder or hub id")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    ev.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                    help="override the preset's config, e.g. --set drop_threshold=0.7")  # fmt: skip
+    ev.add_argument("--workers", type=_positive_int, default=1, help="model processes on this machine (or Ray actors)")
+    ev.add_argument(
+        "--ray", metavar="ADDRESS", help="run the workers on a Ray cluster ('auto', an address, or 'local')"
+    )
+    ev.add_argument(
+        "--ray-gpus", type=_float, default=None, help="GPUs per Ray worker (default 1 if the cluster has GPUs)"
+    )
+    ev.add_argument("--limit", type=_positive_int, help="only the first N questions")
+    ev.add_argument("--subtitles", action="store_true", help="VideoMME: add the subtitles (the 'w/ subs' setting)")
+    ev.add_argument("--mode", choices=["teacher", "generate"], default="teacher", help="V-NIAH scoring")
+    ev.add_argument("--quiet", "-q", action="store_true")
+    vn = sub.add_parser("vniah", help="make V-NIAH haystack videos")
+    vn.add_argument("action", choices=["generate"])
+    vn.add_argument("--out", required=True)
+    vn.add_argument("--haystack", help="a video to build the haystack from (default: synthetic frames)")
+    vn.add_argument("--lengths", type=_positive_int, nargs="+", default=[60, 120, 240, 480])
+    vn.add_argument("--depths", type=_float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     cache = sub.add_parser("cache", help="inspect or empty the feature cache")
     cache.add_argument("action", choices=["info", "clear"])
     cache.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
@@ -259,6 +285,49 @@ def run_serve(args) -> int:
     return 0
 
 
+def run_eval(args) -> int:
+    from .config import parse_set_options
+    from .model import DEFAULT_MODEL
+
+    overrides = parse_set_options(args.overrides)
+    model = args.model or DEFAULT_MODEL
+    if args.benchmark == "vniah":
+        from .eval.vniah import run_vniah
+
+        summary = run_vniah(args.data, args.out, model=model, mode=args.mode, device=args.device,
+                            dtype=args.dtype, overrides=overrides)  # fmt: skip
+        print(f"V-NIAH ({summary['mode']}): {summary['accuracy']}% of {summary['items']} items; "
+              f"needle frame kept in {summary['needle_kept_rate']}%; heatmap {args.out}/heatmap.png")  # fmt: skip
+        return 0
+    from .eval.benchmarks import load_items
+    from .eval.runner import run_benchmark
+
+    items = load_items(args.benchmark, args.data, **({"subtitles": True} if args.subtitles else {}))
+    if args.limit:
+        items = items[: args.limit]
+    _log(args, f"{len(items)} questions from {args.data}")
+    summary = run_benchmark(
+        args.benchmark, items, args.out, model=model, device=args.device, dtype=args.dtype, overrides=overrides,
+        workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, progress=not args.quiet,
+    )  # fmt: skip
+    print(open(os.path.join(args.out, "summary.md")).read(), end="")
+    if summary["unparseable"]:
+        _log(args, f"{summary['unparseable']} answers could not be parsed (counted wrong): see summary.json")
+    return 0
+
+
+def run_vniah_generate(args) -> int:
+    from .eval.vniah import generate
+
+    if args.haystack:
+        from .video import probe_video
+
+        probe_video(args.haystack)
+    manifest = generate(args.out, lengths=args.lengths, depths=args.depths, haystack=args.haystack)
+    print(f"wrote {manifest}")
+    return 0
+
+
 def run_cache(args) -> int:
     from .cache import FeatureCache
 
@@ -284,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_chat(args)
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "eval":
+            return run_eval(args)
+        if args.command == "vniah":
+            return run_vniah_generate(args)
         return run_ask(args)
     except LongVUError as e:
         print(f"longvu: error: {e}", file=sys.stderr)

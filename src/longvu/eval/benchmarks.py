@@ -1,0 +1,228 @@
+"""Benchmark loaders (published layouts) and the original evaluation scripts' settings.
+
+Each loader returns :class:`Item` s: one multiple-choice question about one video,
+with the prompt worded as the original script words it and the answer as a letter.
+Each benchmark also has a :class:`Preset`: how the original script samples frames and
+which thresholds it sets at run time.  ``--fps``/``--set`` override them.
+
+Layouts (``DIR`` is ``--data``):
+
+* ``videomme``: ``DIR/videomme/test-00000-of-00001.parquet`` (or ``DIR/test-...``),
+  videos ``DIR/data/<youtube id>.mp4``, optional ``DIR/subtitle/<youtube id>.srt``.
+* ``mlvu``: ``DIR/json/<n>_<task>.json``, videos ``DIR/video/<n>_<task>/<video>``.
+* ``egoschema``: ``DIR/questions.json``, ``DIR/subset_answers.json``, videos
+  ``DIR/good_clips_git/<q_uid>.mp4``.
+* ``mvbench``: ``DIR/json/<task>.json``, videos ``DIR/video/<prefix>/<video>`` (one task
+  reads JPEG frame folders).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LongVUError
+from .answers import letters_for
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+@dataclass
+class Item:
+    """One question.  ``answer`` is a letter, or ``None`` where the benchmark hides it."""
+
+    qid: str
+    benchmark: str
+    video: str
+    prompt: str
+    letters: list[str]
+    answer: str | None
+    category: str
+    extra: dict = field(default_factory=dict)  # duration, bound, frames folder, ...
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Frame sampling and run-time config of an original evaluation script."""
+
+    name: str
+    sample_fps: float  # frames per second (of the video's rounded fps, as the scripts do)
+    max_frames: int | None = None  # strided down to about this many (the scripts' rule)
+    overrides: tuple[tuple[str, object], ...] = ()
+    max_new_tokens: int = 5
+
+    def frame_indices(self, total: int, avg_fps: float, bound: tuple[float, float] | None = None) -> list[int]:
+        """Source frame indices, exactly as the original script picks them."""
+        if self.name == "mvbench":
+            # eval_mvbench.py: float fps, step round(fps / 2), optional [start, end] bound
+            step = max(1, round(avg_fps / 2))
+            last = total - 1
+            if bound:
+                lo = max(0, round(bound[0] * avg_fps))
+                hi = min(round(bound[1] * avg_fps), last)
+                return list(range(lo, hi, step)) or [lo]
+            return list(range(0, last, step)) or [0]
+        fps = round(avg_fps)  # the scripts round the fps first
+        step = max(1, round(fps / self.sample_fps))
+        idx = list(range(0, total, step))
+        if self.max_frames and len(idx) > self.max_frames:
+            stride = len(idx) // self.max_frames
+            idx = [idx[i] for i in range(0, len(idx), stride)]
+        return idx
+
+
+PRESETS = {
+    "videomme": Preset("videomme", 0.5, None, (("drop_threshold", 0.65),)),
+    "mlvu": Preset("mlvu", 0.5, 1000, (("dino_threshold", 0.82), ("drop_threshold", 0.77))),
+    "egoschema": Preset("egoschema", 0.5, 1000, (("drop_threshold", 0.8),)),
+    "mvbench": Preset("mvbench", 2.0, None, (("drop_threshold", 0.8),)),
+}
+
+
+def _find_video(folder: Path, stem: str) -> Path:
+    for ext in VIDEO_EXTS:
+        p = folder / f"{stem}{ext}"
+        if p.exists():
+            return p
+    return folder / f"{stem}.mp4"
+
+
+def _mc_prompt(question: str, options: list[str], closing: str) -> str:
+    lines = [f"Question: {question}", "Options:"]
+    lines += [f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(options)]
+    return "\n".join(lines) + "\n" + closing
+
+
+def load_videomme(data: Path, subtitles: bool = False) -> list[Item]:
+    parquet = next((p for p in (data / "videomme" / "test-00000-of-00001.parquet",
+                                data / "test-00000-of-00001.parquet") if p.exists()), None)  # fmt: skip
+    if parquet is None:
+        raise LongVUError(f"{data}: no videomme/test-00000-of-00001.parquet (the Video-MME layout)")
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(parquet).to_pylist()
+    items = []
+    for r in rows:
+        yt = str(r.get("videoID") or str(r.get("url", "")).split("watch?v=")[-1])
+        q = f"Question: {r['question']}\nOptions:\n" + "".join(f"{op}\n" for op in r["options"])
+        q += "Respond with only the letter (A, B, C, or D) of the correct option.\n"
+        extra = {"duration": r.get("duration"), "task_type": r.get("task_type"), "domain": r.get("domain")}
+        srt = data / "subtitle" / f"{yt}.srt"
+        if subtitles and srt.exists():
+            extra["subtitle"] = str(srt)
+        items.append(Item(str(r["question_id"]), "videomme", str(_find_video(data / "data", yt)), q,
+                          letters_for(len(r["options"])), str(r["answer"]).strip(), str(r.get("duration")), extra))  # fmt: skip
+    return items
+
+
+MLVU_TASKS = {
+    "count": "4_count", "ego": "3_ego", "needle": "2_needle", "order": "5_order", "plotQA": "1_plotQA",
+    "anomaly_reco": "6_anomaly_reco", "topic_reasoning": "7_topic_reasoning",
+}  # fmt: skip
+
+
+def load_mlvu(data: Path) -> list[Item]:
+    items = []
+    found = False
+    for task, stem in MLVU_TASKS.items():
+        path = data / "json" / f"{stem}.json"
+        if not path.exists():
+            continue
+        found = True
+        for i, d in enumerate(json.loads(path.read_text())):
+            cands = list(d["candidates"])
+            prompt = _mc_prompt(
+                d["question"], cands, "Respond with only the letter (A, B, C or D) of the correct option."
+            )
+            ans = chr(ord("A") + cands.index(d["answer"])) if d["answer"] in cands else None
+            items.append(Item(f"{task}-{i}", "mlvu", str(data / "video" / stem / d["video"]), prompt.rstrip(),
+                              letters_for(len(cands)), ans, task, {}))  # fmt: skip
+    if not found:
+        raise LongVUError(f"{data}: no json/<n>_<task>.json files (the MLVU layout)")
+    return items
+
+
+def load_egoschema(data: Path) -> list[Item]:
+    qpath = data / "questions.json"
+    if not qpath.exists():
+        raise LongVUError(f"{data}: no questions.json (the EgoSchema layout)")
+    answers_path = data / "subset_answers.json"
+    answers = json.loads(answers_path.read_text()) if answers_path.exists() else {}
+    items = []
+    for d in json.loads(qpath.read_text()):
+        opts = [d[f"option {i}"] for i in range(5)]
+        prompt = _mc_prompt(
+            d["question"], opts, "Respond with only the letter (A, B, C, D or E) of the correct option."
+        )
+        ans = answers.get(d["q_uid"])
+        letter = chr(ord("A") + int(ans)) if ans is not None else None
+        items.append(Item(d["q_uid"], "egoschema", str(_find_video(data / "good_clips_git", d["q_uid"])), prompt,
+                          letters_for(5), letter, "subset" if ans is not None else "full", {}))  # fmt: skip
+    return items
+
+
+MVBENCH_TASKS = {
+    "Action Sequence": ("action_sequence.json", "star/Charades_v1_480/", "video", True),
+    "Action Prediction": ("action_prediction.json", "star/Charades_v1_480/", "video", True),
+    "Action Antonym": ("action_antonym.json", "ssv2_video/", "video", False),
+    "Fine-grained Action": ("fine_grained_action.json", "Moments_in_Time_Raw/videos/", "video", False),
+    "Unexpected Action": ("unexpected_action.json", "FunQA_test/test/", "video", False),
+    "Object Existence": ("object_existence.json", "clevrer/video_validation/", "video", False),
+    "Object Interaction": ("object_interaction.json", "star/Charades_v1_480/", "video", True),
+    "Object Shuffle": ("object_shuffle.json", "perception/videos/", "video", False),
+    "Moving Direction": ("moving_direction.json", "clevrer/video_validation/", "video", False),
+    "Action Localization": ("action_localization.json", "sta/sta_video/", "video", True),
+    "Scene Transition": ("scene_transition.json", "scene_qa/video/", "video", False),
+    "Action Count": ("action_count.json", "perception/videos/", "video", False),
+    "Moving Count": ("moving_count.json", "clevrer/video_validation/", "video", False),
+    "Moving Attribute": ("moving_attribute.json", "clevrer/video_validation/", "video", False),
+    "State Change": ("state_change.json", "perception/videos/", "video", False),
+    "Fine-grained Pose": ("fine_grained_pose.json", "nturgbd/", "video", False),
+    "Character Order": ("character_order.json", "perception/videos/", "video", False),
+    "Egocentric Navigation": ("egocentric_navigation.json", "vlnqa/", "video", False),
+    "Episodic Reasoning": ("episodic_reasoning.json", "tvqa/frames_fps3_hq/", "frame", True),
+    "Counterfactual Inference": ("counterfactual_inference.json", "clevrer/video_validation/", "video", False),
+}
+
+
+def load_mvbench(data: Path) -> list[Item]:
+    items = []
+    for task, (jname, prefix, kind, bounded) in MVBENCH_TASKS.items():
+        path = data / "json" / jname
+        if not path.exists():
+            continue
+        for i, d in enumerate(json.loads(path.read_text())):
+            cands = list(d["candidates"])
+            prompt = "Question: {}\nOptions:\n{}Answer with the option's letter from the given choices directly and only give the best option.".format(
+                d["question"], "".join(f"({chr(ord('A') + k)}) {c}\n" for k, c in enumerate(cands))
+            )
+            ans = chr(ord("A") + cands.index(d["answer"])) if d["answer"] in cands else None
+            extra = {"kind": kind}
+            if bounded:
+                extra["bound"] = [float(d["start"]), float(d["end"])]
+            items.append(Item(f"{task}-{i}", "mvbench", str(data / "video" / prefix / d["video"]), prompt,
+                              letters_for(len(cands)), ans, task, extra))  # fmt: skip
+    if not items:
+        raise LongVUError(f"{data}: no json/<task>.json files (the MVBench layout)")
+    return items
+
+
+LOADERS = {"videomme": load_videomme, "mlvu": load_mlvu, "egoschema": load_egoschema, "mvbench": load_mvbench}
+
+
+def load_items(benchmark: str, data: str | Path, **kw) -> list[Item]:
+    if benchmark not in LOADERS:
+        raise LongVUError(f"unknown benchmark {benchmark!r}; known: {', '.join(LOADERS)}")
+    data = Path(data)
+    if not data.is_dir():
+        raise LongVUError(f"{data}: no such data folder")
+    return LOADERS[benchmark](data, **kw) if benchmark == "videomme" else LOADERS[benchmark](data)
+
+
+def frames_folder_indices(n_files: int, bound: tuple[float, float] | None, fps: float = 3.0) -> list[int]:
+    """eval_mvbench.py's rule for JPEG frame folders (1-based ``%05d.jpg``, 3 fps)."""
+    lo, hi = bound if bound else (-100000, 100000)
+    start = max(1, round(lo * fps))
+    end = min(round(hi * fps), n_files)
+    return list(range(start, end, max(1, round(fps / 2)))) or [start]

@@ -1,0 +1,203 @@
+"""V-NIAH: a visual needle in a video haystack (after LongVA's benchmark).
+
+``generate`` builds haystack videos of several lengths from any video (or synthetic
+frames) and inserts a *needle frame* - a word drawn in pixels - at several depths, so
+the test exercises LongVU's frame reduction itself: a reduction that drops the needle
+frame cannot answer.  ``score`` answers each item in one of two modes:
+
+* ``teacher``: teacher-forced exact match as LongVA scores it: the answer's tokens are
+  appended to the prompt and the item is right if the model's greedy next-token choice
+  equals every answer token;
+* ``generate``: the model answers freely; right if the answer word is in its output.
+
+``heatmap`` draws accuracy over (haystack length x needle depth) as a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+NEEDLES = ["APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN"]
+QUESTION = "One frame of this video shows a single word in large letters. What is that word? Answer with the word only."
+
+
+def needle_frame(word: str, h: int, w: int) -> np.ndarray:
+    """A frame with ``word`` in large black letters on white."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    size = max(10, int(min(h, w / max(1, len(word)) * 1.6) * 0.5))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    box = draw.textbbox((0, 0), word, font=font)
+    draw.text(((w - (box[2] - box[0])) / 2, (h - (box[3] - box[1])) / 2), word, fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
+def haystack_frames(source: str | None, n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` frames at 1 fps from ``source`` (looped if short), or synthetic ones."""
+    if source:
+        from PIL import Image
+
+        from ..video import load_video
+
+        clip = load_video(source)
+        base = [np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in clip.frames]
+        return [base[i % len(base)] for i in range(n)]
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        c = rng.integers(40, 200, 3)
+        f = np.empty((h, w, 3), np.uint8)
+        f[:] = c
+        x = (i * 11) % (w - 24)
+        f[h // 3 : h // 3 + 24, x : x + 24] = 255 - c
+        frames.append(f)
+    return frames
+
+
+def write_frames(path: Path, frames: list[np.ndarray], fps: int = 1) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=Fraction(fps))
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        s.options = {"crf": "12", "preset": "veryfast"}
+        for f in frames:
+            for p in s.encode(__import__("av").VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+
+
+def generate(
+    out_dir: str | Path,
+    *,
+    lengths: list[int],
+    depths: list[float],
+    haystack: str | None = None,
+    size: tuple[int, int] = (224, 336),
+) -> Path:
+    """Write one video per (length, depth) and ``vniah.json``; lengths are seconds at 1 fps."""
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    h, w = size
+    base = haystack_frames(haystack, max(lengths), h, w)
+    items = []
+    for li, n in enumerate(lengths):
+        for di, depth in enumerate(depths):
+            word = NEEDLES[(li * len(depths) + di) % len(NEEDLES)]
+            pos = int(round(depth * n))
+            frames = base[:pos] + [needle_frame(word, h, w)] + base[pos:n]
+            name = f"len{n:05d}_depth{int(round(depth * 100)):03d}.mp4"
+            write_frames(out / "videos" / name, frames)
+            items.append({"id": name[:-4], "video": f"videos/{name}", "length": n, "depth": depth,
+                          "needle_index": pos, "question": QUESTION, "answer": word})  # fmt: skip
+    manifest = out / "vniah.json"
+    manifest.write_text(json.dumps({"haystack": haystack or "synthetic", "items": items}, indent=1))
+    return manifest
+
+
+def score_item(lv, item: dict, root: Path, mode: str = "teacher") -> dict:
+    """Answer one V-NIAH item; returns the result line."""
+    import torch
+
+    from ..pipeline import GenerationOptions
+    from ..prompt import Conversation
+    from ..trace import Trace
+
+    feats = lv.features(str(root / item["video"]))
+    kept = None
+    if mode == "generate":
+        ans = lv.ask(feats, item["question"], generation=GenerationOptions(max_new_tokens=8, greedy=True))
+        correct = item["answer"].lower() in ans.text.lower()
+        output, trace = ans.text, ans.trace.data
+    else:
+        conv = Conversation(lv.model.template)
+        conv.add_user(item["question"])
+        ids = lv.prompt_ids(conv)
+        trace_obj = Trace()
+        target = lv.model.tokenizer(item["answer"], add_special_tokens=False).input_ids
+        with torch.inference_mode():
+            embeds = lv.compose(feats, ids, trace_obj, False)
+            full = torch.cat([embeds, lv.model.embed(target).unsqueeze(0).to(embeds.dtype)], dim=1)
+            logits = lv.model.llm(inputs_embeds=full).logits[0]
+        n = embeds.shape[1]
+        pred = logits[n - 1 : n - 1 + len(target)].argmax(-1).tolist()
+        correct = pred == target
+        output, trace = lv.model.tokenizer.decode(pred), trace_obj.data
+    kept = trace["dino"]["kept_source_indices"]
+    return {
+        "qid": item["id"], "length": item["length"], "depth": item["depth"], "answer": item["answer"],
+        "output": output, "correct": bool(correct), "mode": mode,
+        "needle_kept": item["needle_index"] in kept,
+    }  # fmt: skip
+
+
+def heatmap(results: list[dict], path: str | Path, title: str = "V-NIAH") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["length"] for r in results})
+    depths = sorted({r["depth"] for r in results})
+    grid = np.full((len(depths), len(lengths)), np.nan)
+    for r in results:
+        grid[depths.index(r["depth"]), lengths.index(r["length"])] = 1.0 if r["correct"] else 0.0
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(lengths), 1.2 + 0.5 * len(depths)))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [str(x) for x in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_xlabel("haystack length (frames at 1 fps)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = "teacher", device: str = "auto",
+              dtype: str = "auto", overrides: dict | None = None) -> dict:  # fmt: skip
+    """Score every item of ``data/vniah.json`` (resumable) and draw the heatmap."""
+    from ..errors import LongVUError
+    from ..pipeline import LongVU
+    from .runner import RESULTS, ResultWriter, read_results
+
+    root = Path(data)
+    manifest = root / "vniah.json"
+    if not manifest.exists():
+        raise LongVUError(f"{root}: no vniah.json (make one with `longvu vniah generate`)")
+    items = json.loads(manifest.read_text())["items"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = read_results(out / RESULTS)
+    todo = [it for it in items if it["id"] not in done]
+    if todo:
+        lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False)
+        writer = ResultWriter(out / RESULTS)
+        try:
+            for it in todo:
+                rec = score_item(lv, it, root, mode)
+                writer.write(rec)
+                done[rec["qid"]] = rec
+        finally:
+            writer.close()
+    ordered = [done[it["id"]] for it in items]
+    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in ordered))
+    summary = {
+        "benchmark": "vniah", "mode": mode, "items": len(ordered),
+        "accuracy": round(100.0 * sum(r["correct"] for r in ordered) / len(ordered), 2),
+        "needle_kept_rate": round(100.0 * sum(r["needle_kept"] for r in ordered) / len(ordered), 2),
+    }  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    heatmap(ordered, out / "heatmap.png", f"V-NIAH ({mode}), accuracy {summary['accuracy']}%")
+    return summary
