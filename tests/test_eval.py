@@ -220,3 +220,23 @@ def test_vniah_generate_and_score(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["accuracy"] == round(100 * sum(x["correct"] for x in lines) / 6, 2)
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_videomme_subtitles_in_prompt(tmp_path, qwen_model):
+    from longvu.eval.runner import subtitle_text
+
+    srt = tmp_path / "s.srt"
+    srt.write_text(
+        "1\n00:00:00,500 --> 00:00:01,500\nhello there\n\n2\n00:00:01,500 --> 00:00:03,500\n[Music]\n\n"
+        "3\n00:00:03,500 --> 00:00:06,000\nsecond line\n"
+    )
+    # frames 25, 50, 75, 100, 125 at 25 fps = 1 s .. 5 s
+    text = subtitle_text(str(srt), [25, 50, 75, 100, 125], 25, qwen_model)
+    assert text == "This video's subtitles are listed below:\nhello there\nsecond line\n"
+
+
+def test_preset_overrides_from_cli(tmp_path):
+    data = make_egoschema(tmp_path / "ego")
+    run_eval("egoschema", data, tmp_path / "o", "--sample-fps", "0.25", "--set", "drop_threshold=0.5")
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())["settings"]
+    assert s["sample_fps"] == 0.25 and s["overrides"]["drop_threshold"] == 0.5

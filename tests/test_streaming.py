@@ -46,3 +46,11 @@ def test_cap_applies_to_stored_frames(qwen_model, tmp_path):
     model = dataclasses.replace(qwen_model.model, cfg=cfg)
     feats = encode_video(model, path, keep_all_below=2)
     assert feats.stored == [int(i * 40 / 5) for i in range(5)]
+
+
+def test_progress_bar_only_when_asked(qwen_model, capsys):
+    encode_video(qwen_model.model, VIDEO, keep_all_below=5, progress=False)
+    assert "encoding" not in capsys.readouterr().err
+    encode_video(qwen_model.model, VIDEO, keep_all_below=5, progress=True)
+    err = capsys.readouterr().err
+    assert "encoding" in err and "/21 [" in err and "frame/s" in err  # total known up front, with a rate

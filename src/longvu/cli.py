@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--limit", type=_positive_int, help="only the first N questions")
     ev.add_argument("--subtitles", action="store_true", help="VideoMME: add the subtitles (the 'w/ subs' setting)")
+    ev.add_argument("--sample-fps", type=_float, help="override the preset's frames per second")
+    ev.add_argument("--max-frames", type=_positive_int, help="override the preset's frame limit")
     ev.add_argument("--mode", choices=["teacher", "generate"], default="teacher", help="V-NIAH scoring")
     ev.add_argument("--quiet", "-q", action="store_true")
     vn = sub.add_parser("vniah", help="make V-NIAH haystack videos")
@@ -299,8 +301,15 @@ def run_eval(args) -> int:
         print(f"V-NIAH ({summary['mode']}): {summary['accuracy']}% of {summary['items']} items; "
               f"needle frame kept in {summary['needle_kept_rate']}%; heatmap {args.out}/heatmap.png")  # fmt: skip
         return 0
-    from .eval.benchmarks import load_items
+    import dataclasses
+
+    from .eval.benchmarks import PRESETS, load_items
     from .eval.runner import run_benchmark
+
+    preset = PRESETS[args.benchmark]
+    if args.sample_fps or args.max_frames:
+        preset = dataclasses.replace(preset, sample_fps=args.sample_fps or preset.sample_fps,
+                                     max_frames=args.max_frames or preset.max_frames)  # fmt: skip
 
     items = load_items(args.benchmark, args.data, **({"subtitles": True} if args.subtitles else {}))
     if args.limit:
@@ -308,7 +317,7 @@ def run_eval(args) -> int:
     _log(args, f"{len(items)} questions from {args.data}")
     summary = run_benchmark(
         args.benchmark, items, args.out, model=model, device=args.device, dtype=args.dtype, overrides=overrides,
-        workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, progress=not args.quiet,
+        workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, progress=not args.quiet, preset=preset,
     )  # fmt: skip
     print(open(os.path.join(args.out, "summary.md")).read(), end="")
     if summary["unparseable"]:

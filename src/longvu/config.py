@@ -155,20 +155,25 @@ class LongVUConfig:
             out[f.name] = f.type
         return out
 
-    def with_overrides(self, overrides: dict[str, Any]) -> LongVUConfig:
-        """A copy with ``overrides`` applied; values may be strings (from the CLI)."""
-        allowed = self.settable_fields()
-        changes: dict[str, Any] = {}
+    @classmethod
+    def coerce_overrides(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Check ``overrides`` keys and convert their values to the fields' types."""
+        allowed = cls.settable_fields()
+        out = {}
         for key, value in overrides.items():
             if key not in allowed:
                 raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(sorted(allowed))}")
-            changes[key] = _coerce(key, value, getattr(self, key), allowed[key])
-        new = dataclasses.replace(self, **changes)
+            out[key] = _coerce(key, value, allowed[key])
+        return out
+
+    def with_overrides(self, overrides: dict[str, Any]) -> LongVUConfig:
+        """A copy with ``overrides`` applied; values may be strings (from the CLI)."""
+        new = dataclasses.replace(self, **self.coerce_overrides(overrides))
         new.llm_config = dict(self.llm_config)
         return new
 
 
-def _coerce(key: str, value: Any, current: Any, annotation: str) -> Any:
+def _coerce(key: str, value: Any, annotation: str) -> Any:
     """Convert ``value`` to the type of field ``key`` or raise a ConfigError."""
     ann = str(annotation)
     if ann.startswith("bool"):

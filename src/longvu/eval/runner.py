@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..config import LongVUConfig
 from ..errors import LongVUError
 from .answers import parse_choice
 from .benchmarks import PRESETS, Item, Preset, frames_folder_indices
@@ -71,22 +72,39 @@ class Evaluator:
         self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False)
         self.max_new_tokens = max_new_tokens
 
-    def run_group(self, group: list[dict], preset_name: str) -> list[dict]:
+    def run_group(self, group: list[dict], preset: Preset) -> list[dict]:
         from ..pipeline import GenerationOptions
 
         items = [Item(**g) for g in group]
-        preset = PRESETS[preset_name]
         try:
-            feats = self.lv.features(load_item_video(items[0], preset))
+            clip = load_item_video(items[0], preset)
+            feats = self.lv.features(clip)
         except (LongVUError, OSError) as e:
             return [result_line(it, None, f"video error: {e}") for it in items]
-        out = []
-        for it in items:
-            ans = self.lv.ask(
-                feats, it.prompt, generation=GenerationOptions(max_new_tokens=self.max_new_tokens, greedy=True)
-            )
-            out.append(result_line(it, ans.text, None))
-        return out
+        subs = ""
+        if items[0].extra.get("subtitle"):
+            subs = subtitle_text(items[0].extra["subtitle"], clip.source_indices, round(clip.avg_fps), self.lv)
+        gen = GenerationOptions(max_new_tokens=self.max_new_tokens, greedy=True)
+        return [result_line(it, self.lv.ask(feats, subs + it.prompt, generation=gen).text, None) for it in items]
+
+
+def subtitle_text(srt: str, frame_indices: list[int], fps: int, lv) -> str:
+    """VideoMME's subtitle prefix as eval_videomme.py builds it: the line showing at each sampled
+    frame, without [Music]/[Applause] and repeats, thinned to about 200 lines past 6000 tokens."""
+    import pysubs2
+
+    subs = pysubs2.load(srt, encoding="utf-8")
+    lines: list[str] = []
+    for frame in frame_indices:
+        now = pysubs2.make_time(fps=fps, frames=frame)
+        text = next((sub.text.replace("\\N", " ") for sub in subs if sub.start < now < sub.end), "")
+        if text.strip() and "[Music]" not in text and "[Applause]" not in text and text not in lines:
+            if not lines or text not in lines[-1]:
+                lines.append(text)
+    if len(lv.model.tokenizer("\n".join(lines)).input_ids) > 6000:
+        step = max(1, len(lines) // 200)
+        lines = [lines[i] for i in range(0, len(lines), step)]
+    return "This video's subtitles are listed below:\n" + "\n".join(lines) + "\n"
 
 
 def result_line(item: Item, text: str | None, error: str | None) -> dict:
@@ -152,13 +170,14 @@ def run_benchmark(
     ray_address: str | None = None,
     ray_gpus: float | None = None,
     progress: bool = False,
+    preset: Preset | None = None,
 ) -> dict:
     """Answer every item not already in ``out_dir/results.jsonl``, then write the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    preset = PRESETS[benchmark]
+    preset = preset or PRESETS[benchmark]
     cfg = dict(preset.overrides)
-    cfg.update(overrides or {})
+    cfg.update(LongVUConfig.coerce_overrides(overrides or {}))
     done = read_results(out / RESULTS)
     todo = [it for it in items if it.qid not in done]
     groups = [[asdict(i) for i in g] for g in group_by_video(todo)]
@@ -167,7 +186,7 @@ def run_benchmark(
     t0 = time.perf_counter()
     n_done = 0
     try:
-        for lines in _results(groups, benchmark, kw, workers, ray_address, ray_gpus):
+        for lines in _results(groups, preset, kw, workers, ray_address, ray_gpus):
             for rec in lines:
                 writer.write(rec)
                 done[rec["qid"]] = rec
@@ -191,21 +210,21 @@ def run_benchmark(
     return summary
 
 
-def _results(groups, benchmark, kw, workers, ray_address, ray_gpus):
+def _results(groups, preset, kw, workers, ray_address, ray_gpus):
     if not groups:
         return
     if ray_address:
-        yield from _ray_results(groups, benchmark, kw, workers, ray_address, ray_gpus)
+        yield from _ray_results(groups, preset, kw, workers, ray_address, ray_gpus)
     elif workers > 1:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         with ctx.Pool(workers, initializer=_init_worker, initargs=(kw,)) as pool:
-            yield from pool.imap_unordered(_pool_run, [(g, benchmark) for g in groups])
+            yield from pool.imap_unordered(_pool_run, [(g, preset) for g in groups])
     else:
         ev = Evaluator(**kw)
         for g in groups:
-            yield ev.run_group(g, benchmark)
+            yield ev.run_group(g, preset)
 
 
 _WORKER: Evaluator | None = None
@@ -220,11 +239,11 @@ def _init_worker(kw: dict) -> None:
 
 
 def _pool_run(args: tuple) -> list[dict]:
-    group, benchmark = args
-    return _WORKER.run_group(group, benchmark)
+    group, preset = args
+    return _WORKER.run_group(group, preset)
 
 
-def _ray_results(groups, benchmark, kw, workers, address, gpus):
+def _ray_results(groups, preset, kw, workers, address, gpus):
     import ray
     from ray.util import ActorPool
 
@@ -238,7 +257,7 @@ def _ray_results(groups, benchmark, kw, workers, address, gpus):
     actor_cls = ray.remote(num_gpus=gpus, num_cpus=1)(Evaluator)
     actors = [actor_cls.remote(**kw) for _ in range(max(1, workers))]
     pool = ActorPool(actors)
-    yield from pool.map_unordered(lambda a, g: a.run_group.remote(g, benchmark), groups)
+    yield from pool.map_unordered(lambda a, g: a.run_group.remote(g, preset), groups)
     for a in actors:
         ray.kill(a)
 
