@@ -186,3 +186,9 @@ def test_unexpected_tensor_is_named(capsys, ckpt_copy):
     index_path.write_text(json.dumps(index))
     rc, _, err = ask(capsys, VIDEO, model=ckpt_copy)
     assert_one_line_error(rc, err, "model.extra_head.weight")
+
+
+def test_hub_model_unavailable_offline(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc, _, err = ask(capsys, VIDEO, model="Vision-CAIR/LongVU_Qwen2_7B")
+    assert_one_line_error(rc, err, "pass --model PATH to a local checkpoint folder")
