@@ -183,3 +183,14 @@ def test_trace_from_cache_passes_parity(tmp_path):
                               str(trace), "--quiet"], capture_output=True, text=True)  # fmt: skip
         assert res.returncode == 0, res.stdout
     assert json.loads((tmp_path / "t1.json").read_text())["timings"]["encode_cache_hit"] == 1.0
+
+
+def test_cache_hit_needs_no_vision_tower(tmp_path):
+    from longvu import LongVU
+
+    cache = FeatureCache(tmp_path / "c")
+    LongVU.from_pretrained(QWEN, device="cpu", cache=cache).ask(VIDEO, "What?", generation=GREEDY)
+    fresh = LongVU.from_pretrained(QWEN, device="cpu", cache=cache)
+    ans = fresh.ask(VIDEO, "Describe it.", generation=GREEDY)
+    assert ans.trace.data["timings"]["encode_cache_hit"] == 1.0
+    assert not fresh.model.siglip_tower.loaded and not fresh.model.dinov2_tower.loaded

@@ -74,22 +74,31 @@ class FeatureCache:
         self.blobs = self.root / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.notes: list[str] = []
-        with self._db() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, file TEXT NOT NULL, size INTEGER NOT NULL,"
-                " sha256 TEXT NOT NULL, video TEXT, created REAL NOT NULL, last_access REAL NOT NULL)"
-            )
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS video_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, sha256 TEXT,"
-                " PRIMARY KEY (path, size, mtime_ns))"
-            )
+        # Two processes may create the index at the same moment; switching to WAL takes a
+        # lock that SQLite does not always wait for, so retry that briefly.  WAL then stays on.
+        for attempt in range(100):
+            try:
+                with self._db() as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute(
+                        "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, file TEXT NOT NULL,"
+                        " size INTEGER NOT NULL, sha256 TEXT NOT NULL, video TEXT, created REAL NOT NULL,"
+                        " last_access REAL NOT NULL)"
+                    )
+                    db.execute(
+                        "CREATE TABLE IF NOT EXISTS video_hashes (path TEXT, size INTEGER, mtime_ns INTEGER,"
+                        " sha256 TEXT, PRIMARY KEY (path, size, mtime_ns))"
+                    )
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 99:
+                    raise
+                time.sleep(0.1)
 
     @contextmanager
     def _db(self):
         db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=60000")
             yield db
         finally:
             db.close()

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,16 +135,55 @@ def build_llm_config(cfg: LongVUConfig):
     return LlamaConfig(**raw)
 
 
+class LazyTower:
+    """A vision tower loaded on first use.
+
+    A question about a video already in the feature cache needs no tower at all, so the
+    towers (1.5B parameters for the released checkpoints) are only read when a video
+    has to be encoded.  The folder is resolved, and its config read, at model load.
+    """
+
+    def __init__(self, name: str, folder: Path, dtype: torch.dtype, device: torch.device, dino_image_size: int) -> None:
+        self.name, self.folder, self.dtype, self.device = name, folder, dtype, device
+        self.dino_image_size = dino_image_size
+        self.hidden_size = tower_width(folder)
+        self._tower: VisionTower | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._tower is not None
+
+    def get(self) -> VisionTower:
+        with self._lock:
+            if self._tower is None:
+                self._tower = load_tower(self.name, self.folder, dtype=self.dtype, device=self.device,
+                                         dino_image_size=self.dino_image_size)  # fmt: skip
+            return self._tower
+
+
+def tower_width(folder: Path) -> int:
+    """Hidden size of a SigLIP (full or vision-only config) or DINOv2 tower, from its config.json."""
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}/config.json: {e}") from None
+    raw = raw.get("vision_config", raw)
+    if "hidden_size" not in raw:
+        raise CheckpointError(f"{folder}/config.json has no hidden_size")
+    return int(raw["hidden_size"])
+
+
 @dataclass
 class LongVUModel:
-    """Everything loaded from a checkpoint."""
+    """Everything loaded from a checkpoint (the vision towers on first use)."""
 
     cfg: LongVUConfig
     tokenizer: object
     llm: torch.nn.Module
     connector: SVAConnector
-    siglip: VisionTower
-    dinov2: VisionTower
+    siglip_tower: LazyTower
+    dinov2_tower: LazyTower
     generation_config: object
     device: torch.device
     dtype: torch.dtype
@@ -160,6 +200,14 @@ class LongVUModel:
             h.update(json.dumps(self.cfg.llm_config, sort_keys=True, default=str).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    @property
+    def siglip(self) -> VisionTower:
+        return self.siglip_tower.get()
+
+    @property
+    def dinov2(self) -> VisionTower:
+        return self.dinov2_tower.get()
 
     @property
     def template(self) -> str:
@@ -199,7 +247,11 @@ def load_model(
         kind = tower_kind(name)
         explicit = siglip if kind == "siglip" else dinov2
         tf = resolve_tower_folder(name, folder, explicit, offline=offline)
-        towers[kind] = load_tower(name, tf, dtype=dt, device=dev, dino_image_size=cfg.dino_image_size)
+        if not (tf / "preprocessor_config.json").is_file():
+            raise CheckpointError(f"{tf}: no preprocessor_config.json for the {kind} tower")
+        if not list(tf.glob("*.safetensors")):
+            raise CheckpointError(f"{tf}: no .safetensors weights")
+        towers[kind] = LazyTower(name, tf, dt, dev, cfg.dino_image_size)
     if set(towers) != {"siglip", "dinov2"}:
         raise CheckpointError(f"expected a SigLIP and a DINOv2 tower, config lists {cfg.vision_tower_names}")
 
