@@ -4,8 +4,8 @@
     -> SVA connector (12x12 + 8x8 grids) -> stage 2 text-guided selection
     -> stage 3 spatial token compression -> splice into the prompt -> generate
 
-:class:`LongVU` is the one object the CLI (and later the server and the eval
-harness) wrap.  Every stage's decision is recorded in a :class:`Trace`.
+:class:`LongVU` is the one object the CLI, the server and the eval harness
+wrap.  Every stage's decision is recorded in a :class:`Trace`.
 """
 
 from __future__ import annotations
