@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -53,6 +53,13 @@ class Sampling:
     def step(self, avg_fps: float) -> int:
         return max(1, round(avg_fps / self.fps))
 
+    def keeps(self, index: int, avg_fps: float) -> bool:
+        """Whether source frame ``index`` is sampled (``max_frames`` aside)."""
+        first = 0 if self.start is None else math.ceil(self.start * avg_fps - 1e-9)
+        if index < first or (index - first) % self.step(avg_fps):
+            return False
+        return self.end is None or index / avg_fps < self.end
+
 
 @dataclass
 class VideoClip:
@@ -71,7 +78,6 @@ class VideoClip:
     avg_fps: float
     step: int
     num_frames_total: int
-    notes: list[str] = field(default_factory=list)
 
     @property
     def frame_hw(self) -> tuple[int, int]:
@@ -130,9 +136,7 @@ class StreamInfo:
 
 def sampled_indices(total: int, avg_fps: float, sampling: Sampling) -> list[int]:
     """Source indices that :class:`Sampling` keeps out of ``total`` frames (``max_frames`` included)."""
-    step = sampling.step(avg_fps)
-    first = 0 if sampling.start is None else math.ceil(sampling.start * avg_fps - 1e-9)
-    out = [i for i in range(first, total, step) if sampling.end is None or i / avg_fps < sampling.end]
+    out = [i for i in range(total) if sampling.keeps(i, avg_fps)]
     if sampling.max_frames is not None and len(out) > sampling.max_frames:
         keep = np.linspace(0, len(out), sampling.max_frames, endpoint=False).astype(int).tolist()
         out = [out[i] for i in keep]
@@ -145,11 +149,16 @@ def planned_indices(path: str | os.PathLike, sampling: Sampling) -> set[int]:
     Needed when ``max_frames`` spreads frames over the whole video, so that frames can
     be picked while decoding instead of after.
     """
+    total, fps = count_frames(path)
+    return set(sampled_indices(total, fps, sampling))
+
+
+def count_frames(path: str | os.PathLike) -> tuple[int, float]:
+    """Frames in the video stream, counted from its packets without decoding, and its fps."""
     container = _open(str(path))
     try:
         stream = container.streams.video[0]
-        total = sum(1 for p in container.demux(stream) if p.size)
-        return set(sampled_indices(total, probe_fps(stream), sampling))
+        return sum(1 for p in container.demux(stream) if p.size), probe_fps(stream)
     finally:
         container.close()
 
@@ -178,19 +187,13 @@ def iter_frames(
         # Frame threading costs more than it gains here: the encoder keeps both cores busy.
         stream.thread_type = "SLICE"
         info.avg_fps = probe_fps(stream)
-        info.step = step = sampling.step(info.avg_fps)
-        first = 0 if sampling.start is None else math.ceil(sampling.start * info.avg_fps - 1e-9)
+        info.step = sampling.step(info.avg_fps)
         try:
             for index, frame in enumerate(container.decode(stream)):
                 info.total = index + 1
-                t = index / info.avg_fps
-                if sampling.end is not None and t >= sampling.end:
+                if not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
                     continue
-                if index < first or (index - first) % step:
-                    continue
-                if only is not None and index not in only:
-                    continue
-                yield index, t, frame.to_ndarray(format="rgb24")
+                yield index, index / info.avg_fps, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as e:
             raise VideoError(
                 f"{path}: the video is corrupt or truncated after frame {info.total} ({_ffmpeg_reason(e)})"

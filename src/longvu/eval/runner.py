@@ -32,7 +32,7 @@ def load_item_video(item: Item, preset: Preset):
     """The frames the original script would feed for ``item``, as a VideoClip."""
     import numpy as np
 
-    from ..video import Sampling, StreamInfo, VideoClip, _open, iter_frames, probe_fps
+    from ..video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames
 
     path = Path(item.video)
     bound = tuple(item.extra["bound"]) if item.extra.get("bound") else None
@@ -45,13 +45,7 @@ def load_item_video(item: Item, preset: Preset):
         idx = frames_folder_indices(n, bound)
         frames = np.stack([np.asarray(Image.open(path / f"{i:05d}.jpg").convert("RGB")) for i in idx])
         return VideoClip(str(path), frames, idx, [i / 3.0 for i in idx], 3.0, 2, n)
-    container = _open(str(path))
-    try:
-        stream = container.streams.video[0]
-        fps = probe_fps(stream)
-        total = sum(1 for p in container.demux(stream) if p.size)
-    finally:
-        container.close()
+    total, fps = count_frames(path)
     wanted = preset.frame_indices(total, fps, bound)
     info = StreamInfo()
     got = list(iter_frames(path, Sampling(fps=fps), info, only=set(wanted)))
