@@ -48,16 +48,16 @@ def test_second_question_reads_the_cache_and_matches(lv_cached):
 
 
 def test_key_depends_on_sampling_and_stage1_settings(lv_cached):
-    k1 = lv_cached.cache_key(VIDEO, Sampling())
-    assert k1 == lv_cached.cache_key(VIDEO, Sampling())
-    assert k1 != lv_cached.cache_key(VIDEO, Sampling(fps=2))
+    k1 = lv_cached._cache_key(VIDEO, Sampling())
+    assert k1 == lv_cached._cache_key(VIDEO, Sampling())
+    assert k1 != lv_cached._cache_key(VIDEO, Sampling(fps=2))
     other = LongVU(
         type(lv_cached.model)(
             **{**lv_cached.model.__dict__, "cfg": lv_cached.config.with_overrides({"dino_threshold": 0.5})}
         ),
         lv_cached.cache,
     )
-    assert k1 != other.cache_key(VIDEO, Sampling())
+    assert k1 != other._cache_key(VIDEO, Sampling())
 
 
 def test_round_trip_exact(tmp_path):

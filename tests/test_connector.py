@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from longvu.compose import add_frame_pos
 from longvu.connector import key_mask, to_cells, unpad_window
-from longvu.pipeline import add_frame_pos
 
 
 def grid_size(side: int, hw: tuple[int, int], fix: bool = False) -> tuple[int, int]:

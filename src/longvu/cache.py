@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -141,13 +142,13 @@ class FeatureCache:
             self._forget(key, fname)
             return None
         if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
-            self.notes.append(f"cache entry {key[:12]} is corrupt or truncated; recomputing")
+            self._note(f"cache entry {key[:12]} is corrupt or truncated; recomputing")
             self._forget(key, fname)
             return None
         try:
             feats = _decode(data)
         except Exception as e:  # a blob that verifies but does not parse: treat as corrupt
-            self.notes.append(f"cache entry {key[:12]} is unreadable ({type(e).__name__}); recomputing")
+            self._note(f"cache entry {key[:12]} is unreadable ({type(e).__name__}); recomputing")
             self._forget(key, fname)
             return None
         with self._db() as db:
@@ -184,6 +185,10 @@ class FeatureCache:
             db.execute("COMMIT")
         for _, fname in doomed:
             (self.blobs / fname).unlink(missing_ok=True)
+
+    def _note(self, message: str) -> None:
+        self.notes.append(message)
+        logging.getLogger("longvu").warning(message)
 
     def _forget(self, key: str, fname: str) -> None:
         with self._db() as db:

@@ -7,10 +7,10 @@ the input (a bad file, checkpoint or option) print one line and exit with status
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
-import warnings
 
 from .errors import LongVUError
 
@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-video-seconds", type=_float, default=4 * 3600.0, help="longest video accepted")
     n.add_argument("--request-timeout", type=_float, default=1800.0, help="seconds before a request is abandoned")
     n.add_argument("--queue-size", type=_positive_int, default=8, help="requests waiting at most (then 503)")
-    n.add_argument("--max-new-tokens", type=_positive_int, default=512, help="default answer length")
+    n.add_argument("--max-new-tokens", type=_positive_int, default=512, help="default answer length (default 512)")
+    n.add_argument("--max-tokens-limit", type=_positive_int, default=4096,
+                   help="largest max_tokens a request may ask for; above it, 400 (default 4096)")  # fmt: skip
     n.add_argument("--upload-dir", help="where uploads are kept (default: a private temporary folder)")
     n.add_argument("--quiet", "-q", action="store_true")
     ev = sub.add_parser("eval", help="run a benchmark (videomme, mlvu, egoschema, mvbench, vniah)")
@@ -167,8 +169,8 @@ def _load_model(args, overrides: dict, progress: bool):
         args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
         overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir), progress=progress,
     )  # fmt: skip
-    dtype = str(lv.model.dtype).removeprefix("torch.")
-    _log(args, f"loaded in {time.perf_counter() - t0:.1f}s on {lv.model.device} ({dtype})")
+    dtype = str(lv.dtype).removeprefix("torch.")
+    _log(args, f"loaded in {time.perf_counter() - t0:.1f}s on {lv.device} ({dtype})")
     return lv
 
 
@@ -189,13 +191,10 @@ def _load(args):
     return lv, sampling, gen
 
 
-def _encode(args, lv, sampling):
+def _encode(args, lv, sampling, observer=None):
     t0 = time.perf_counter()
-    feats = lv.features(args.video, sampling, arrays=bool(getattr(args, "trace_arrays", None)))
-    if lv.cache is not None:
-        for note in lv.cache.notes:
-            _log(args, f"longvu: {note}")
-    how = "from the feature cache" if "cache_hit" in feats.timings else "encoded"
+    feats = lv.features(args.video, sampling, observer=observer)
+    how = "from the feature cache" if feats.from_cache else "encoded"
     _log(args, f"{len(feats)} frames sampled from {feats.num_frames_total} ({feats.avg_fps:.2f} fps, every "
                f"{feats.step}); {how} in {time.perf_counter() - t0:.1f}s")  # fmt: skip
     return feats
@@ -215,15 +214,19 @@ def _print_stream(stream, enabled: bool) -> None:
 
 
 def run_ask(args) -> int:
+    from .observe import ParityObserver
     from .pipeline import DESCRIBE_PROMPT
 
     question = DESCRIBE_PROMPT if args.command == "describe" else args.question
     if not question.strip():
         raise LongVUError("the question is empty")
     lv, sampling, gen = _load(args)
-    feats = _encode(args, lv, sampling)
+    observer = ParityObserver(arrays=bool(args.trace_arrays)) if (args.trace or args.trace_arrays) else None
+    feats = _encode(args, lv, sampling, observer)
     t1 = time.perf_counter()
-    stream = lv.ask_stream(feats, question, generation=gen, arrays=bool(args.trace_arrays))
+    conv = lv.conversation()
+    conv.add_user(question)
+    stream = lv.generate(feats, conv, generation=gen, observer=observer)
     _print_stream(stream, args.stream if args.stream is not None else sys.stdout.isatty())
     answer = stream.answer
     if args.trace:
@@ -279,6 +282,7 @@ def run_serve(args) -> int:
         request_timeout_s=args.request_timeout,
         queue_size=args.queue_size,
         max_new_tokens=args.max_new_tokens,
+        max_tokens_limit=args.max_tokens_limit,
         upload_dir=args.upload_dir,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
@@ -351,10 +355,22 @@ def run_cache(args) -> int:
     return 0
 
 
+def _setup_logging(quiet: bool) -> None:
+    """Our own warnings (e.g. a corrupt cache entry) as one ``longvu: ...`` line each on stderr."""
+    log = logging.getLogger("longvu")
+    if not any(getattr(h, "_longvu_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("longvu: %(message)s"))
+        handler._longvu_cli = True
+        log.addHandler(handler)
+    log.setLevel(logging.ERROR if quiet else logging.INFO)
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
+    _setup_logging(bool(getattr(args, "quiet", False)))
     try:
         if args.command == "cache":
             return run_cache(args)

@@ -46,7 +46,6 @@ class LongVUConfig:
     # --- connector (SVA) ---
     vision_hidden_size: int = 1024
     image_token_len: int = 144  # high-res tokens per frame: a 12x12 query grid
-    query_num_list: list[int] = field(default_factory=lambda: [144])
     lowres_token: int = 8  # side of the low-res grid: 8x8
     connector_depth: int = 3
     aux_token_len: int = 576  # each tower's features are resampled to 24x24
@@ -70,6 +69,9 @@ class LongVUConfig:
     tokenizer_model_max_length: int = 8192
     inference_max_length: int = 16
     budget_pad_token_id: int | None = None  # None: the reference's hard-coded id
+    # --- context policy (see longvu/context.py) ---
+    min_visual_tokens: int = 64  # a prompt must leave the video at least this (one 8x8 frame), or it fails
+    max_history_share: float = 0.5  # earlier chat turns may take at most this share of the video's room
     # --- fixes of reference behaviour, all off by default ---
     fix_unpad_orientation: bool = False
     fix_frame_pos: bool = False
@@ -85,8 +87,10 @@ class LongVUConfig:
         side = int(round(self.image_token_len**0.5))
         if side * side != self.image_token_len:
             raise ConfigError(f"image_token_len must be a square, got {self.image_token_len}")
-        if len(self.query_num_list) != 1:
-            raise ConfigError(f"only one query group is supported, got query_num_list={self.query_num_list}")
+        if self.min_visual_tokens < 1:
+            raise ConfigError(f"min_visual_tokens must be at least 1, got {self.min_visual_tokens}")
+        if not 0 <= self.max_history_share <= 1:
+            raise ConfigError(f"max_history_share must be in [0, 1], got {self.max_history_share}")
         if self.dino_window <= 0 or self.stc_window <= 0 or self.max_frames_cap <= 0:
             raise ConfigError("dino_window, stc_window and max_frames_cap must be positive")
 
@@ -113,7 +117,7 @@ class LongVUConfig:
             raise CheckpointError("config.json has no model_type")
         kw: dict[str, Any] = {"llm_config": dict(raw), "model_type": raw["model_type"]}
         direct = [
-            "hidden_size", "vision_hidden_size", "image_token_len", "query_num_list", "lowres_token",
+            "hidden_size", "vision_hidden_size", "image_token_len", "lowres_token",
             "connector_depth", "highres", "frame_pos", "dino_threshold", "drop_threshold",
             "tokenizer_model_max_length", "inference_max_length",
         ]  # fmt: skip
@@ -129,6 +133,9 @@ class LongVUConfig:
             kw["aux_token_len"] = token_lens[0]
         if raw.get("mm_projector_type", "sva") != "sva":
             raise CheckpointError(f"mm_projector_type {raw.get('mm_projector_type')!r} is not supported (only 'sva')")
+        queries = raw.get("query_num_list")
+        if queries is not None and list(queries) != [kw.get("image_token_len", cls.image_token_len)]:
+            raise CheckpointError(f"query_num_list {queries} is not supported (one group of image_token_len queries)")
         if raw.get("num_query_group", 1) != 1:
             raise CheckpointError(f"num_query_group {raw.get('num_query_group')} is not supported (only 1)")
         return cls(**kw)
@@ -150,7 +157,7 @@ class LongVUConfig:
         """Fields that ``--set KEY=VALUE`` may change, with their types."""
         out = {}
         for f in dataclasses.fields(cls):
-            if f.name in ("llm_config", "model_type", "hidden_size", "vision_tower_names", "query_num_list"):
+            if f.name in ("llm_config", "model_type", "hidden_size", "vision_tower_names"):
                 continue
             out[f.name] = f.type
         return out

@@ -1,44 +1,55 @@
 """Video -> per-frame connector features, streamed in bounded memory.
 
-This is the question-independent half of the pipeline: decode, DINOv2, the
-per-window similarities of stage 1, SigLIP and the SVA sampler.  Its result,
-:class:`VisualFeatures`, is what the feature cache stores and what every question
-(or chat turn) about the same video starts from.
+This is the question-independent half of the pipeline: decode, DINOv2, the per-window
+similarities of stage 1, SigLIP and the SVA sampler.  Its result,
+:class:`VisualFeatures`, is what the feature cache stores and what every question (or
+chat turn) about the same video starts from.  Its named parts:
 
-Memory does not grow with video length:
+* :func:`_decoded_frames` - decoding on its own thread, a bounded queue ahead of the
+  encoder; each frame is reduced at once to what the encoder needs of it (DINOv2's
+  pixels, and SigLIP's input: the frame itself when small, its padded and resized
+  square otherwise), so memory per frame is bounded whatever the resolution;
+* :class:`_Stage1` - DINOv2 on each 16-frame window as soon as it is complete, stage 1's
+  similarities right away (the window is all they depend on), and the frames that can
+  still be kept (window survivors, plus every frame while the video is shorter than any
+  question's frame budget) spilled to disk by :class:`_Spill`;
+* :func:`_siglip_pass` - after the last frame, stage 1's cap picks the stored frames
+  (:func:`~longvu.compress.select_frames`, the rule every question applies) and SigLIP +
+  the connector run on them in chunks.
 
-* decoding runs on its own thread, a bounded queue ahead of the encoder;
-* DINOv2 runs on each 16-frame window as soon as it is complete, and stage 1's
-  similarities are taken right away (the window is all they depend on);
-* only the frames that can still be needed (window survivors, plus every frame
-  while the video is shorter than any question's frame budget) are kept, and they
-  are spilled to a temporary file, not held in memory;
-* after the last frame, the 400-frame cap is applied and SigLIP + the connector run
-  on the kept frames in chunks.
-
-The arithmetic is the reference's, so the result equals the in-memory path
-(the parity tests run through this code).
+The arithmetic is the reference's, so the result equals the in-memory path (the parity
+tests run through this code).  ``cancel`` is checked for every frame and every chunk.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .compress.temporal import cap_frames, select_in_window, window_similarity
-from .errors import VideoError
-from .preprocess import preprocess_frame
-from .video import Sampling, StreamInfo, VideoClip, _resize_like, iter_frames, planned_indices
+from .compress.temporal import select_frames, select_in_window, window_similarity
+from .errors import Cancelled, VideoError
+from .observe import Observer
+from .preprocess import ImageSpec, normalize, pad_and_resize, preprocess_frame
+from .video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames, planned_indices, sampled_indices
+
+# A decoded frame up to this size is held as it is until stage 1 decides whether SigLIP
+# needs it (720p and smaller: the cheap path); a larger one is padded and resized for
+# SigLIP as soon as it is decoded, which bounds memory per frame.
+HOLD_RGB_BYTES = 1280 * 720 * 3
+# Decoded frames waiting for preprocessing at most, in bytes (at least one frame).
+INFLIGHT_BYTES = 64 << 20
+PREFETCH_FRAMES = 32
 
 
 @dataclass
@@ -52,8 +63,7 @@ class VisualFeatures:
         stored: sampled-frame positions whose connector output is in ``sampled``.
         sampled: ``[K, Q, vh]`` SVA sampler output (before ``mm_projector``) per stored frame.
         all_frames: every sampled frame is stored (short videos).
-        stats: per-frame checksums for ``--trace-arrays`` (``*_all``: per sampled
-            frame; otherwise per stored frame).
+        timings: seconds spent per step (``cache_hit`` when read from the cache).
     """
 
     path: str
@@ -68,11 +78,14 @@ class VisualFeatures:
     stored: list[int]
     sampled: torch.Tensor
     all_frames: bool
-    stats: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.source_indices)
+
+    @property
+    def from_cache(self) -> bool:
+        return "cache_hit" in self.timings
 
     def sampled_for(self, positions: list[int]) -> torch.Tensor:
         """``[len(positions), Q, vh]`` sampler outputs of the given sampled-frame positions."""
@@ -82,9 +95,29 @@ class VisualFeatures:
             raise RuntimeError(f"frames {missing[:5]} were not encoded (stored: {len(self.stored)} frames)")
         return self.sampled[torch.tensor([where[p] for p in positions], dtype=torch.long)]
 
-    def stored_stat(self, name: str, positions: list[int]) -> np.ndarray:
-        where = {p: i for i, p in enumerate(self.stored)}
-        return self.stats[name][[where[p] for p in positions]]
+
+@dataclass
+class _Frame:
+    """One sampled frame on its way through the encoder."""
+
+    index: int  # in the decoded stream
+    time: float
+    hw: tuple[int, int]
+    dino: Future  # -> [3, S, S] float32 DINOv2 pixels
+    siglip: Future  # -> (uint8 image, resized): the frame, or its padded and resized square
+
+
+def _siglip_input(rgb: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, bool]:
+    """What the SigLIP pass needs of a frame, in at most ``max(HOLD_RGB_BYTES, S*S*3)`` bytes."""
+    if rgb.nbytes <= HOLD_RGB_BYTES:
+        return rgb, False
+    return pad_and_resize(rgb, spec), True
+
+
+def siglip_pixels(item: tuple[np.ndarray, bool], spec: ImageSpec) -> np.ndarray:
+    """``[3, S, S]`` float32 SigLIP pixels from :func:`_siglip_input`'s result (bit-identical either way)."""
+    image, resized = item
+    return normalize(image, spec) if resized else preprocess_frame(image, spec)
 
 
 class _Prefetch:
@@ -92,11 +125,11 @@ class _Prefetch:
 
     _END = object()
 
-    def __init__(self, it: Iterator, size: int = 32) -> None:
+    def __init__(self, it: Iterator, size: int = PREFETCH_FRAMES) -> None:
         self.q: queue.Queue = queue.Queue(maxsize=size)
         self.stop = threading.Event()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(it,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(it,), daemon=True, name="longvu-decode")
         self.thread.start()
 
     def _run(self, it: Iterator) -> None:
@@ -119,10 +152,7 @@ class _Prefetch:
 
     def __iter__(self) -> Iterator:
         try:
-            while True:
-                item = self.q.get()
-                if item is self._END:
-                    break
+            while (item := self.q.get()) is not self._END:
                 yield item
             if self.error is not None:
                 raise self.error
@@ -131,54 +161,167 @@ class _Prefetch:
             self.thread.join(timeout=5)
 
 
+def _decoded_frames(
+    video: str | os.PathLike | VideoClip, sampling: Sampling, info: StreamInfo, pool: ThreadPoolExecutor, model
+) -> Iterator[_Frame]:
+    """Sampled frames, their preprocessing submitted to ``pool`` by a decoding thread."""
+    if isinstance(video, VideoClip):
+        info.avg_fps, info.step, info.total = video.avg_fps, video.step, video.num_frames_total
+        frames: Iterator = zip(video.source_indices, video.timestamps, video.frames)
+    else:
+        wanted = planned_indices(video, sampling) if sampling.max_frames is not None else None
+        frames = iter_frames(video, sampling, info, only=wanted)
+    dino_spec, siglip_spec = model.dinov2.spec, model.siglip.spec
+
+    def submit() -> Iterator[_Frame]:
+        pending: deque[tuple[Future, Future, int]] = deque()  # decoded frames not yet reduced
+        for index, t, rgb in frames:
+            while pending and (all(f.done() for f in pending[0][:2]) or
+                               sum(n for *_, n in pending) + rgb.nbytes > INFLIGHT_BYTES):  # fmt: skip
+                for f in pending.popleft()[:2]:
+                    f.result()
+            dino = pool.submit(preprocess_frame, rgb, dino_spec)
+            sig = pool.submit(_siglip_input, rgb, siglip_spec)
+            pending.append((dino, sig, rgb.nbytes))
+            yield _Frame(int(index), float(t), rgb.shape[:2], dino, sig)
+
+    return iter(_Prefetch(submit()))
+
+
 class _Spill:
-    """Append-only on-disk store of frames and their DINOv2 features, by position.
+    """Append-only on-disk store of frames' SigLIP inputs and DINOv2 features, by position.
 
     Spilled data sits in the page cache, not in the process's memory, so an hour of
     video costs disk space (only for frames that survive stage 1), not RAM.
     """
 
     def __init__(self, folder: str) -> None:
-        self.rgb = open(os.path.join(folder, "frames.bin"), "w+b")  # noqa: SIM115 (closed in close())
-        self.feat = open(os.path.join(folder, "dino.bin"), "w+b")  # noqa: SIM115
-        self.index: dict[int, tuple[int, tuple, int, tuple]] = {}
+        self.images = open(os.path.join(folder, "siglip.bin"), "w+b")  # noqa: SIM115 (closed in close())
+        self.feats = open(os.path.join(folder, "dino.bin"), "w+b")  # noqa: SIM115
+        self.index: dict[int, tuple] = {}
 
-    def put(self, pos: int, rgb: np.ndarray, feat: torch.Tensor) -> None:
-        f = feat.detach().float().cpu().numpy()
-        self.rgb.seek(0, os.SEEK_END)
-        self.feat.seek(0, os.SEEK_END)
-        self.index[pos] = (self.rgb.tell(), rgb.shape, self.feat.tell(), f.shape)
-        self.rgb.write(np.ascontiguousarray(rgb).tobytes())
-        self.feat.write(f.tobytes())
+    def __enter__(self) -> _Spill:
+        return self
 
-    def get(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
-        o_rgb, s_rgb, o_feat, s_feat = self.index[pos]
-        self.rgb.seek(o_rgb)
-        rgb = np.frombuffer(self.rgb.read(int(np.prod(s_rgb))), dtype=np.uint8).reshape(s_rgb)
-        self.feat.seek(o_feat)
-        feat = np.frombuffer(self.feat.read(int(np.prod(s_feat)) * 4), dtype=np.float32).reshape(s_feat)
-        return rgb, feat
+    def __exit__(self, *exc) -> None:
+        self.images.close()
+        self.feats.close()
 
-    def close(self) -> None:
-        self.rgb.close()
-        self.feat.close()
+    def put(self, pos: int, siglip_input: tuple[np.ndarray, bool], feat: torch.Tensor) -> None:
+        image, resized = siglip_input
+        f = feat.detach().cpu().float().numpy()
+        self.images.seek(0, os.SEEK_END)
+        self.feats.seek(0, os.SEEK_END)
+        self.index[pos] = (self.images.tell(), image.shape, resized, self.feats.tell(), f.shape)
+        self.images.write(np.ascontiguousarray(image).tobytes())
+        self.feats.write(f.tobytes())
+
+    def get(self, pos: int) -> tuple[tuple[np.ndarray, bool], np.ndarray]:
+        o_img, s_img, resized, o_feat, s_feat = self.index[pos]
+        self.images.seek(o_img)
+        image = np.frombuffer(self.images.read(int(np.prod(s_img))), dtype=np.uint8).reshape(s_img)
+        self.feats.seek(o_feat)
+        feat = np.frombuffer(self.feats.read(int(np.prod(s_feat)) * 4), dtype=np.float32).reshape(s_feat)
+        return (image, resized), feat
 
 
-def _frame_source(
-    video: str | os.PathLike | VideoClip, sampling: Sampling, info: StreamInfo, prepare: Callable
-) -> Iterator[tuple[int, float, np.ndarray, Future]]:
-    """Frames with their DINOv2 preprocessing already submitted to a thread pool.
+class _Stage1:
+    """Stage 1 as frames stream in: DINOv2 per window, its similarities, the frames to keep."""
 
-    A background thread decodes and submits; the bounded queue keeps it at most a few
-    dozen frames ahead, so decoding and preprocessing overlap the encoder's forward passes.
+    def __init__(self, model, spill: _Spill, keep_all_below: int, observer: Observer | None, timings: dict) -> None:
+        self.model, self.spill, self.keep_all_below = model, spill, keep_all_below
+        self.observer, self.timings = observer, timings
+        self.window: list[tuple[int, _Frame]] = []
+        self.indices: list[int] = []
+        self.times: list[float] = []
+        self.sims: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.hw: tuple[int, int] | None = None
+
+    def add(self, frame: _Frame) -> None:
+        self.hw = self.hw or (int(frame.hw[0]), int(frame.hw[1]))
+        self.window.append((len(self.indices), frame))
+        self.indices.append(frame.index)
+        self.times.append(frame.time)
+        if len(self.window) == self.model.cfg.dino_window:
+            self.flush()
+            if len(self.sizes) % 32 == 0:
+                _release_freed_memory()
+
+    def flush(self) -> None:
+        """DINOv2 on the buffered window; spill the frames that can still be needed."""
+        if not self.window:
+            return
+        t0 = time.perf_counter()
+        cfg = self.model.cfg
+        positions = [p for p, _ in self.window]
+        pixels = torch.from_numpy(np.stack([f.dino.result() for _, f in self.window]))
+        feats = self.model.dinov2(pixels, cfg.aux_side)  # [w, 576, C]
+        sim = window_similarity(feats.float())  # [w]
+        keep = set(select_in_window(sim, cfg.dino_threshold, cfg.fix_dino_middle_frame).tolist())
+        self.sims.append(sim.cpu())
+        self.sizes.append(len(self.window))
+        for i, (pos, frame) in enumerate(self.window):
+            if i in keep or pos < self.keep_all_below:
+                self.spill.put(pos, frame.siglip.result(), feats[i])
+        if self.observer:
+            spec, window = self.model.siglip.spec, list(self.window)
+            self.observer.on_window(
+                positions=positions, pixels=pixels, features=feats,
+                siglip_pixels=lambda: torch.from_numpy(np.stack([siglip_pixels(f.siglip.result(), spec)
+                                                                 for _, f in window])),
+            )  # fmt: skip
+        self.window.clear()
+        self.timings["dino"] += time.perf_counter() - t0
+
+    def stored(self) -> tuple[list[int], bool]:
+        """Positions SigLIP must encode, and whether that is every sampled frame."""
+        n, cfg = len(self.indices), self.model.cfg
+        if n < self.keep_all_below:
+            return list(range(n)), True
+        kept = select_frames(
+            torch.cat(self.sims),
+            self.sizes,
+            max_frames=0,
+            threshold=cfg.dino_threshold,
+            window=cfg.dino_window,
+            cap=cfg.max_frames_cap,
+            fix_middle_frame=cfg.fix_dino_middle_frame,
+        )
+        return kept.kept, False  # fmt: skip
+
+
+def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, observer, timings) -> torch.Tensor:
+    """SigLIP and the connector on the stored frames, in chunks of ``encode_chunk``.
+
+    The next chunk's frames are read and preprocessed while the current one runs.
+    Returns ``[K, Q, vh]``.
     """
-    if isinstance(video, VideoClip):
-        info.avg_fps, info.step, info.total = video.avg_fps, video.step, video.num_frames_total
-        frames = zip(video.source_indices, video.timestamps, video.frames)
-    else:
-        wanted = planned_indices(video, sampling) if sampling.max_frames is not None else None
-        frames = iter_frames(video, sampling, info, only=wanted)
-    return iter(_Prefetch((i, t, *prepare(rgb)) for i, t, rgb in frames))
+    cfg, conn, siglip = model.cfg, model.connector, model.siglip
+    dtype = next(conn.parameters()).dtype
+
+    def submit(part: list[int]) -> list[tuple[Future, np.ndarray]]:
+        return [(pool.submit(siglip_pixels, img, siglip.spec), feat) for img, feat in map(spill.get, part)]
+
+    parts = [stored[i : i + cfg.encode_chunk] for i in range(0, len(stored), cfg.encode_chunk)]
+    chunks = []
+    pending = submit(parts[0]) if parts else []
+    for k, part in enumerate(parts):
+        _check(cancel)
+        current, pending = pending, submit(parts[k + 1]) if k + 1 < len(parts) else []
+        t0 = time.perf_counter()
+        sig = siglip(torch.from_numpy(np.stack([fut.result() for fut, _ in current])), cfg.aux_side)  # [n, 576, C]
+        t1 = time.perf_counter()
+        dino = torch.from_numpy(np.stack([d for _, d in current])).to(device=sig.device, dtype=dtype)
+        with torch.inference_mode():
+            aux = conn.project_aux([sig.to(dtype), dino])
+            sampled = conn.sample(aux, hw)  # [n, Q, vh]
+        chunks.append(sampled)
+        timings["siglip"] += t1 - t0
+        timings["connector"] += time.perf_counter() - t1
+        if observer:
+            observer.on_siglip_chunk(positions=part, features=sig, aux=aux, sampled=sampled)
+    return torch.cat(chunks)
 
 
 def encode_video(
@@ -187,7 +330,8 @@ def encode_video(
     sampling: Sampling | None = None,
     *,
     keep_all_below: int,
-    arrays: bool = False,
+    cancel=None,
+    observer: Observer | None = None,
     progress: bool = False,
 ) -> VisualFeatures:
     """Decode and encode a video into :class:`VisualFeatures`.
@@ -197,161 +341,64 @@ def encode_video(
         keep_all_below: if the video has fewer sampled frames than this, every frame is
             encoded (a question's frame budget may skip stage 1 for it); take the
             largest ``max_frames_dino`` any question can have.
-        arrays: also collect the per-frame checksums of ``--trace-arrays``.
+        cancel: an object with ``is_set()``; once set, :class:`~longvu.errors.Cancelled` is raised.
+        observer: gets each window's and chunk's tensors (see :class:`~longvu.observe.Observer`).
         progress: show a progress bar on stderr.
     """
-    cfg = model.cfg
     sampling = sampling or Sampling()
     path = video.path if isinstance(video, VideoClip) else str(video)
-    win = cfg.dino_window
     info = StreamInfo()
+    timings = dict.fromkeys(("decode_wait", "dino", "siglip", "connector"), 0.0)
     t_start = time.perf_counter()
-    timings = {"decode_wait": 0.0, "dino": 0.0, "siglip": 0.0, "connector": 0.0}
-    stats: dict[str, list] = {}
-    source_indices: list[int] = []
-    timestamps: list[float] = []
-    sims: list[torch.Tensor] = []
-    sizes: list[int] = []
-    survivors: list[int] = []
-    hw: tuple[int, int] | None = None
-    dino, siglip, conn = model.dinov2, model.siglip, model.connector
-
-    bar = _progress_bar(path, sampling, progress)
-    pool = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())))
-    tmp = tempfile.TemporaryDirectory(prefix="longvu-")
-    spill = _Spill(tmp.name)
+    bar = _progress_bar(video, sampling, progress)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())), thread_name_prefix="longvu-prep")
     try:
-        buf: list[tuple[int, np.ndarray, Future]] = []
-
-        def flush() -> None:
-            t0 = time.perf_counter()
-            positions = [p for p, _, _ in buf]
-            rgbs = [f for _, f, _ in buf]
-            px = torch.from_numpy(np.stack([fut.result() for _, _, fut in buf]))
-            feats = dino(px, cfg.aux_side)  # (w, 576, C)
-            sim = window_similarity(feats.float())
-            keep = set(select_in_window(sim, cfg.dino_threshold, cfg.fix_dino_middle_frame).tolist())
-            sims.append(sim.cpu())
-            sizes.append(len(buf))
-            for i, pos in enumerate(positions):
-                if i in keep:
-                    survivors.append(pos)
-                if i in keep or pos < keep_all_below:
-                    spill.put(pos, rgbs[i], feats[i])
-            if arrays:
-                pd = px.double()
-                _add(stats, "pixels_dino_sum_all", pd.sum((1, 2, 3)).numpy())
-                _add(stats, "pixels_dino_sq_sum_all", (pd**2).sum((1, 2, 3)).numpy())
-                fd = feats.double()
-                _add(stats, "features_dino_sum_all", fd.sum((1, 2)).cpu().numpy())
-                _add(stats, "features_dino_l2_all", fd.flatten(1).norm(dim=1).cpu().numpy())
-                ps = torch.from_numpy(np.stack(list(pool.map(lambda f: preprocess_frame(f, siglip.spec), rgbs))))
-                _add(stats, "pixels_siglip_sum_all", ps.double().sum((1, 2, 3)).numpy())
-                _add(stats, "pixels_siglip_sq_sum_all", (ps.double() ** 2).sum((1, 2, 3)).numpy())
-                if positions[0] == 0:
-                    stats["pixels_dino_frame0_crop"] = [px[0, :, :16, :16].numpy().copy()]
-                    stats["pixels_siglip_frame0_crop"] = [ps[0, :, :16, :16].numpy().copy()]
-            buf.clear()
-            timings["dino"] += time.perf_counter() - t0
-
-        first_shape: list[tuple] = []
-
-        def prepare(rgb: np.ndarray) -> tuple[np.ndarray, Future]:
-            # Runs on the decode thread.  The reference uses the first frame's size for
-            # every frame, so a frame of another size is resized to it.
-            if not first_shape:
-                first_shape.append(rgb.shape)
-            elif rgb.shape != first_shape[0]:
-                rgb = _resize_like(rgb, first_shape[0])
-            return rgb, pool.submit(preprocess_frame, rgb, dino.spec)
-
-        t_wait = time.perf_counter()
-        for index, t, rgb, fut in _frame_source(video, sampling, info, prepare):
-            timings["decode_wait"] += time.perf_counter() - t_wait
-            if hw is None:
-                hw = (int(rgb.shape[0]), int(rgb.shape[1]))
-            buf.append((len(source_indices), rgb, fut))
-            source_indices.append(int(index))
-            timestamps.append(float(t))
-            if len(buf) == win:
-                flush()
-                if len(sizes) % 32 == 0:
-                    _release_freed_memory()
-            if bar is not None:
-                bar.update(1)
-            t_wait = time.perf_counter()
-        if buf:
-            flush()
-        n = len(source_indices)
-        if n == 0:
-            if info.total == 0:
-                raise VideoError(f"{path}: no decodable video frame")
-            raise VideoError(
-                f"{path}: no frame in the requested time range (the video lasts {info.total / info.avg_fps:.2f}s)"
-            )
-        all_frames = n < keep_all_below
-        if all_frames:
-            stored = list(range(n))
-        elif n >= win and len(survivors) > cfg.max_frames_cap:
-            stored = cap_frames(survivors, cfg.max_frames_cap)
-        else:
-            stored = survivors
-
-        # SigLIP on the frames that can be kept, then the connector, in chunks; the next
-        # chunk's frames are read and preprocessed while the current one runs.
-        def submit(part: list[int]) -> list[tuple[Future, np.ndarray]]:
-            out = []
-            for p in part:
-                rgb, dfeat = spill.get(p)
-                out.append((pool.submit(preprocess_frame, rgb, siglip.spec), dfeat))
-            return out
-
-        parts = [stored[i : i + cfg.encode_chunk] for i in range(0, len(stored), cfg.encode_chunk)]
-        chunks = []
-        pending = submit(parts[0]) if parts else []
-        for k in range(len(parts)):
-            current = pending
-            pending = submit(parts[k + 1]) if k + 1 < len(parts) else []
-            t0 = time.perf_counter()
-            px = torch.from_numpy(np.stack([fut.result() for fut, _ in current]))
-            sig = siglip(px, cfg.aux_side)
-            t1 = time.perf_counter()
-            dt = next(conn.parameters()).dtype
-            dfeat = torch.from_numpy(np.stack([d for _, d in current])).to(device=sig.device, dtype=dt)
-            with torch.inference_mode():
-                aux = conn.project_aux([sig.to(dt), dfeat])
-                sampled = conn.sample(aux, hw)
-            chunks.append(sampled)
-            timings["siglip"] += t1 - t0
-            timings["connector"] += time.perf_counter() - t1
-            if arrays:
-                _add(stats, "features_siglip_l2", sig.double().flatten(1).norm(dim=1).cpu().numpy())
-                for i, a in enumerate(aux):
-                    _add(stats, f"hook_mm_projector_aux_{i}_0_frame_sum", a.double().sum((1, 2)).cpu().numpy())
-                _add(stats, "hook_vision_sampler_0_0_frame_sum", sampled.double().sum(-1).cpu().numpy())
+        with tempfile.TemporaryDirectory(prefix="longvu-") as tmp, _Spill(tmp) as spill:
+            stage1 = _Stage1(model, spill, keep_all_below, observer, timings)
+            with closing(_decoded_frames(video, sampling, info, pool, model)) as frames:
+                for frame in _timed(frames, timings):
+                    _check(cancel)
+                    stage1.add(frame)
+                    if bar is not None:
+                        bar.update(1)
+            stage1.flush()
+            _check_nonempty(stage1.indices, info, path)
+            stored, all_frames = stage1.stored()
+            sampled = _siglip_pass(model, spill, stored, stage1.hw, pool, cancel, observer, timings)
     finally:
         if bar is not None:
             bar.close()
         pool.shutdown(wait=False, cancel_futures=True)
-        spill.close()
-        tmp.cleanup()
     timings["total"] = time.perf_counter() - t_start
     return VisualFeatures(
-        path=path,
-        source_indices=source_indices,
-        timestamps=timestamps,
-        avg_fps=info.avg_fps,
-        step=info.step,
-        num_frames_total=info.total,
-        frame_hw=hw,
-        similarity=torch.cat(sims),
-        window_sizes=sizes,
-        stored=stored,
-        sampled=torch.cat(chunks),
-        all_frames=all_frames,
-        stats={k: np.concatenate(v) if k.endswith(("_all", "_sum", "_l2")) else v[0] for k, v in stats.items()},
-        timings=timings,
-    )
+        path=path, source_indices=stage1.indices, timestamps=stage1.times, avg_fps=info.avg_fps, step=info.step,
+        num_frames_total=info.total, frame_hw=stage1.hw, similarity=torch.cat(stage1.sims),
+        window_sizes=stage1.sizes, stored=stored, sampled=sampled, all_frames=all_frames, timings=timings,
+    )  # fmt: skip
+
+
+def _timed(frames: Iterator[_Frame], timings: dict) -> Iterator[_Frame]:
+    """``frames``, adding the time spent waiting for each to ``timings["decode_wait"]``."""
+    while True:
+        t0 = time.perf_counter()
+        frame = next(frames, None)
+        timings["decode_wait"] += time.perf_counter() - t0
+        if frame is None:
+            return
+        yield frame
+
+
+def _check(cancel) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
+def _check_nonempty(indices: list[int], info: StreamInfo, path: str) -> None:
+    if indices:
+        return
+    if info.total == 0:
+        raise VideoError(f"{path}: no decodable video frame")
+    raise VideoError(f"{path}: no frame in the requested time range (the video lasts {info.total / info.avg_fps:.2f}s)")
 
 
 def _release_freed_memory() -> None:
@@ -377,35 +424,24 @@ def _release_freed_memory() -> None:
 _LIBC = None
 
 
-def _add(stats: dict[str, list], key: str, value: np.ndarray) -> None:
-    stats.setdefault(key, []).append(value)
-
-
-def _progress_bar(path: str, sampling: Sampling, enabled: bool):
+def _progress_bar(video, sampling: Sampling, enabled: bool):
+    """A tqdm bar on stderr; its total (sampled frames) is counted on a thread, not waited for."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    total = None
-    try:
-        total = _estimate_sampled(path, sampling)
-    except Exception:  # an estimate only: never fail the run for it
-        total = None
-    return tqdm(total=total, unit="frame", desc="encoding", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=None, unit="frame", desc="encoding", leave=False, dynamic_ncols=True)
+    if isinstance(video, VideoClip):
+        bar.total = len(video)
+        return bar
 
+    def count() -> None:
+        try:
+            total, fps = count_frames(video)
+            bar.total = len(sampled_indices(total, fps, sampling))
+            bar.refresh()
+        except Exception:  # an estimate only: never fail the run for it
+            pass
 
-def _estimate_sampled(path: str, sampling: Sampling) -> int | None:
-    import av
-
-    with av.open(path) as c:
-        s = c.streams.video[0]
-        fps = float(s.average_rate or s.guessed_rate or 0)
-        n = s.frames
-        if not n and s.duration and s.time_base:
-            n = int(float(s.duration * s.time_base) * fps)
-        if not n or not fps:
-            return None
-    first = 0 if sampling.start is None else math.ceil(sampling.start * fps)
-    last = n if sampling.end is None else min(n, math.ceil(sampling.end * fps))
-    count = max(0, math.ceil((last - first) / sampling.step(fps)))
-    return min(count, sampling.max_frames) if sampling.max_frames else count
+    threading.Thread(target=count, daemon=True, name="longvu-count").start()
+    return bar

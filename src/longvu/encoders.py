@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,23 +192,35 @@ def load_tower(
     return VisionTower(kind=kind, model=model, spec=spec, hidden_size=hidden, folder=str(folder))
 
 
-def quiet_transformers() -> None:
-    """Silence transformers' load reports and progress bars; we report problems ourselves."""
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars inside the block, then restore them.
+
+    We report loading problems ourselves; the user's own transformers logging settings
+    are left as they were.
+    """
     from transformers.utils import logging as hf_logging
 
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _load_strict(cls, folder: Path, cfg, dtype: torch.dtype, ignore_prefixes: tuple[str, ...]) -> nn.Module:
     """``cls.from_pretrained`` from a local folder; any missing or unexpected tensor is an error."""
     if not list(folder.glob("*.safetensors")):
         raise CheckpointError(f"{folder}: no .safetensors weights")
-    quiet_transformers()
     try:
-        model, info = cls.from_pretrained(
-            str(folder), config=cfg, dtype=dtype, local_files_only=True, output_loading_info=True
-        )
+        with quiet_transformers():
+            model, info = cls.from_pretrained(
+                str(folder), config=cfg, dtype=dtype, local_files_only=True, output_loading_info=True
+            )
     except OSError as e:
         raise CheckpointError(f"{folder}: cannot load weights ({e})") from None
     missing = list(info.get("missing_keys", []))

@@ -213,6 +213,11 @@ class LongVUModel:
     def template(self) -> str:
         return "llama3" if self.cfg.is_llama else "qwen"
 
+    @property
+    def max_positions(self) -> int:
+        """Positions the LLM can attend to (prompt plus answer)."""
+        return int(getattr(self.llm.config, "max_position_embeddings", None) or self.cfg.tokenizer_model_max_length)
+
     def embed(self, ids: list[int]) -> torch.Tensor:
         """``[n]`` token ids -> ``[n, H]`` input embeddings."""
         emb = self.llm.get_input_embeddings()
@@ -229,7 +234,11 @@ def load_model(
     overrides: dict | None = None,
 ) -> LongVUModel:
     """Load a LongVU checkpoint from a folder or hub id (see :func:`resolve_checkpoint`)."""
-    quiet_transformers()
+    with quiet_transformers():
+        return _load_model(model, device, dtype, siglip, dinov2, overrides)
+
+
+def _load_model(model, device: str, dtype: str, siglip, dinov2, overrides) -> LongVUModel:
     folder = resolve_checkpoint(model)
     cfg = LongVUConfig.from_checkpoint(folder)
     if overrides:

@@ -105,7 +105,11 @@ def pad_and_resize(frame: np.ndarray, spec: ImageSpec) -> np.ndarray:
 
 def preprocess_frame(frame: np.ndarray, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
     """One ``[H, W, 3]`` uint8 frame -> ``[3, S, S]`` float32 normalised pixels."""
-    arr = pad_and_resize(frame, spec)  # (S, S, 3) uint8
+    return normalize(pad_and_resize(frame, spec), spec, out)
+
+
+def normalize(arr: np.ndarray, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """A padded and resized ``[S, S, 3]`` uint8 image -> ``[3, S, S]`` float32 (rescale, normalise)."""
     lut = _normalize_lut(spec)
     if out is None:
         out = np.empty((3, spec.size, spec.size), dtype=np.float32)

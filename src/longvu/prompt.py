@@ -33,6 +33,23 @@ class Conversation:
     def stop_str(self) -> str:
         return "<|im_end|>" if self.template == "qwen" else "<|eot_id|>"
 
+    def copy(self) -> Conversation:
+        return Conversation(self.template, self.system, list(self.turns))
+
+    def newest(self) -> Conversation:
+        """The same conversation with only its last user turn."""
+        users = [t for t in self.turns if t[0] == "user"]
+        return Conversation(self.template, self.system, users[-1:])
+
+    def without_oldest_exchange(self) -> Conversation:
+        """Drop the first user turn and everything up to the next user turn (its answers)."""
+        rest = self.turns[1:]
+        while rest and rest[0][0] != "user":
+            rest = rest[1:]
+        if not rest:
+            raise ValueError("the newest question cannot be dropped")
+        return Conversation(self.template, self.system, rest)
+
     def add_user(self, text: str) -> None:
         self.turns.append(("user", text))
 
@@ -61,6 +78,30 @@ class Conversation:
             raise ValueError("the llama3 template needs the tokenizer's chat template")
         chat = [{"role": "system", "content": self.system}] + [{"role": r, "content": c} for r, c in msgs]
         return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def reserved_markers(tokenizer) -> list[str]:
+    """Strings a message may not contain: the video marker and the tokenizer's special tokens.
+
+    A user who writes ``<image>`` would add a second video placeholder, and one who writes
+    ``<|im_start|>`` would open a turn of the template's own: both are refused, not escaped,
+    so no message means something other than its text.
+    """
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    specials.update(t.content for t in added.values() if getattr(t, "special", False))
+    return [IMAGE_MARKER, *sorted(s for s in specials if s)]
+
+
+def check_message(text: str, markers: list[str], where: str) -> None:
+    """Raise :class:`PromptError` if ``text`` holds a reserved marker (see :func:`reserved_markers`)."""
+    from .errors import PromptError
+
+    if "\x00" in text:
+        raise PromptError(f"{where} contains a NUL character")
+    for m in markers:
+        if m in text:
+            raise PromptError(f"{where} contains {m!r}, which is reserved by the chat template")
 
 
 def tokenize_with_image(prompt: str, tokenizer, *, drop_first: bool = False) -> list[int]:

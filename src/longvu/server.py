@@ -29,9 +29,9 @@ from typing import Any
 
 from fastapi import File, Form, Request, UploadFile
 
-from .errors import LongVUError
-from .pipeline import GenerationOptions, LongVU
-from .prompt import Conversation
+from .errors import Cancelled, ContextOverflowError, LongVUError
+from .generation import GenerationOptions
+from .pipeline import LongVU
 
 STATIC = Path(__file__).parent / "static"
 
@@ -49,6 +49,7 @@ class ServerSettings:
     request_timeout_s: float = 1800.0
     queue_size: int = 8
     max_new_tokens: int = 512
+    max_tokens_limit: int = 4096
     upload_dir: str | None = None
     upload_ttl_s: float = 24 * 3600.0
 
@@ -68,10 +69,6 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-class _Cancelled(Exception):
-    pass
 
 
 class Worker:
@@ -277,15 +274,12 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
 
         def prepare():
-            from .video import probe_video
-
             if cancel.is_set():  # the client left while the request was queued
-                raise _Cancelled()
-            probe_video(video_path)
+                raise Cancelled()
             _check_duration(video_path, settings)
-            feats = lv.features(video_path)
-            conv = Conversation(lv.model.template, req["system"] or Conversation("qwen").system, req["turns"])
-            return lv_stream(lv, feats, conv, req["gen"], cancel)
+            feats = lv.features(video_path, cancel=cancel)
+            conv = lv.conversation(req["system"], req["turns"])
+            return lv.generate(feats, conv, generation=req["gen"], cancel=cancel)
 
         if not req["stream"]:
             try:
@@ -315,19 +309,18 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
     return app
 
 
-def lv_stream(lv: LongVU, feats, conv: Conversation, gen: GenerationOptions, cancel: threading.Event):
-    """An AnswerStream whose generation stops when ``cancel`` is set."""
-    from .pipeline import AnswerStream
-
-    return AnswerStream(lv, feats, conv, gen, False, cancel=cancel)
-
-
 def _drain(prepare, cancel: threading.Event):
     stream = prepare()
     for _ in stream:
         if cancel.is_set():
-            raise _Cancelled()
+            raise Cancelled()
     return stream.answer
+
+
+def _input_error(e: LongVUError) -> APIError:
+    """The 400 for an error of the request's content (OpenAI's code for a prompt that cannot fit)."""
+    code = "context_length_exceeded" if isinstance(e, ContextOverflowError) else "bad_input"
+    return APIError(400, str(e), code=code, param="messages" if code == "context_length_exceeded" else None)
 
 
 async def _run_job(worker: Worker, fn, request, cancel: threading.Event, settings: ServerSettings):
@@ -339,10 +332,10 @@ async def _run_job(worker: Worker, fn, request, cancel: threading.Event, setting
         if done:
             try:
                 return fut.result()
-            except _Cancelled:
+            except Cancelled:
                 raise APIError(499, "the client went away", code="cancelled") from None
             except LongVUError as e:
-                raise APIError(400, str(e), code="bad_input") from None
+                raise _input_error(e) from None
         if await request.is_disconnected():
             cancel.set()
             fut.cancel()
@@ -363,7 +356,7 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
         stream = prepare()
         for piece in stream:
             if cancel.is_set():
-                raise _Cancelled()
+                raise Cancelled()
             loop.call_soon_threadsafe(pieces.put_nowait, ("piece", piece))
         return stream.answer
 
@@ -400,9 +393,13 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
                 return
         try:
             answer = fut.result()
-        except (LongVUError, _Cancelled) as e:
+        except Cancelled:
             finished = True
-            yield f"data: {json.dumps(APIError(400, str(e), code='bad_input').body())}\n\n"
+            yield f"data: {json.dumps(APIError(499, 'cancelled', code='cancelled').body())}\n\n"
+            return
+        except LongVUError as e:
+            finished = True
+            yield f"data: {json.dumps(_input_error(e).body())}\n\n"
             return
         except Exception as e:  # reported in-stream: the status line was sent already
             finished = True
@@ -430,7 +427,17 @@ def _parse_chat_request(body: Any, settings: ServerSettings) -> dict:
     if model is not None and model != settings.model_name:
         raise APIError(404, f"the model {model!r} does not exist; this server serves {settings.model_name!r}",
                        "not_found_error", "model_not_found", "model")  # fmt: skip
-    messages = body.get("messages")
+    system, turns, video_url = _parse_messages(body.get("messages"))
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise APIError(400, "'stream' must be true or false", param="stream")
+    opts = body.get("stream_options") or {}
+    return {"system": system, "turns": turns, "video_url": video_url, "gen": _parse_generation(body, settings),
+            "stream": stream, "include_usage": bool(isinstance(opts, dict) and opts.get("include_usage"))}  # fmt: skip
+
+
+def _parse_messages(messages: Any) -> tuple[str | None, list[tuple[str, str]], str]:
+    """The system prompt, the user/assistant turns and the one video url of ``messages``."""
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
     system = None
@@ -457,22 +464,27 @@ def _parse_chat_request(body: Any, settings: ServerSettings) -> dict:
         raise APIError(400, "the last message must come from the user", param="messages")
     if turns[0][0] != "user":
         raise APIError(400, "the first non-system message must come from the user", param="messages")
+    return system, turns, video_url
+
+
+def _parse_generation(body: dict, settings: ServerSettings) -> GenerationOptions:
+    """Decoding options from OpenAI's fields; ``max_tokens`` above the server's limit is refused."""
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens", settings.max_new_tokens))
-    temperature, top_p = body.get("temperature"), body.get("top_p")
-    for name, v, lo, hi in (("max_tokens", max_tokens, 1, 1 << 20), ("temperature", temperature, 0, 2),
+    temperature, top_p, seed = body.get("temperature"), body.get("top_p"), body.get("seed")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > settings.max_tokens_limit:
+        raise APIError(400, f"'max_tokens' is {max_tokens}; this server allows at most {settings.max_tokens_limit}",
+                       code="max_tokens_too_large", param="max_tokens")  # fmt: skip
+    for name, v, lo, hi in (("max_tokens", max_tokens, 1, settings.max_tokens_limit), ("temperature", temperature, 0, 2),
                             ("top_p", top_p, 0, 1)):  # fmt: skip
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi):
             raise APIError(400, f"'{name}' must be a number in [{lo}, {hi}]", param=name)
     if top_p == 0:
         raise APIError(400, "'top_p' must be greater than 0", param="top_p")
-    gen = GenerationOptions(max_new_tokens=int(max_tokens), greedy=temperature == 0, temperature=None if temperature == 0 else temperature,
-                            top_p=None if temperature == 0 else top_p)  # fmt: skip
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, "'stream' must be true or false", param="stream")
-    opts = body.get("stream_options") or {}
-    return {"system": system, "turns": turns, "video_url": video_url, "gen": gen, "stream": stream,
-            "include_usage": bool(isinstance(opts, dict) and opts.get("include_usage"))}  # fmt: skip
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise APIError(400, "'seed' must be an integer", param="seed")
+    greedy = temperature == 0
+    return GenerationOptions(max_new_tokens=int(max_tokens), greedy=greedy, temperature=None if greedy else temperature,
+                             top_p=None if greedy else top_p, seed=seed)  # fmt: skip
 
 
 def _content(content: Any, i: int) -> tuple[str, str | None]:
@@ -579,16 +591,12 @@ def _download(url: str, settings: ServerSettings, store: MediaStore) -> Path:
 
 
 def _check_duration(path: str, settings: ServerSettings) -> None:
-    import av
+    """Refuse a video longer than the limit, counting its frames (a header's duration can lie)."""
+    from .video import count_frames
 
-    with av.open(path) as c:
-        s = c.streams.video[0]
-        seconds = None
-        if s.duration and s.time_base:
-            seconds = float(s.duration * s.time_base)
-        elif c.duration:
-            seconds = c.duration / 1_000_000
-    if seconds is not None and seconds > settings.max_video_seconds:
+    frames, fps = count_frames(path)
+    seconds = frames / fps
+    if seconds > settings.max_video_seconds:
         raise LongVUError(
             f"the video lasts {seconds:.0f}s, more than this server's {settings.max_video_seconds:g}s limit"
         )
@@ -602,17 +610,17 @@ def _usage(answer) -> dict:
 
 def _trace_summary(t: dict) -> dict:
     """The compression trace a client sees: frames kept, high-res frames, tokens per stage."""
-    video, dino, sel = t["video"], t["dino"], t["selection"]
-    ts = video.get("timestamps", [])
-    high = sel["high_res_frames"] if sel["input_mix_res"] else list(range(len(dino["kept_indices"])))
+    frames = t["frames"]
     return {
-        "sampled_timestamps": ts,
-        "kept_indices": dino["kept_indices"],
-        "kept_timestamps": dino.get("kept_timestamps"),
-        "high_res_indices": [dino["kept_indices"][i] for i in high],
+        "sampled_timestamps": t["video"].get("timestamps", []),
+        "kept_indices": frames["kept"],
+        "kept_timestamps": frames["kept_timestamps"],
+        "high_res_indices": frames["high_res"],
+        "high_res_timestamps": frames["high_res_timestamps"],
         "tokens_per_frame": t.get("tokens_per_frame"),
         "counts": t["counts"],
         "stc_applied": t["stc"]["applied"],
+        "dropped_messages": t["prompt"].get("dropped_turns", 0),
         "from_cache": "encode_cache_hit" in t.get("timings", {}),
     }
 

@@ -1,172 +1,179 @@
 """The compression trace: what each stage kept, in the ``longvu-parity-trace/1`` schema.
 
-It is both a user feature (which frames were kept, which got high resolution, at
-which timestamps, how many tokens each stage left) and the parity check against the
-original code's golden traces (``compare.py`` in the shared parity fixtures).
+It is a user feature (which frames were kept, which got high resolution, at which
+timestamps, how many tokens each stage left) and the parity check against the original
+code's golden traces (``compare.py`` in the parity fixtures).  It is built from the
+:class:`~longvu.compose.Decisions` record, so it costs no tensor copies; the parity
+checksums (``inputs_embeds``, ``logits_step0``) and arrays are added only when a
+:class:`~longvu.observe.ParityObserver` ran.
+
+The parity sections keep the reference's meanings; for example
+``selection.high_res_frames`` lists the frames that text-guided selection upgraded, and is
+empty when it did not run.  The ``frames`` section says what a user means: which sampled
+frames were kept and which of them reached the LLM as high-resolution grids.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from .prompt import IMAGE_TOKEN_INDEX
 
 SCHEMA = "longvu-parity-trace/1"
-EMBEDS_FULL_LIMIT = 300_000  # store inputs_embeds whole up to this many values, else head/tail
 
 
 class Trace:
-    """Collects stage decisions as a JSON-ready dict (``.data``) and optional arrays (``.arrays``)."""
+    """Stage decisions as a JSON-ready dict (``.data``) and optional parity arrays (``.arrays``)."""
 
     def __init__(self, case: str = "") -> None:
         self.data: dict[str, Any] = {"schema": SCHEMA, "case": case}
         self.arrays: dict[str, np.ndarray] = {}
-        self._sel_tokens = 0
 
-    # ------------------------------------------------------------- recorders
-    def record_video(self, clip) -> None:
-        self.data["video"] = {
-            "path": clip.path,
-            "num_frames_total": clip.num_frames_total,
-            "avg_fps": clip.avg_fps,
-            "step": clip.step,
-            "sampled_indices": list(clip.source_indices),
-            "timestamps": [round(t, 3) for t in clip.timestamps],
-            "frame_hw": list(clip.frame_hw),
+    @classmethod
+    def from_decisions(cls, d, feats, cfg, *, dropped_turns: int = 0) -> Trace:
+        """The trace of one prompt about ``feats`` (a :class:`~longvu.encode.VisualFeatures`)."""
+        t = cls()
+        t.data["video"] = _video(feats)
+        t.data["prompt"] = {"input_ids": list(d.input_ids), "image_token_pos": d.input_ids.index(IMAGE_TOKEN_INDEX),
+                            "num_text_tokens": len(d.input_ids) - 1, "dropped_turns": dropped_turns}  # fmt: skip
+        t.data["budget"] = _budget(d.budget, cfg)
+        t.data["dino"] = _dino(d.temporal, feats, cfg)
+        t.data["tokens_per_frame"] = {"high": d.high_tokens, "high_grid": list(d.high_grid), "low": d.low_tokens,
+                                      "low_grid": None if d.low_grid is None else list(d.low_grid)}  # fmt: skip
+        t.data["selection"] = _selection(d, feats)
+        t.data["stc"] = _stc(d, cfg)
+        t.data["frames"] = _frames(d, feats)
+        t.data["counts"] = {
+            "sampled_frames": len(feats),
+            "frames_after_dino": len(d.kept),
+            "visual_tokens_after_frame_reduction": d.tokens_after_frame_reduction,
+            "visual_tokens_after_selection": d.tokens_after_selection,
+            "visual_tokens_after_stc_drop": t.data["stc"]["reduced_visual_len"],
+            "visual_tokens_after_force_remove": t.data["stc"]["after_force_remove"],
+            "visual_tokens_final": d.tokens_final,
+            "sequence_length": d.sequence_length,
         }
+        t.data["inputs_embeds"] = {"shape": [1, d.sequence_length, cfg.hidden_size]}
+        return t
 
-    def record_prompt(self, ids: list[int], budget, cfg) -> None:
-        pos = ids.index(-200)
-        self.data["prompt"] = {"input_ids": list(ids), "image_token_pos": pos, "num_text_tokens": len(ids) - 1}
-        self.data["budget"] = {
-            "tokenizer_model_max_length": cfg.tokenizer_model_max_length,
-            "inference_max_length": cfg.inference_max_length,
-            "text_len_for_budget": budget.text_len,
-            "max_frames_dino": budget.max_frames_dino,
-            "max_visual_len_for_resolution_choice": budget.mvl_resolution,
-            "max_num_frames_high": budget.max_frames_high,
-            "max_num_frames_low": budget.max_frames_low,
-            "max_visual_len": budget.max_visual_len,
-        }
-
-    def record_dino(self, res, clip, cfg) -> None:
-        src = clip.source_indices
-        self.data["dino"] = {
-            "reduction_applied": res.path != "none",
-            "path": res.path,
-            "window_size": cfg.dino_window,
-            "threshold": cfg.dino_threshold,
-            "num_windows": len(res.window_sizes),
-            "kept_indices": list(res.kept),
-            "kept_source_indices": [src[i] for i in res.kept],
-            "kept_timestamps": [round(clip.timestamps[i], 3) for i in res.kept],
-            "num_kept": len(res.kept),
-            "num_kept_before_cap": res.num_kept_before_cap,
-            "cap400_applied": res.capped,
-        }
-        self.data.setdefault("counts", {}).update(sampled_frames=len(clip), frames_after_dino=len(res.kept))
-
-    def record_grids(self, high: int, high_grid, low: int | None, low_grid) -> None:
-        self.data["tokens_per_frame"] = {
-            "high": high,
-            "high_grid": list(high_grid),
-            "low": low,
-            "low_grid": None if low_grid is None else list(low_grid),
-        }
-
-    def record_selection(
-        self, mixed: bool, sel, kept: list[int], clip, *, visual_len: int, after_selection: int
-    ) -> None:
-        src = clip.source_indices
-        high = list(sel.high_frames) if (mixed and sel is not None) else []
-        low = [i for i in range(len(kept)) if i not in set(high)] if mixed else []
-        self.data["selection"] = {
-            "input_mix_res": mixed,
-            "mix_token": bool(mixed and sel is not None and sel.mixed),
-            "highres_num": int(sel.highres_num) if (mixed and sel is not None) else 0,
-            "high_res_frames": high,
-            "high_res_frames_source_index": [src[kept[i]] for i in high],
-            "low_res_frames": low,
-        }
-        self.data["counts"].update(
-            visual_tokens_after_frame_reduction=visual_len, visual_tokens_after_selection=after_selection
-        )
-        self._sel_tokens = after_selection
-
-    def record_stc(self, stc, cfg, final: int) -> None:
-        if stc is None:
-            n = self._sel_tokens
-            self.data["stc"] = {
-                "applied": False, "drop_threshold": cfg.drop_threshold, "window_frames": cfg.stc_window,
-                "chunks": [], "reduced_visual_len": n, "force_remove": 0, "after_force_remove": n,
-            }  # fmt: skip
-        else:
-            self.data["stc"] = {
-                "applied": True, "drop_threshold": cfg.drop_threshold, "window_frames": cfg.stc_window,
-                "chunks": stc.chunks, "reduced_visual_len": stc.reduced_len, "force_remove": stc.force_remove,
-                "after_force_remove": stc.after_force_remove,
-            }  # fmt: skip
-        st = self.data["stc"]
-        self.data["counts"].update(
-            visual_tokens_after_stc_drop=st["reduced_visual_len"],
-            visual_tokens_after_force_remove=st["after_force_remove"],
-            visual_tokens_final=final,
-        )
-
-    def record_embeds(self, embeds: torch.Tensor, arr: dict | None) -> None:
-        e = embeds.detach().double().cpu()
-        self.data["inputs_embeds"] = {
-            "shape": list(e.shape),
-            "sum": float(e.sum()),
-            "abs_sum": float(e.abs().sum()),
-            "sq_sum": float((e * e).sum()),
-            "first_row": e[0, 0].tolist(),
-            "last_row": e[0, -1].tolist(),
-        }
-        self.data["counts"]["sequence_length"] = int(e.shape[1])
-        if arr is not None:
-            x = embeds[0].detach().float().cpu().numpy()
-            if x.size <= EMBEDS_FULL_LIMIT:
-                arr["inputs_embeds"] = x
-            else:
-                arr["inputs_embeds_head"] = x[:64]
-                arr["inputs_embeds_tail"] = x[-64:]
-            arr["inputs_embeds_row_sum"] = e[0].sum(1).numpy()
-            arr["inputs_embeds_row_l2"] = e[0].norm(dim=1).numpy()
-
-    def record_generation(self, ids: list[int], text: str, stopped_by: str, logits0: torch.Tensor | None) -> None:
-        if logits0 is not None:
-            self.data["logits_step0"] = {
-                "size": int(logits0.numel()),
-                "argmax": int(logits0.argmax()),
-                "max": float(logits0.max()),
-                "top5_ids": torch.topk(logits0, min(5, logits0.numel())).indices.tolist(),
-            }
-            self.arrays["logits_step0"] = logits0.numpy().astype(np.float32)
-        self.data["generation"] = {"token_ids": list(ids), "text": text, "stopped_by": stopped_by}
+    def record_generation(self, ids: list[int], text: str, stopped_by: str, max_new_tokens: int) -> None:
+        self.data["generation"] = {"token_ids": list(ids), "text": text, "stopped_by": stopped_by,
+                                   "max_new_tokens": max_new_tokens}  # fmt: skip
 
     # ---------------------------------------------------------------- output
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.data, indent=1))
+        """Write the trace as JSON, one top-level section per line, atomically."""
+        body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in self.data.items())
+        _atomic_write(Path(path), ("{\n" + body + "\n}\n").encode())
 
     def save_arrays(self, path: str | Path) -> None:
-        with open(path, "wb") as f:
-            np.savez(f, **self.arrays)
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **self.arrays)
+        _atomic_write(Path(path), buf.getvalue())
 
     def summary(self) -> str:
         """A few human lines: frames and tokens after each stage."""
-        d = self.data
-        c = d.get("counts", {})
-        sel = d.get("selection", {})
-        lines = [
+        c = self.data.get("counts", {})
+        high = len(self.data.get("frames", {}).get("high_res", []))
+        return "\n".join([
             f"frames: {c.get('sampled_frames')} sampled -> {c.get('frames_after_dino')} after temporal reduction"
-            f" ({len(sel.get('high_res_frames', [])) if sel.get('input_mix_res') else c.get('frames_after_dino')}"
-            " at high resolution)",
+            f" ({high} at high resolution)",
             f"visual tokens: {c.get('visual_tokens_after_frame_reduction')} -> {c.get('visual_tokens_after_selection')}"
             f" after selection -> {c.get('visual_tokens_final')} after spatial compression;"
             f" sequence {c.get('sequence_length')} tokens",
-        ]
-        return "\n".join(lines)
+        ])  # fmt: skip
+
+
+def _video(feats) -> dict:
+    return {
+        "path": feats.path,
+        "num_frames_total": feats.num_frames_total,
+        "avg_fps": feats.avg_fps,
+        "step": feats.step,
+        "sampled_indices": list(feats.source_indices),
+        "timestamps": [round(t, 3) for t in feats.timestamps],
+        "frame_hw": list(feats.frame_hw),
+    }
+
+
+def _budget(b, cfg) -> dict:
+    return {
+        "tokenizer_model_max_length": cfg.tokenizer_model_max_length,
+        "inference_max_length": cfg.inference_max_length,
+        "text_len_for_budget": b.text_len,
+        "max_frames_dino": b.max_frames_dino,
+        "max_visual_len_for_resolution_choice": b.mvl_resolution,
+        "max_num_frames_high": b.max_frames_high,
+        "max_num_frames_low": b.max_frames_low,
+        "max_visual_len": b.max_visual_len,
+    }
+
+
+def _dino(res, feats, cfg) -> dict:
+    src = feats.source_indices
+    return {
+        "reduction_applied": res.path != "none",
+        "path": res.path,
+        "window_size": cfg.dino_window,
+        "threshold": cfg.dino_threshold,
+        "num_windows": len(res.window_sizes),
+        "kept_indices": list(res.kept),
+        "kept_source_indices": [src[i] for i in res.kept],
+        "kept_timestamps": [round(feats.timestamps[i], 3) for i in res.kept],
+        "num_kept": len(res.kept),
+        "num_kept_before_cap": res.num_kept_before_cap,
+        "cap400_applied": res.capped,
+    }
+
+
+def _selection(d, feats) -> dict:
+    src = feats.source_indices
+    high = list(d.high_frames)
+    return {
+        "input_mix_res": d.mixed,
+        "mix_token": d.mix_token,
+        "highres_num": d.highres_num,
+        "high_res_frames": high,
+        "high_res_frames_source_index": [src[d.kept[i]] for i in high],
+        "low_res_frames": [i for i in range(len(d.kept)) if i not in set(high)] if d.mixed else [],
+    }
+
+
+def _stc(d, cfg) -> dict:
+    base = {"drop_threshold": cfg.drop_threshold, "window_frames": cfg.stc_window}
+    if d.stc is None:
+        n = d.tokens_after_selection
+        return {"applied": False, **base, "chunks": [], "reduced_visual_len": n, "force_remove": 0,
+                "after_force_remove": n}  # fmt: skip
+    s = d.stc
+    return {"applied": True, **base, "chunks": s["chunks"], "reduced_visual_len": s["reduced_len"],
+            "force_remove": s["force_remove"], "after_force_remove": s["after_force_remove"]}  # fmt: skip
+
+
+def _frames(d, feats) -> dict:
+    """The user-facing view: sampled positions kept, and those given high-resolution grids."""
+    high = [d.kept[i] for i in d.high_res_kept]
+    ts = feats.timestamps
+    return {"kept": list(d.kept), "kept_timestamps": [round(ts[i], 3) for i in d.kept],
+            "high_res": high, "high_res_timestamps": [round(ts[i], 3) for i in high]}  # fmt: skip
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

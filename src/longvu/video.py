@@ -171,7 +171,8 @@ def iter_frames(
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Decode ``path`` and yield ``(source_index, seconds, rgb[H, W, 3])`` per sampled frame.
 
-    Frames come in order and only sampled frames are converted to RGB.  ``info`` (if
+    Frames come in order and only sampled frames are converted to RGB; every frame has the
+    first sampled frame's size.  ``info`` (if
     given) is filled in as decoding goes; ``info.total`` is the number of decoded frames
     once the generator is exhausted.  ``max_frames`` is not applied here: pass the
     indices of :func:`planned_indices` as ``only``.
@@ -188,12 +189,17 @@ def iter_frames(
         stream.thread_type = "SLICE"
         info.avg_fps = probe_fps(stream)
         info.step = sampling.step(info.avg_fps)
+        first_shape = None
         try:
             for index, frame in enumerate(container.decode(stream)):
                 info.total = index + 1
                 if not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
                     continue
-                yield index, index / info.avg_fps, frame.to_ndarray(format="rgb24")
+                rgb = frame.to_ndarray(format="rgb24")
+                # The reference stacks frames into one array and uses the first frame's size for
+                # all of them, so a resolution change mid-stream is resized to the first size.
+                first_shape = first_shape or rgb.shape
+                yield index, index / info.avg_fps, _resize_like(rgb, first_shape)
         except av.error.FFmpegError as e:
             raise VideoError(
                 f"{path}: the video is corrupt or truncated after frame {info.total} ({_ffmpeg_reason(e)})"
@@ -220,10 +226,6 @@ def load_video(path: str | os.PathLike, sampling: Sampling | None = None) -> Vid
         raise VideoError(
             f"{path}: no frame in the requested time range (the video lasts {info.total / info.avg_fps:.2f}s)"
         )
-    if len({f.shape for f in frames}) > 1:
-        # The reference stacks frames into one array; a resolution change mid-stream
-        # would break that, so every frame is brought to the first frame's size.
-        frames = [_resize_like(f, frames[0].shape) for f in frames]
     if sampling.max_frames is not None and len(frames) > sampling.max_frames:
         wanted = set(sampled_indices(info.total, info.avg_fps, sampling))
         keep = [i for i, idx in enumerate(indices) if idx in wanted]

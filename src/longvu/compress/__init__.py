@@ -7,7 +7,7 @@
 
 from .selection import Budget, TextGuidedResult, compute_budget, select_high_res, use_mixed_resolution
 from .spatial import STCResult, spatial_token_compression
-from .temporal import TemporalResult, cap_frames, reduce_frames, select_frames, window_similarities
+from .temporal import TemporalResult, cap_frames, select_frames, select_in_window, window_similarity
 
 __all__ = [
     "Budget",
@@ -15,11 +15,11 @@ __all__ = [
     "TemporalResult",
     "TextGuidedResult",
     "compute_budget",
-    "reduce_frames",
     "select_high_res",
     "spatial_token_compression",
     "use_mixed_resolution",
     "cap_frames",
     "select_frames",
-    "window_similarities",
+    "select_in_window",
+    "window_similarity",
 ]

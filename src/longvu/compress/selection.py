@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..prompt import IMAGE_TOKEN_INDEX
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -53,7 +55,7 @@ def compute_budget(
     lowres_token: int,
     highres: bool,
     pad_id: int,
-    image_token_id: int = -200,
+    image_token_id: int = IMAGE_TOKEN_INDEX,
 ) -> Budget:
     """Work out every budget of the reference from the prompt ids (with the placeholder)."""
     text_len = input_ids.index(pad_id) if pad_id in input_ids else len(input_ids)

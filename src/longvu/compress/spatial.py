@@ -64,7 +64,7 @@ def spatial_token_compression(
     masks: list[torch.Tensor] = []
     for start in range(0, n, window):
         chunk = frames[start : start + window]  # (w, T, H)
-        anchor_mask = torch.ones(t, dtype=torch.uint8)
+        anchor_mask = torch.ones(t, dtype=torch.uint8, device=frames.device)
         if len(chunk) == 1:
             kept_windows.append(chunk[0])
             masks.append(anchor_mask)
@@ -89,7 +89,7 @@ def spatial_token_compression(
     return STCResult(
         tokens=tokens[:max_visual_len],
         chunks=chunks,
-        similarity=torch.cat(sims) if sims else torch.zeros(0),
+        similarity=torch.cat(sims) if sims else frames.new_zeros(0),
         keep_mask=torch.cat(masks),
         reduced_len=reduced,
         force_remove=force_remove,

@@ -56,6 +56,7 @@ def window_similarity(features: torch.Tensor) -> torch.Tensor:
 
 
 def select_in_window(sim: torch.Tensor, threshold: float, fix_middle_frame: bool) -> torch.Tensor:
+    """Positions kept inside one window, from its ``[n]`` similarities (``LongTensor``, ascending)."""
     sim = sim.clone()
     if fix_middle_frame:
         # Fix: ignore the self term, and keep the window's least redundant frame
@@ -70,18 +71,6 @@ def select_in_window(sim: torch.Tensor, threshold: float, fix_middle_frame: bool
     return torch.where(sim < threshold)[0]
 
 
-def window_similarities(features: torch.Tensor, window: int = 16) -> tuple[torch.Tensor, list[int]]:
-    """Per-frame mean similarity inside consecutive windows of ``window`` frames.
-
-    Args:
-        features: ``[N, T, C]``
-    Returns:
-        ``[N]`` similarities (windows concatenated) and the window sizes.
-    """
-    sims = [window_similarity(features[s : s + window]) for s in range(0, features.shape[0], window)]
-    return torch.cat(sims), [len(x) for x in sims]
-
-
 def select_frames(
     similarity: torch.Tensor,
     window_sizes: list[int],
@@ -92,10 +81,21 @@ def select_frames(
     cap: int = 400,
     fix_middle_frame: bool = False,
 ) -> TemporalResult:
-    """Stage 1 decisions from precomputed window similarities (see :func:`reduce_frames`).
+    """Drop temporally redundant frames, given the per-window similarities.
 
-    Splitting similarity from selection lets the similarities be computed as frames
-    stream in, and be cached: the selection depends on the question's token budget.
+    The similarities (:func:`window_similarity` of each window of ``window`` frames) are
+    computed as frames stream in and are cached with the video; the decisions depend
+    on the question's token budget and are taken here.
+
+    Args:
+        similarity: ``[N]`` per-frame mean similarity, windows concatenated.
+        window_sizes: frames per window (``window`` each, the last may be shorter).
+        max_frames: if ``N < max_frames`` every frame is kept (the budget fits).
+        threshold: frames with mean similarity ``>= threshold`` are dropped.
+        window: frames per window; with ``N < window`` the video is one window.
+        cap: after the windowed pass at most ``cap`` frames are kept, evenly spaced
+            (``int(i * n / cap)``); not applied on the single-window path.
+        fix_middle_frame: see :func:`select_in_window`.
     """
     n = int(similarity.shape[0])
     if n < max_frames:
@@ -119,31 +119,3 @@ def cap_frames(kept: list[int], cap: int) -> list[int]:
     """Keep ``cap`` of the survivors, evenly spaced: position ``int(i * n / cap)``."""
     interval = len(kept) / float(cap)
     return [kept[int(interval * i)] for i in range(cap)]
-
-
-def reduce_frames(
-    features: torch.Tensor,
-    *,
-    max_frames: int,
-    threshold: float,
-    window: int = 16,
-    cap: int = 400,
-    fix_middle_frame: bool = False,
-) -> TemporalResult:
-    """Drop temporally redundant frames.
-
-    Args:
-        features: ``[N, T, C]`` DINOv2 features of the sampled frames.
-        max_frames: if ``N < max_frames`` every frame is kept (the budget fits).
-        threshold: frames with mean similarity ``>= threshold`` are dropped.
-        window: frames per window; with ``N < window`` the video is one window.
-        cap: after the windowed pass at most ``cap`` frames are kept, evenly spaced
-            (``int(i * n / cap)``); not applied on the single-window path.
-        fix_middle_frame: see :func:`select_in_window`.
-    """
-    n = features.shape[0]
-    if n < max_frames:
-        return TemporalResult(kept=list(range(n)), path="none", num_kept_before_cap=n)
-    sim, sizes = window_similarities(features, window)
-    return select_frames(sim, sizes, max_frames=max_frames, threshold=threshold, cap=cap,
-                         fix_middle_frame=fix_middle_frame, window=window)  # fmt: skip

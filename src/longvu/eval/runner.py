@@ -95,7 +95,7 @@ def subtitle_text(srt: str, frame_indices: list[int], fps: int, lv) -> str:
         if text.strip() and "[Music]" not in text and "[Applause]" not in text and text not in lines:
             if not lines or text not in lines[-1]:
                 lines.append(text)
-    if len(lv.model.tokenizer("\n".join(lines)).input_ids) > 6000:
+    if len(lv.tokenizer("\n".join(lines)).input_ids) > 6000:
         step = max(1, len(lines) // 200)
         lines = [lines[i] for i in range(0, len(lines), step)]
     return "This video's subtitles are listed below:\n" + "\n".join(lines) + "\n"

@@ -107,33 +107,21 @@ def generate(
 
 def score_item(lv, item: dict, root: Path, mode: str = "teacher") -> dict:
     """Answer one V-NIAH item; returns the result line."""
-    import torch
-
-    from ..pipeline import GenerationOptions
-    from ..prompt import Conversation
-    from ..trace import Trace
+    from ..generation import GenerationOptions
 
     feats = lv.features(str(root / item["video"]))
-    kept = None
     if mode == "generate":
-        ans = lv.ask(feats, item["question"], generation=GenerationOptions(max_new_tokens=8, greedy=True))
-        correct = item["answer"].lower() in ans.text.lower()
-        output, trace = ans.text, ans.trace.data
+        answer = lv.ask(feats, item["question"], generation=GenerationOptions(max_new_tokens=8, greedy=True))
+        output = answer.text
+        correct = item["answer"].lower() in output.lower()
+        kept = answer.trace.data["dino"]["kept_source_indices"]
     else:
-        conv = Conversation(lv.model.template)
+        conv = lv.conversation()
         conv.add_user(item["question"])
-        ids = lv.prompt_ids(conv)
-        trace_obj = Trace()
-        target = lv.model.tokenizer(item["answer"], add_special_tokens=False).input_ids
-        with torch.inference_mode():
-            embeds = lv.compose(feats, ids, trace_obj, False)
-            full = torch.cat([embeds, lv.model.embed(target).unsqueeze(0).to(embeds.dtype)], dim=1)
-            logits = lv.model.llm(inputs_embeds=full).logits[0]
-        n = embeds.shape[1]
-        pred = logits[n - 1 : n - 1 + len(target)].argmax(-1).tolist()
-        correct = pred == target
-        output, trace = lv.model.tokenizer.decode(pred), trace_obj.data
-    kept = trace["dino"]["kept_source_indices"]
+        forced = lv.teacher_forced(feats, conv, item["answer"])
+        correct = forced.exact_match
+        output = lv.tokenizer.decode(forced.greedy_ids)
+        kept = [feats.source_indices[i] for i in forced.decisions.kept]
     return {
         "qid": item["id"], "length": item["length"], "depth": item["depth"], "answer": item["answer"],
         "output": output, "correct": bool(correct), "mode": mode,
