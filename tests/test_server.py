@@ -255,3 +255,52 @@ def test_openai_client_and_disconnect_cancels(qwen_model, tmp_path):
         r = httpx.post(srv.url + "/v1/chat/completions", json=body(), timeout=120)
         assert r.status_code == 200
         assert time.time() - t0 < 60
+
+
+def test_max_tokens_above_the_limit_is_refused(client):
+    r = client.post("/v1/chat/completions", json=body(max_tokens=4097))
+    assert_error(r, 400, "at most 4096")
+    assert r.json()["error"]["param"] == "max_tokens"
+    assert client.post("/v1/chat/completions", json=body(max_tokens=4)).status_code == 200
+
+
+def test_context_policy_through_the_api(client):
+    r = client.post("/v1/chat/completions", json=body(question="Tell me everything about it. " * 4000))
+    assert_error(r, 400, "the prompt is ")
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    # a long history is trimmed, oldest first, and the newest question is answered
+    msgs = body()["messages"]
+    for i in range(30):
+        msgs += [{"role": "assistant", "content": f"answer {i} " + "blah " * 150},
+                 {"role": "user", "content": f"question {i + 1}?"}]  # fmt: skip
+    r = client.post("/v1/chat/completions", json={**body(), "messages": msgs})
+    assert r.status_code == 200, r.text
+    assert r.json()["longvu"]["dropped_messages"] > 0
+
+
+def test_a_client_leaving_mid_encode_frees_the_worker(qwen_model, tmp_path):
+    from conftest import scene_frames, write_video
+
+    from longvu import LongVU
+    from longvu.errors import Cancelled
+
+    long_video = write_video(tmp_path / "long.mp4", scene_frames(1200, scene_len=7), fps=2)  # 10 min, 600 frames
+    lv = LongVU(qwen_model.model, cache=None)
+    outcomes = []
+    real = lv.features
+
+    def spy(*a, **k):
+        try:
+            return real(*a, **k)
+        except BaseException as e:
+            outcomes.append(type(e))
+            raise
+
+    lv.features = spy
+    url = "data:video/mp4;base64," + base64.b64encode(long_video.read_bytes()).decode()
+    with LiveServer(create_app(lv, ServerSettings(model_name="tiny", upload_dir=str(tmp_path / "up")))) as srv:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/chat/completions", json=body(url=url), timeout=2.0)
+        r = httpx.post(srv.url + "/v1/chat/completions", json=body(), timeout=120)
+        assert r.status_code == 200
+    assert outcomes[0] is Cancelled  # the long encode stopped instead of running to its end

@@ -221,11 +221,12 @@ def run_ask(args) -> int:
     if not question.strip():
         raise LongVUError("the question is empty")
     lv, sampling, gen = _load(args)
+    conv = lv.conversation()
+    conv.add_user(question)
+    lv.prompt_ids(conv)  # a question that cannot fit fails here, before the video is encoded
     observer = ParityObserver(arrays=bool(args.trace_arrays)) if (args.trace or args.trace_arrays) else None
     feats = _encode(args, lv, sampling, observer)
     t1 = time.perf_counter()
-    conv = lv.conversation()
-    conv.add_user(question)
     stream = lv.generate(feats, conv, generation=gen, observer=observer)
     _print_stream(stream, args.stream if args.stream is not None else sys.stdout.isatty())
     answer = stream.answer
@@ -260,7 +261,10 @@ def run_chat(args) -> int:
             session.reset()
             _log(args, "(history cleared)")
             continue
-        _print_stream(session.ask_stream(question, gen), stream_out)
+        try:
+            _print_stream(session.ask_stream(question, gen), stream_out)
+        except LongVUError as e:  # this question only: the session goes on
+            print(f"longvu: error: {e}", file=sys.stderr, flush=True)
     return 0
 
 

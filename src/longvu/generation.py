@@ -9,6 +9,7 @@ and cancellation crossing back to the consumer.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 import warnings
@@ -129,9 +130,11 @@ def generate_ids(
     """
     from transformers import StoppingCriteriaList
 
-    gen = model.generation_config
+    gen = copy.deepcopy(model.generation_config)
+    gen.update(max_new_tokens=max_new_tokens, use_cache=True, return_dict_in_generate=True,
+               output_logits=bool(observer is not None and observer.needs_step0_logits), pad_token_id=_pad_id(gen),
+               **opts.generate_kwargs())  # fmt: skip
     criteria = [_StopOnSequence(stop_ids)] + ([_StopOnEvent(cancel)] if cancel is not None else [])
-    want_logits = bool(observer is not None and observer.needs_step0_logits)
     if opts.seed is not None:
         torch.manual_seed(opts.seed)
     with warnings.catch_warnings():
@@ -140,12 +143,10 @@ def generate_ids(
         warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
         out = model.llm.generate(
             inputs_embeds=embeds, generation_config=gen, stopping_criteria=StoppingCriteriaList(criteria),
-            streamer=_IdStreamer(on_ids) if on_ids is not None else None, return_dict_in_generate=True,
-            output_logits=want_logits, pad_token_id=_pad_id(gen), max_new_tokens=max_new_tokens, use_cache=True,
-            **opts.generate_kwargs(),
+            streamer=_IdStreamer(on_ids) if on_ids is not None else None,
         )  # fmt: skip
     ids = out.sequences[0].tolist()
-    if want_logits and out.logits:
+    if gen.output_logits and out.logits:
         observer.on_step0_logits(logits=out.logits[0][0])
     return Generated(ids, _stop_reason(ids, gen, stop_ids, cancel), max_new_tokens)
 

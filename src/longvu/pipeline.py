@@ -163,11 +163,12 @@ class LongVU:
         check_message(conversation.system, self._markers, "the system prompt")
         for i, (role, text) in enumerate(conversation.turns):
             check_message(text, self._markers, f"message {i + 1} ({role})")
+        return fit_prompt(conversation, self._tokenize, self.model.cfg)
+
+    def _tokenize(self, conversation: Conversation) -> list[int]:
+        """The prompt's token ids as the reference builds them (no context policy)."""
         m = self.model
-        return fit_prompt(
-            conversation, lambda c: tokenize_with_image(c.render(m.tokenizer), m.tokenizer, drop_first=m.cfg.is_llama),
-            m.cfg,
-        )  # fmt: skip
+        return tokenize_with_image(conversation.render(m.tokenizer), m.tokenizer, drop_first=m.cfg.is_llama)
 
     # ------------------------------------------------------------------ features
     def features(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import re
 import shutil
@@ -164,16 +165,13 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+
 
 def create_app(lv: LongVU, settings: ServerSettings | None = None):
     """The FastAPI application serving ``lv``."""
+    from contextlib import asynccontextmanager
+
     from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     settings = settings or ServerSettings()
     worker = Worker(settings.queue_size)
     store = MediaStore(settings.upload_dir, settings.upload_ttl_s)
-
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app):
@@ -184,8 +182,22 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
 
     app = FastAPI(title="longvu", version=_version(), lifespan=lifespan)
     app.state.lv, app.state.settings, app.state.store = lv, settings, store
+    _error_handlers(app)
+    if settings.api_key:
+        app.add_middleware(APIKeyMiddleware, key=settings.api_key)
+    _info_routes(app, worker, settings)
+    _file_routes(app, store, settings)
+    _chat_route(app, lv, worker, store, settings)
+    _page_routes(app)
+    return app
 
-    # ------------------------------------------------------------- errors
+
+def _error_handlers(app) -> None:
+    """Every error in OpenAI's shape; an unexpected one is a 500 that names only its type."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
@@ -206,17 +218,8 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
     async def _internal(request, exc: Exception):
         return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}", "server_error").body(), 500)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if settings.api_key and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            if header != f"Bearer {settings.api_key}":
-                err = APIError(401, "missing or wrong API key (send it as 'Authorization: Bearer KEY')",
-                               "authentication_error", "invalid_api_key")  # fmt: skip
-                return JSONResponse(err.body(), status_code=401)
-        return await call_next(request)
 
-    # ------------------------------------------------------------- routes
+def _info_routes(app, worker: Worker, settings: ServerSettings) -> None:
     @app.get("/health")
     async def health():
         q = worker.jobs.qsize() if worker.jobs else 0
@@ -226,6 +229,10 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
     async def models():
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
                                             "owned_by": "longvu"}]}  # fmt: skip
+
+
+def _file_routes(app, store: MediaStore, settings: ServerSettings) -> None:
+    """``/v1/files``: upload (multipart), look up and delete videos."""
 
     @app.post("/v1/files")
     async def upload(file: UploadFile = File(...), purpose: str = Form("vision")):  # noqa: B008 (FastAPI idiom)
@@ -261,6 +268,11 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
             raise APIError(404, f"no file {fid!r}", "not_found_error")
         return {"id": fid, "object": "file", "deleted": True}
 
+
+def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: ServerSettings) -> None:
+    """``POST /v1/chat/completions``: parse, resolve the video, queue the job, answer or stream."""
+    from fastapi.responses import StreamingResponse
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         try:
@@ -294,7 +306,11 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    # ------------------------------------------------------------- web page
+
+def _page_routes(app) -> None:
+    """The web page and its static files (served by the app: no CDN)."""
+    from fastapi.responses import FileResponse
+
     @app.get("/")
     async def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -306,7 +322,24 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
             raise APIError(404, "not found", "not_found_error")
         return FileResponse(path)
 
-    return app
+
+class APIKeyMiddleware:
+    """Require ``Authorization: Bearer KEY`` on ``/v1/`` (plain ASGI, so the endpoints still see disconnects)."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(header, self.expected):
+                from fastapi.responses import JSONResponse
+
+                err = APIError(401, "missing or wrong API key (send it as 'Authorization: Bearer KEY')",
+                               "authentication_error", "invalid_api_key")  # fmt: skip
+                await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _drain(prepare, cancel: threading.Event):
