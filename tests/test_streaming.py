@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import FIXTURES, scene_frames, write_video
 
@@ -54,3 +55,19 @@ def test_progress_bar_only_when_asked(qwen_model, capsys):
     encode_video(qwen_model.model, VIDEO, keep_all_below=5, progress=True)
     err = capsys.readouterr().err
     assert "encoding" in err and "/21 [" in err and "frame/s" in err  # total known up front, with a rate
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_length(tmp_path):
+    """A 12-minute video costs about the memory of a 3-minute one (peak RSS from the OS, fresh processes)."""
+    import sys
+
+    from benchmarks.long_video import TINY, make_video, run_rss
+
+    peaks = []
+    for minutes in (3, 12):
+        video = make_video(tmp_path / f"v{minutes}.mp4", minutes, fps=10, w=320, h=180)
+        res = run_rss([sys.executable, "-m", "longvu.cli", "ask", str(video), "What happens?", "--model", str(TINY),
+                       "--device", "cpu", "--no-cache", "--greedy", "--max-new-tokens", "4", "--quiet"])  # fmt: skip
+        peaks.append(res["peak_rss_mib"])
+    assert peaks[1] <= 1.25 * peaks[0], peaks
