@@ -78,7 +78,7 @@ class Queue:
         self.deaths[task[0]] += 1
         if self.deaths[task[0]] >= DEATHS_PER_GROUP:
             return self.give_up(task[1], f"worker died {self.deaths[task[0]]} times on this video ({why})")
-        print(f"longvu: a worker died ({why}); its video goes back in the queue", file=sys.stderr, flush=True)
+        print(f"\rlongvu: a worker died ({why}); its video goes back in the queue", file=sys.stderr, flush=True)
         self.todo.appendleft(task)
         return None
 
