@@ -191,12 +191,13 @@ def all_frames_theirs(path: Path) -> np.ndarray:
 
 # ------------------------------------------------------------------ comparison
 def same_frames(a: np.ndarray, b: np.ndarray) -> str:
-    """``"equal"``, ``"3 of 13 frames differ (max 255)"`` or the mismatch of counts/shapes."""
+    """``"equal"``, ``"3 of 13 frames differ (mean 4.10, max 255)"`` (levels of 0-255) or the count/shape mismatch."""
     if a.shape != b.shape:
         return f"{a.shape[0]} vs {b.shape[0]} frames" if a.shape[1:] == b.shape[1:] else f"{a.shape} vs {b.shape}"
-    d = np.abs(a.astype(np.int16) - b.astype(np.int16)).reshape(len(a), -1).max(axis=1) if a.size else np.zeros(0)
-    bad = int((d > 0).sum())
-    return "equal" if bad == 0 else f"{bad} of {len(a)} frames differ (max {int(d.max())})"
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).reshape(len(a), -1)
+    worst = diff.max(axis=1) if a.size else np.zeros(0)
+    bad = int((worst > 0).sum())
+    return "equal" if bad == 0 else f"{bad} of {len(a)} frames differ (mean {diff.mean():.2f}, max {int(worst.max())})"
 
 
 def same_indices(ours: list[int], theirs: list[int]) -> str:
