@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sample-fps", type=_float, help="override the preset's frames per second")
     ev.add_argument("--max-frames", type=_positive_int, help="override the preset's frame limit")
     ev.add_argument("--mode", choices=["teacher", "generate"], default="teacher", help="V-NIAH scoring")
+    ev.add_argument("--force", action="store_true", help="add to answers in --out made with other settings")
     ev.add_argument("--quiet", "-q", action="store_true")
     vn = sub.add_parser("vniah", help="make V-NIAH haystack videos")
     vn.add_argument("action", choices=["generate"])
@@ -315,9 +316,12 @@ def run_eval(args) -> int:
     from .eval.runner import run_benchmark
 
     preset = PRESETS[args.benchmark]
-    if args.sample_fps or args.max_frames:
-        preset = dataclasses.replace(preset, sample_fps=args.sample_fps or preset.sample_fps,
-                                     max_frames=args.max_frames or preset.max_frames)  # fmt: skip
+    if args.sample_fps is not None or args.max_frames is not None:
+        preset = dataclasses.replace(
+            preset,
+            sample_fps=preset.sample_fps if args.sample_fps is None else args.sample_fps,
+            max_frames=preset.max_frames if args.max_frames is None else args.max_frames,
+        )
 
     items = load_items(args.benchmark, args.data, **({"subtitles": True} if args.subtitles else {}))
     if args.limit:
@@ -326,10 +330,13 @@ def run_eval(args) -> int:
     summary = run_benchmark(
         args.benchmark, items, args.out, model=model, device=args.device, dtype=args.dtype, overrides=overrides,
         workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, progress=not args.quiet, preset=preset,
+        subtitles=args.subtitles, force=args.force,
     )  # fmt: skip
     print(open(os.path.join(args.out, "summary.md")).read(), end="")
     if summary["unparseable"]:
         _log(args, f"{summary['unparseable']} answers could not be parsed (counted wrong): see summary.json")
+    if summary["errors"]:
+        _log(args, f"{summary['errors']} questions failed (counted wrong; see summary.json); run again to retry them")
     return 0
 
 

@@ -4,7 +4,8 @@
   evaluation scripts' frame sampling and thresholds as named presets;
 * :mod:`.answers` - the multiple-choice prompt and answer parsing (an unparseable answer
   is wrong, and reported, never mapped to a letter);
-* :mod:`.runner` - resumable runs, one JSONL line per question, sharding over local
-  processes or a Ray cluster, summaries;
+* :mod:`.runner` - resumable runs, one JSONL line per question, summaries;
+* :mod:`.store` - the results folder: atomic rewrites, a lock, the settings fingerprint;
+* :mod:`.workers` - answering on local worker processes or Ray actors, replacing dead ones;
 * :mod:`.vniah` - V-NIAH haystack generator, scorer and heatmap.
 """

@@ -1,8 +1,11 @@
 """Multiple-choice answer parsing.
 
-The original scripts take the first regex match and, when nothing matches, silently
-use option "C".  Here an answer is parsed to a letter only when it names exactly one
-of the offered letters; otherwise it is ``None``: counted wrong and listed in the summary.
+The original scripts delete the word "Answer" and take the first regex match of a capital
+option letter, anywhere, even inside a word ("Based on ..." reads as B); when nothing
+matches, ``pred_answer[0]`` raises and the whole run stops.  Here an answer is parsed to a
+letter only when it names exactly one of the offered letters; otherwise it is ``None``:
+counted wrong and listed in the summary, and the run goes on.  On the short answers that
+greedy decoding of 5 tokens gives ("B", "B.", "(B)"), both read the same letter.
 """
 
 from __future__ import annotations

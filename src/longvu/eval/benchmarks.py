@@ -44,31 +44,60 @@ class Item:
 
 @dataclass(frozen=True)
 class Preset:
-    """Frame sampling and run-time config of an original evaluation script."""
+    """Frame sampling and run-time config of an original evaluation script.
+
+    The defaults are the scripts' own; ``--sample-fps``/``--max-frames`` replace
+    ``sample_fps``/``max_frames`` for every benchmark, with the same rule around them.
+    """
 
     name: str
-    sample_fps: float  # frames per second (of the video's rounded fps, as the scripts do)
+    sample_fps: float  # frames per second; the step is round(fps / sample_fps)
     max_frames: int | None = None  # strided down to about this many (the scripts' rule)
     overrides: tuple[tuple[str, object], ...] = ()
     max_new_tokens: int = 5
+    round_fps: bool = True  # round the video's fps before use (eval_videomme/mlvu/egoschema.py); MVBench does not
+    folder_fps: float = 3.0  # frame rate of the JPEG frame folders (MVBench's tvqa frames)
+
+    def __post_init__(self) -> None:
+        if not self.sample_fps > 0:
+            raise LongVUError(f"--sample-fps must be positive, got {self.sample_fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise LongVUError(f"--max-frames must be at least 1, got {self.max_frames}")
+
+    def step(self, fps: float) -> int:
+        return max(1, round(fps / self.sample_fps))
 
     def frame_indices(self, total: int, avg_fps: float, bound: tuple[float, float] | None = None) -> list[int]:
-        """Source frame indices, exactly as the original script picks them."""
-        if self.name == "mvbench":
-            # eval_mvbench.py: float fps, step round(fps / 2), optional [start, end] bound
-            step = max(1, round(avg_fps / 2))
-            last = total - 1
-            if bound:
-                lo = max(0, round(bound[0] * avg_fps))
-                hi = min(round(bound[1] * avg_fps), last)
-                return list(range(lo, hi, step)) or [lo]
-            return list(range(0, last, step)) or [0]
-        fps = round(avg_fps)  # the scripts round the fps first
-        step = max(1, round(fps / self.sample_fps))
-        idx = list(range(0, total, step))
+        """Source frame indices out of ``total``, as the original script picks them.
+
+        Unbounded: ``range(0, total, step)``.  Bounded (MVBench's start/end seconds):
+        ``range(max(0, round(start * fps)), min(round(end * fps), total - 1), step)``.
+        Where that range is empty the script crashes (``np.stack([])``); here the first
+        frame of the bound (within the video) is used alone.
+        """
+        fps = round(avg_fps) if self.round_fps else avg_fps
+        step = self.step(fps)
+        if bound is None:
+            return self.thin(list(range(0, total, step)))
+        lo = max(0, round(bound[0] * fps))
+        hi = min(round(bound[1] * fps), total - 1)
+        return self.thin(list(range(lo, hi, step)) or [max(0, min(lo, total - 1))])
+
+    def folder_indices(self, n_files: int, bound: tuple[float, float] | None) -> list[int]:
+        """eval_mvbench.py's rule for JPEG frame folders (1-based ``%05d.jpg`` at ``folder_fps``).
+
+        An unbounded folder uses the bound (-100000, 100000) s, as the script does, so
+        its last frame (``n_files``) is never taken.
+        """
+        lo, hi = bound if bound else (-100000.0, 100000.0)
+        start = max(1, round(lo * self.folder_fps))
+        end = min(round(hi * self.folder_fps), n_files)
+        return self.thin(list(range(start, end, self.step(self.folder_fps))) or [start])
+
+    def thin(self, idx: list[int]) -> list[int]:
+        """More than ``max_frames`` indices: every ``len // max_frames``-th (can leave up to 2x as many)."""
         if self.max_frames and len(idx) > self.max_frames:
-            stride = len(idx) // self.max_frames
-            idx = [idx[i] for i in range(0, len(idx), stride)]
+            idx = idx[:: len(idx) // self.max_frames]
         return idx
 
 
@@ -76,7 +105,8 @@ PRESETS = {
     "videomme": Preset("videomme", 0.5, None, (("drop_threshold", 0.65),)),
     "mlvu": Preset("mlvu", 0.5, 1000, (("dino_threshold", 0.82), ("drop_threshold", 0.77))),
     "egoschema": Preset("egoschema", 0.5, 1000, (("drop_threshold", 0.8),)),
-    "mvbench": Preset("mvbench", 2.0, None, (("drop_threshold", 0.8),)),
+    # eval_mvbench.py: step round(fps / 2) of the float fps, so 2 "frames per second"
+    "mvbench": Preset("mvbench", 2.0, None, (("drop_threshold", 0.8),), round_fps=False),
 }
 
 
@@ -218,11 +248,3 @@ def load_items(benchmark: str, data: str | Path, **kw) -> list[Item]:
     if not data.is_dir():
         raise LongVUError(f"{data}: no such data folder")
     return LOADERS[benchmark](data, **kw) if benchmark == "videomme" else LOADERS[benchmark](data)
-
-
-def frames_folder_indices(n_files: int, bound: tuple[float, float] | None, fps: float = 3.0) -> list[int]:
-    """eval_mvbench.py's rule for JPEG frame folders (1-based ``%05d.jpg``, 3 fps)."""
-    lo, hi = bound if bound else (-100000, 100000)
-    start = max(1, round(lo * fps))
-    end = min(round(hi * fps), n_files)
-    return list(range(start, end, max(1, round(fps / 2)))) or [start]

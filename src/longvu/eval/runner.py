@@ -1,20 +1,23 @@
 """Running a benchmark: resumable JSONL results, sharding (local processes or Ray), summaries.
 
 Results are written one JSON line per question as soon as it is answered (flushed and
-fsynced), so a crash loses nothing finished and a re-run skips what is done.  Questions
-are grouped by video (each video is encoded once), groups are spread over workers, and
-the merged results are sorted back into the dataset's order: a sharded run writes the
-same files as a single-process run.
+fsynced), so a crash loses nothing finished and a re-run skips what is done; questions
+that failed (an error line) are asked again.  The output folder is locked while a run
+writes to it and remembers the settings it was made with (see :mod:`.store`).  Questions
+are grouped by video (each video is encoded once), groups are spread over workers (see
+:mod:`.workers`), and the merged results are sorted back into the dataset's order: a
+sharded run writes the same files as a single-process run.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import sys
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,15 @@ from typing import Any
 from ..config import LongVUConfig
 from ..errors import LongVUError
 from .answers import parse_choice
-from .benchmarks import PRESETS, Item, Preset, frames_folder_indices
+from .benchmarks import PRESETS, Item, Preset
+from .store import RESULTS, ResultWriter, atomic_write_text, check_settings, exclusive, read_results, write_results
+from .workers import Queue, local_results, one_line, ray_results
 
-RESULTS = "results.jsonl"
+__all__ = ["RESULTS", "Evaluator", "ResultWriter", "read_results", "run_benchmark", "summarize"]
+
+# The number each original script reports as the score: eval_mlvu.py prints the mean of its seven
+# per-task accuracies (the paper's MLVU figure); the other three pool all questions.
+TASK_MEAN_HEADLINE = {"mlvu"}
 
 
 # ------------------------------------------------------------------ video input
@@ -41,18 +50,20 @@ def load_item_video(item: Item, preset: Preset):
 
         if not path.is_dir():
             raise LongVUError(f"{path}: no such frame folder")
+        # The script counts every entry of the folder; the published folders hold only the JPEGs.
         n = len([p for p in path.iterdir() if p.suffix.lower() == ".jpg"])
-        idx = frames_folder_indices(n, bound)
+        idx = preset.folder_indices(n, bound)
         frames = np.stack([np.asarray(Image.open(path / f"{i:05d}.jpg").convert("RGB")) for i in idx])
-        return VideoClip(str(path), frames, idx, [i / 3.0 for i in idx], 3.0, 2, n)
+        return VideoClip(path=str(path), frames=frames, source_indices=idx, timestamps=[i / preset.folder_fps for i in idx],
+                         avg_fps=preset.folder_fps, step=preset.step(preset.folder_fps), num_frames_total=n)  # fmt: skip
     total, fps = count_frames(path)
     wanted = preset.frame_indices(total, fps, bound)
     info = StreamInfo()
     got = list(iter_frames(path, Sampling(fps=fps), info, only=set(wanted)))
     if not got:
         raise LongVUError(f"{path}: no decodable frame")
-    frames = np.stack([f for _, _, f in got])
-    return VideoClip(str(path), frames, [i for i, _, _ in got], [t for _, t, _ in got], fps, 0, info.total)
+    return VideoClip(path=str(path), frames=np.stack([f for _, _, f in got]), source_indices=[i for i, _, _ in got],
+                     timestamps=[t for _, t, _ in got], avg_fps=fps, step=0, num_frames_total=info.total)  # fmt: skip
 
 
 # ------------------------------------------------------------------ one worker
@@ -67,19 +78,31 @@ class Evaluator:
         self.max_new_tokens = max_new_tokens
 
     def run_group(self, group: list[dict], preset: Preset) -> list[dict]:
+        """One result line per question; a failure is an error line (retried by the next run), never a stop."""
         from ..pipeline import GenerationOptions
 
         items = [Item(**g) for g in group]
         try:
             clip = load_item_video(items[0], preset)
             feats = self.lv.features(clip)
-        except (LongVUError, OSError) as e:
-            return [result_line(it, None, f"video error: {e}") for it in items]
-        subs = ""
-        if items[0].extra.get("subtitle"):
-            subs = subtitle_text(items[0].extra["subtitle"], clip.source_indices, round(clip.avg_fps), self.lv)
+            subs = ""
+            if items[0].extra.get("subtitle"):
+                subs = subtitle_text(items[0].extra["subtitle"], clip.source_indices, round(clip.avg_fps), self.lv)
+        except Exception as e:  # this video fails, the run goes on
+            return [result_line(it, None, f"video error: {_reason(e)}") for it in items]
         gen = GenerationOptions(max_new_tokens=self.max_new_tokens, greedy=True)
-        return [result_line(it, self.lv.ask(feats, subs + it.prompt, generation=gen).text, None) for it in items]
+        return [self._answer(feats, subs + it.prompt, it, gen) for it in items]
+
+    def _answer(self, feats, prompt: str, item: Item, gen) -> dict:
+        try:
+            text = self.lv.ask(feats, prompt, generation=gen).text
+        except Exception as e:  # this question fails, the run goes on
+            return result_line(item, None, f"generation error: {_reason(e)}")
+        return result_line(item, text, None)
+
+
+def _reason(e: Exception) -> str:
+    return str(e) if isinstance(e, LongVUError) else one_line(e)
 
 
 def subtitle_text(srt: str, frame_indices: list[int], fps: int, lv) -> str:
@@ -112,35 +135,8 @@ def result_line(item: Item, text: str | None, error: str | None) -> dict:
     }  # fmt: skip
 
 
-# ------------------------------------------------------------------ files
-def read_results(path: Path) -> dict[str, dict]:
-    """Finished lines of a results file; a torn last line (a crash mid-write) is dropped."""
-    done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    good: list[str] = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        done[rec["qid"]] = rec
-        good.append(line)
-    path.write_text("".join(x + "\n" for x in good))
-    return done
-
-
-class ResultWriter:
-    def __init__(self, path: Path) -> None:
-        self.f = open(path, "a")  # noqa: SIM115 (closed in close())
-
-    def write(self, rec: dict) -> None:
-        self.f.write(json.dumps(rec) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        self.f.close()
+def error_lines(group: list[dict], error: str) -> list[dict]:
+    return [result_line(Item(**g), None, error) for g in group]
 
 
 # ------------------------------------------------------------------ driver
@@ -149,6 +145,20 @@ def group_by_video(items: list[Item]) -> list[list[Item]]:
     for it in items:
         groups.setdefault(it.video, []).append(it)
     return list(groups.values())
+
+
+def run_settings(benchmark: str, model: str, device: str, dtype: str, cfg: dict, preset: Preset,
+                 subtitles: bool) -> dict[str, Any]:  # fmt: skip
+    """Everything that can change an answer: a resumed run must match it (see store.check_settings)."""
+    local = Path(str(model)).expanduser()
+    settings = {
+        "benchmark": benchmark, "model": str(local.resolve()) if local.exists() else str(model),
+        "device": device, "dtype": dtype, "overrides": dict(sorted(cfg.items())), "sample_fps": preset.sample_fps,
+        "max_frames": preset.max_frames, "max_new_tokens": preset.max_new_tokens,
+    }  # fmt: skip
+    if benchmark == "videomme":
+        settings["subtitles"] = subtitles
+    return settings
 
 
 def run_benchmark(
@@ -165,123 +175,129 @@ def run_benchmark(
     ray_gpus: float | None = None,
     progress: bool = False,
     preset: Preset | None = None,
+    subtitles: bool = False,
+    force: bool = False,
+    evaluator: Callable[..., Any] = Evaluator,
 ) -> dict:
-    """Answer every item not already in ``out_dir/results.jsonl``, then write the summary."""
+    """Answer every item not already answered in ``out_dir/results.jsonl``, then write the summary.
+
+    ``subtitles`` records whether the VideoMME items carry subtitles (``load_items(...,
+    subtitles=True)``).  ``force`` adds to answers made with other settings.  ``evaluator``
+    is what each worker builds with the model keywords (tests pass one that fails on purpose).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     preset = preset or PRESETS[benchmark]
     cfg = dict(preset.overrides)
     cfg.update(LongVUConfig.coerce_overrides(overrides or {}))
-    done = read_results(out / RESULTS)
-    todo = [it for it in items if it.qid not in done]
-    groups = [[asdict(i) for i in g] for g in group_by_video(todo)]
-    writer = ResultWriter(out / RESULTS)
+    settings = run_settings(benchmark, model, device, dtype, cfg, preset, subtitles)
     kw = {"model": model, "device": device, "dtype": dtype, "overrides": cfg, "max_new_tokens": preset.max_new_tokens}
-    t0 = time.perf_counter()
-    n_done = 0
+    with exclusive(out):
+        mixed = check_settings(out, settings, force=force)
+        done = read_results(out / RESULTS)
+        todo = [it for it in items if it.qid not in done or done[it.qid].get("error")]
+        t0 = time.perf_counter()
+        groups = [[asdict(i) for i in g] for g in group_by_video(todo)]
+        runs = answer_groups(groups, preset, kw, workers=workers, ray_address=ray_address, ray_gpus=ray_gpus,
+                             evaluator=evaluator)  # fmt: skip
+        _record(runs, out / RESULTS, done, len(todo), progress)
+        ordered = [done[it.qid] for it in items if it.qid in done]
+        summary = summarize(benchmark, ordered)
+        summary.update(elapsed_s=round(time.perf_counter() - t0, 2), settings=settings, mixed_settings=mixed)
+        asked = {it.qid for it in items}  # answers to questions outside this run (--limit) are kept after them
+        try:
+            _write_outputs(out, benchmark, ordered + [r for q, r in done.items() if q not in asked], summary)
+        except OSError as e:
+            raise LongVUError(f"{out}: could not write the results ({e.strerror or e}); "
+                              f"the answers in {RESULTS} are kept as they were") from None  # fmt: skip
+    return summary
+
+
+def _record(runs: Iterator[list[dict]], path: Path, done: dict, total: int, progress: bool) -> None:
+    writer = ResultWriter(path)
+    n = 0
     try:
-        for lines in _results(groups, preset, kw, workers, ray_address, ray_gpus):
+        for lines in runs:
             for rec in lines:
                 writer.write(rec)
                 done[rec["qid"]] = rec
-            n_done += len(lines)
+            n += len(lines)
             if progress:
-                print(f"\r{n_done}/{len(todo)} questions", end="", file=sys.stderr, flush=True)
+                print(f"\r{n}/{total} questions", end="", file=sys.stderr, flush=True)
     finally:
         writer.close()
         if progress:
             print(file=sys.stderr)
-    ordered = [done[it.qid] for it in items if it.qid in done]
-    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in ordered))
-    summary = summarize(benchmark, ordered)
-    summary["elapsed_s"] = round(time.perf_counter() - t0, 2)
-    summary["settings"] = {"model": model, "overrides": cfg, "sample_fps": preset.sample_fps,
-                           "max_frames": preset.max_frames, "max_new_tokens": preset.max_new_tokens}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "summary.md").write_text(markdown(benchmark, summary))
+
+
+def _write_outputs(out: Path, benchmark: str, records: list[dict], summary: dict) -> None:
+    write_results(out / RESULTS, records)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.md", markdown(benchmark, summary))
     if benchmark == "egoschema":
-        write_egoschema_submission(ordered, out / "submission.csv")
-    return summary
+        write_egoschema_submission(records, out / "submission.csv")
 
 
-def _results(groups, preset, kw, workers, ray_address, ray_gpus):
+def answer_groups(groups: list[list[dict]], preset: Preset, kw: dict, *, workers: int = 1,
+                  ray_address: str | None = None, ray_gpus: float | None = None,
+                  evaluator: Callable[..., Any] = Evaluator) -> Iterator[list[dict]]:  # fmt: skip
+    """Result lines for each group, in the order they finish (here, on local workers, or on Ray)."""
     if not groups:
         return
+    queue = Queue(groups, give_up=error_lines)
     if ray_address:
-        yield from _ray_results(groups, preset, kw, workers, ray_address, ray_gpus)
+        yield from ray_results(queue, preset, evaluator, kw, workers, ray_address, ray_gpus)
     elif workers > 1:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(kw,)) as pool:
-            yield from pool.imap_unordered(_pool_run, [(g, preset) for g in groups])
+        yield from local_results(queue, preset, evaluator, kw, workers)
     else:
-        ev = Evaluator(**kw)
-        for g in groups:
-            yield ev.run_group(g, preset)
-
-
-_WORKER: Evaluator | None = None
-
-
-def _init_worker(kw: dict) -> None:
-    global _WORKER
-    import torch
-
-    torch.set_num_threads(1)
-    _WORKER = Evaluator(**kw)
-
-
-def _pool_run(args: tuple) -> list[dict]:
-    group, preset = args
-    return _WORKER.run_group(group, preset)
-
-
-def _ray_results(groups, preset, kw, workers, address, gpus):
-    import ray
-    from ray.util import ActorPool
-
-    if not ray.is_initialized():
-        if address == "local":
-            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    actor_cls = ray.remote(num_gpus=gpus, num_cpus=1)(Evaluator)
-    actors = [actor_cls.remote(**kw) for _ in range(max(1, workers))]
-    pool = ActorPool(actors)
-    yield from pool.map_unordered(lambda a, g: a.run_group.remote(g, preset), groups)
-    for a in actors:
-        ray.kill(a)
+        ev = evaluator(**kw)
+        while (task := queue.take()) is not None:
+            yield ev.run_group(task[1], preset)
 
 
 # ------------------------------------------------------------------ scoring
 def summarize(benchmark: str, results: list[dict]) -> dict[str, Any]:
+    """Accuracies (%); the headline (``accuracy``) is the number the benchmark's original script reports."""
     scored = [r for r in results if r["answer"] is not None]
-
-    def acc(rs):  # noqa: E306
-        return round(100.0 * sum(r["correct"] for r in rs) / len(rs), 2) if rs else None
-
     by_cat: dict[str, list] = defaultdict(list)
     for r in scored:
         by_cat[str(r["category"])].append(r)
+    task_mean = _mean([_acc(v) for v in by_cat.values()])
+    pooled = _acc(scored)
+    by_task = benchmark in TASK_MEAN_HEADLINE
     summary: dict[str, Any] = {
         "benchmark": benchmark,
         "questions": len(results),
         "scored": len(scored),
-        "accuracy": acc(scored),
-        "per_category": {k: {"accuracy": acc(v), "n": len(v)} for k, v in sorted(by_cat.items())},
+        "headline": "mean of the per-task accuracies" if by_task else "all scored questions pooled",
+        "accuracy": _round(task_mean if by_task else pooled),
+        "accuracy_pooled": _round(pooled),
+        "accuracy_category_mean": _round(task_mean),
+        "per_category": {k: {"accuracy": _round(_acc(v)), "n": len(v)} for k, v in sorted(by_cat.items())},
         "unparseable": sum(r["unparseable"] for r in results),
         "unparseable_qids": [r["qid"] for r in results if r["unparseable"]][:100],
-        "video_errors": sum(1 for r in results if r["error"]),
+        "errors": sum(1 for r in results if r["error"]),
+        "error_qids": [r["qid"] for r in results if r["error"]][:100],
     }
     if benchmark == "videomme":
         tasks: dict[str, list] = defaultdict(list)
         for r in scored:
             tasks[str(r.get("task_type"))].append(r)
-        summary["per_task_type"] = {k: {"accuracy": acc(v), "n": len(v)} for k, v in sorted(tasks.items())}
+        summary["per_task_type"] = {k: {"accuracy": _round(_acc(v)), "n": len(v)} for k, v in sorted(tasks.items())}
     return summary
+
+
+def _acc(rs: list[dict]) -> float | None:
+    return 100.0 * sum(r["correct"] for r in rs) / len(rs) if rs else None
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _round(x: float | None) -> float | None:
+    return round(x, 2) if x is not None else None
 
 
 def markdown(benchmark: str, s: dict) -> str:
@@ -289,15 +305,31 @@ def markdown(benchmark: str, s: dict) -> str:
     lines = [f"## {benchmark}", "", f"| {head} | questions | accuracy (%) |", "| --- | --- | --- |"]
     for k, v in s["per_category"].items():
         lines.append(f"| {k} | {v['n']} | {v['accuracy']} |")
-    lines.append(f"| **overall** | {s['scored']} | **{s['accuracy']}** |")
-    lines += ["", f"Unparseable answers (counted wrong): {s['unparseable']}. Video errors: {s['video_errors']}."]
+    if benchmark in TASK_MEAN_HEADLINE:
+        lines.append(f"| all questions pooled | {s['scored']} | {s['accuracy_pooled']} |")
+        lines.append(f"| **mean of the {len(s['per_category'])} tasks** | {s['scored']} | **{s['accuracy']}** |")
+    else:
+        lines.append(f"| **overall** | {s['scored']} | **{s['accuracy']}** |")
+    lines += ["", f"Headline: {s['headline']}, as the original script reports it."]
+    lines += [f"Unparseable answers (counted wrong): {s['unparseable']}. "
+              f"Errors (counted wrong; a re-run retries them): {s['errors']}."]  # fmt: skip
+    if "settings" in s:
+        lines.append(_settings_line(s["settings"]))
     return "\n".join(lines) + "\n"
+
+
+def _settings_line(st: dict) -> str:
+    line = f"Model {st['model']}, device {st['device']}, precision {st['dtype']}"
+    if "subtitles" in st:
+        line += ", subtitles " + ("on (the 'w/ subs' setting)" if st["subtitles"] else "off (the 'w/o subs' setting)")
+    return line + "."
 
 
 def write_egoschema_submission(results: list[dict], path: Path) -> None:
     """``q_uid,answer`` with the option index; -1 where the answer could not be parsed."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["q_uid", "answer"])
-        for r in results:
-            w.writerow([r["qid"], ord(r["pred"]) - ord("A") if r["pred"] else -1])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["q_uid", "answer"])
+    for r in results:
+        w.writerow([r["qid"], ord(r["pred"]) - ord("A") if r["pred"] else -1])
+    atomic_write_text(path, buf.getvalue())
