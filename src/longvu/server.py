@@ -33,6 +33,7 @@ from fastapi import File, Form, Request, UploadFile
 from .errors import Cancelled, ContextOverflowError, LongVUError
 from .generation import GenerationOptions
 from .pipeline import LongVU
+from .server_media import Media, add_part, client_wait_s, frames_from_images, parse_media_io_kwargs
 
 STATIC = Path(__file__).parent / "static"
 
@@ -49,6 +50,7 @@ class ServerSettings:
     max_video_seconds: float = 4 * 3600.0
     request_timeout_s: float = 1800.0
     queue_size: int = 8
+    max_waiting: int = 64  # requests waiting for a queue slot at most (see server_media.client_wait_s)
     max_new_tokens: int = 512
     max_tokens_limit: int = 4096
     upload_dir: str | None = None
@@ -75,9 +77,10 @@ class APIError(Exception):
 class Worker:
     """Runs jobs one at a time on a thread (one model), fed by a bounded queue."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_waiting: int = 0) -> None:
         self.jobs: asyncio.Queue | None = None
         self.size = size
+        self.max_waiting, self.waiting = max_waiting, 0
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -103,6 +106,24 @@ class Worker:
             except Exception as e:  # handed to the request
                 if not fut.cancelled():
                     fut.set_exception(e)
+
+    async def submit_waiting(self, fn, wait_s: float) -> asyncio.Future:
+        """Like :meth:`submit`, but a full queue is waited on for up to ``wait_s`` seconds
+        (by at most ``max_waiting`` requests at once) before the 503."""
+        if wait_s <= 0 or not self.jobs.full():
+            return self.submit(fn)
+        if self.waiting >= self.max_waiting:
+            return self.submit(fn)  # raises the 503
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self.jobs.put((fn, fut)), timeout=wait_s)
+        except asyncio.TimeoutError:
+            raise APIError(503, f"the server is busy: no queue slot freed within {wait_s:g}s; retry later",
+                           "server_error", "queue_full", headers={"Retry-After": "5"}) from None  # fmt: skip
+        finally:
+            self.waiting -= 1
+        return fut
 
     def submit(self, fn) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
@@ -170,7 +191,7 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
     from fastapi import FastAPI
 
     settings = settings or ServerSettings()
-    worker = Worker(settings.queue_size)
+    worker = Worker(settings.queue_size, settings.max_waiting)
     store = MediaStore(settings.upload_dir, settings.upload_ttl_s)
 
     @asynccontextmanager
@@ -280,7 +301,9 @@ def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: Se
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
             raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
         req = _parse_chat_request(body, settings)
-        video_path, cleanup = await _resolve_video(req["video_url"], settings, store)
+        media: Media = req["media"]
+        source, cleanup = await _resolve_media(media, settings, store)
+        req["wait_s"] = client_wait_s(request.headers, settings.request_timeout_s)
         cancel = threading.Event()
         created = int(time.time())
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
@@ -288,14 +311,18 @@ def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: Se
         def prepare():
             if cancel.is_set():  # the client left while the request was queued
                 raise Cancelled()
-            _check_duration(video_path, settings)
-            feats = lv.features(video_path, cancel=cancel)
+            if isinstance(source, list):  # image parts: the frames of one video
+                feats = lv.features(frames_from_images(source, media), cancel=cancel)
+            else:
+                _check_duration(source, settings)
+                feats = lv.features(source, media.sampling, cancel=cancel)
             conv = lv.conversation(req["system"], req["turns"])
             return lv.generate(feats, conv, generation=req["gen"], cancel=cancel)
 
         if not req["stream"]:
             try:
-                answer = await _run_job(worker, lambda: _drain(prepare, cancel), request, cancel, settings)
+                answer = await _run_job(worker, lambda: _drain(prepare, cancel), request, cancel, settings,
+                                        req["wait_s"])  # fmt: skip
             finally:
                 cleanup()
             return _completion(cid, created, settings.model_name, answer)
@@ -356,9 +383,9 @@ def _input_error(e: LongVUError) -> APIError:
     return APIError(400, str(e), code=code, param="messages" if code == "context_length_exceeded" else None)
 
 
-async def _run_job(worker: Worker, fn, request, cancel: threading.Event, settings: ServerSettings):
-    """Queue ``fn``; wait for it while watching for a disconnect and the time limit."""
-    fut = worker.submit(fn)
+async def _run_job(worker: Worker, fn, request, cancel: threading.Event, settings: ServerSettings, wait_s: float = 0.0):
+    """Queue ``fn`` (waiting up to ``wait_s`` for a slot); wait for it while watching for a disconnect and the time limit."""
+    fut = await worker.submit_waiting(fn, wait_s)
     start = time.monotonic()
     while True:
         done, _ = await asyncio.wait({fut}, timeout=0.25)
@@ -401,7 +428,7 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
     finished = False
     try:
         try:
-            fut = worker.submit(job)
+            fut = await worker.submit_waiting(job, req.get("wait_s", 0.0))
         except APIError as e:
             finished = True
             yield f"data: {json.dumps(e.body())}\n\n"
@@ -460,44 +487,42 @@ def _parse_chat_request(body: Any, settings: ServerSettings) -> dict:
     if model is not None and model != settings.model_name:
         raise APIError(404, f"the model {model!r} does not exist; this server serves {settings.model_name!r}",
                        "not_found_error", "model_not_found", "model")  # fmt: skip
-    system, turns, video_url = _parse_messages(body.get("messages"))
+    system, turns, media = _parse_messages(body.get("messages"))
+    parse_media_io_kwargs(body, media, _media_error)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "'stream' must be true or false", param="stream")
     opts = body.get("stream_options") or {}
-    return {"system": system, "turns": turns, "video_url": video_url, "gen": _parse_generation(body, settings),
+    return {"system": system, "turns": turns, "media": media, "gen": _parse_generation(body, settings),
             "stream": stream, "include_usage": bool(isinstance(opts, dict) and opts.get("include_usage"))}  # fmt: skip
 
 
-def _parse_messages(messages: Any) -> tuple[str | None, list[tuple[str, str]], str]:
-    """The system prompt, the user/assistant turns and the one video url of ``messages``."""
+def _parse_messages(messages: Any) -> tuple[str | None, list[tuple[str, str]], Media]:
+    """The system prompt, the user/assistant turns and the one video (:class:`Media`) of ``messages``."""
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
     system = None
     turns: list[tuple[str, str]] = []
-    video_url = None
+    media = Media()
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
             raise APIError(400, f"messages[{i}] must have a role of system, user or assistant", param="messages")
-        text, url = _content(msg.get("content"), i)
-        if url is not None:
-            if msg["role"] != "user":
-                raise APIError(400, f"messages[{i}]: only user messages may carry a video", param="messages")
-            if video_url is not None:
-                raise APIError(400, "only one video per conversation is supported", param="messages")
-            video_url = url
+        had_media = not media.empty
+        text = _content(msg.get("content"), i, media)
+        if not had_media and not media.empty and msg["role"] != "user":
+            raise APIError(400, f"messages[{i}]: only user messages may carry a video", param="messages")
         if msg["role"] == "system":
             system = text
         else:
             turns.append((msg["role"], text))
-    if video_url is None:
-        raise APIError(400, "no video: add a content part {'type': 'video_url', 'video_url': {'url': ...}}",
-                       code="no_video", param="messages")  # fmt: skip
+    if media.empty:
+        raise APIError(400, "no video: add a content part {'type': 'video_url', 'video_url': {'url': ...}} "
+                       "(or image_url parts: a video's frames)", code="no_video", param="messages")  # fmt: skip
     if not turns or turns[-1][0] != "user":
         raise APIError(400, "the last message must come from the user", param="messages")
     if turns[0][0] != "user":
         raise APIError(400, "the first non-system message must come from the user", param="messages")
-    return system, turns, video_url
+    return system, turns, media
 
 
 def _parse_generation(body: dict, settings: ServerSettings) -> GenerationOptions:
@@ -520,39 +545,55 @@ def _parse_generation(body: dict, settings: ServerSettings) -> GenerationOptions
                              top_p=None if greedy else top_p, seed=seed)  # fmt: skip
 
 
-def _content(content: Any, i: int) -> tuple[str, str | None]:
-    """Text and video url of one message's content (a string or a list of parts)."""
+def _content(content: Any, i: int, media: Media) -> str:
+    """Text of one message's content (a string or a list of parts); its media parts go to ``media``."""
     if isinstance(content, str):
-        return content, None
+        return content
     if not isinstance(content, list):
         raise APIError(400, f"messages[{i}].content must be a string or a list of parts", param="messages")
-    texts, url = [], None
+    texts = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
-        elif kind == "video_url":
-            v = part.get("video_url")
-            u = v.get("url") if isinstance(v, dict) else v
-            if not isinstance(u, str) or not u:
-                raise APIError(400, f"messages[{i}]: video_url needs a 'url'", param="messages")
-            if url is not None:
-                raise APIError(400, "only one video per conversation is supported", param="messages")
-            url = u
-        else:
-            raise APIError(400, f"messages[{i}]: unsupported content part type {kind!r} (use 'text' or 'video_url')",
-                           code="unsupported_content", param="messages")  # fmt: skip
-    return "\n".join(texts), url
+        elif not (isinstance(part, dict) and add_part(media, part, i, _media_error)):
+            raise APIError(400, f"messages[{i}]: unsupported content part type {kind!r} (use 'text', 'video_url', "
+                           "'image_url' frames or an 'audio_url' video)", code="unsupported_content",
+                           param="messages")  # fmt: skip
+    return "\n".join(texts)
 
 
-async def _resolve_video(url: str, settings: ServerSettings, store: MediaStore):
-    """A local file path for the request's video, and a cleanup function."""
+def _media_error(message: str, code: str) -> APIError:
+    return APIError(400, message, code=code, param="messages")
+
+
+async def _resolve_media(media: Media, settings: ServerSettings, store: MediaStore):
+    """A local video path, or a list of local image paths (the frames), and one cleanup function."""
+    if media.video_url is not None:
+        accept = ("video/", "audio/") if media.from_audio_part else ("video/",)
+        return await _resolve_video(media.video_url, settings, store, accept=accept)
+    paths, cleanups = [], []
+    try:
+        for url in media.image_urls:
+            path, cleanup = await _resolve_video(url, settings, store, accept=("image/",))
+            paths.append(path)
+            cleanups.append(cleanup)
+    except BaseException:
+        for c in cleanups:
+            c()
+        raise
+    return paths, lambda: [c() for c in cleanups]
+
+
+async def _resolve_video(url: str, settings: ServerSettings, store: MediaStore, accept: tuple[str, ...] = ("video/",)):
+    """A local file path for the request's video (or image: ``accept``), and a cleanup function."""
     noop = lambda: None  # noqa: E731
     m = _DATA_URL.match(url)
     if m:
         mime = (m.group("mime") or "").lower()
-        if mime and not (mime.startswith("video/") or mime == "application/octet-stream"):
-            raise APIError(415, f"unsupported media type {mime!r}: send a video", code="unsupported_media_type")
+        if mime and not (mime.startswith(accept) or mime == "application/octet-stream"):
+            what = "an image" if accept == ("image/",) else "a video"
+            raise APIError(415, f"unsupported media type {mime!r}: send {what}", code="unsupported_media_type")
         if not m.group("b64"):
             raise APIError(400, "data URLs must be base64-encoded", code="invalid_data_url")
         payload = url[m.end() :]
