@@ -77,19 +77,20 @@ class APIError(Exception):
 class Worker:
     """Runs jobs one at a time on a thread (one model), fed by a bounded queue."""
 
-    def __init__(self, size: int, max_waiting: int = 0) -> None:
+    def __init__(self, size: int, max_waiting: int = 0, concurrency: int = 1) -> None:
         self.jobs: asyncio.Queue | None = None
         self.size = size
         self.max_waiting, self.waiting = max_waiting, 0
-        self.task: asyncio.Task | None = None
+        self.concurrency = concurrency  # jobs running at once (one per model: 1 here, N with Ray Serve replicas)
+        self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         self.jobs = asyncio.Queue(maxsize=self.size)
-        self.task = asyncio.create_task(self._loop())
+        self.tasks = [asyncio.create_task(self._loop()) for _ in range(self.concurrency)]
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
+        for task in self.tasks:
+            task.cancel()
 
     async def _loop(self) -> None:
         while True:
@@ -184,14 +185,19 @@ def public(info: dict) -> dict:
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 
 
-def create_app(lv: LongVU, settings: ServerSettings | None = None):
-    """The FastAPI application serving ``lv``."""
+def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backend=None):
+    """The FastAPI application serving ``lv``.
+
+    ``backend`` runs the chat jobs instead of ``lv`` (``None``: a :class:`LocalBackend` on ``lv``);
+    :mod:`longvu.serve_ray` passes one that spreads them over Ray Serve replicas.
+    """
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
 
     settings = settings or ServerSettings()
-    worker = Worker(settings.queue_size, settings.max_waiting)
+    backend = backend or LocalBackend(lv)
+    worker = Worker(settings.queue_size, settings.max_waiting, concurrency=backend.concurrency)
     store = MediaStore(settings.upload_dir, settings.upload_ttl_s)
 
     @asynccontextmanager
@@ -208,7 +214,8 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
         app.add_middleware(APIKeyMiddleware, key=settings.api_key)
     _info_routes(app, worker, settings)
     _file_routes(app, store, settings)
-    _chat_route(app, lv, worker, store, settings)
+    _chat_route(app, backend, worker, store, settings)
+    _media_routes(app, store, settings)
     _page_routes(app)
     return app
 
@@ -290,7 +297,7 @@ def _file_routes(app, store: MediaStore, settings: ServerSettings) -> None:
         return {"id": fid, "object": "file", "deleted": True}
 
 
-def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: ServerSettings) -> None:
+def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: ServerSettings) -> None:
     """``POST /v1/chat/completions``: parse, resolve the video, queue the job, answer or stream."""
     from fastapi.responses import StreamingResponse
 
@@ -308,16 +315,12 @@ def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: Se
         created = int(time.time())
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
 
+        job = ChatJob(req["system"], req["turns"], media, source, req["gen"], settings.max_video_seconds)
+
         def prepare():
             if cancel.is_set():  # the client left while the request was queued
                 raise Cancelled()
-            if isinstance(source, list):  # image parts: the frames of one video
-                feats = lv.features(frames_from_images(source, media), cancel=cancel)
-            else:
-                _check_duration(source, settings)
-                feats = lv.features(source, media.sampling, cancel=cancel)
-            conv = lv.conversation(req["system"], req["turns"])
-            return lv.generate(feats, conv, generation=req["gen"], cancel=cancel)
+            return backend.stream(job, cancel)
 
         if not req["stream"]:
             try:
@@ -332,6 +335,87 @@ def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: Se
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+@dataclass
+class ChatJob:
+    """What one chat request asks of a model (picklable: it travels to Ray Serve replicas).
+
+    ``source`` is the video's local path, or the image frames' paths (see :class:`Media`).
+    """
+
+    system: str | None
+    turns: list[tuple[str, str]]
+    media: Media
+    source: str | list[str]
+    gen: GenerationOptions
+    max_video_seconds: float
+
+    @property
+    def video_key(self) -> str:
+        """Names the video for routing its follow-up turns to the replica holding its features."""
+        return self.source if isinstance(self.source, str) else "frames:" + "|".join(self.source)
+
+
+def run_chat_job(lv: LongVU, job: ChatJob, cancel: threading.Event):
+    """Encode (or read from the cache) the job's video and start its answer: an AnswerStream."""
+    media = job.media
+    if isinstance(job.source, list):  # image parts: the frames of one video
+        feats = lv.features(frames_from_images(job.source, media), cancel=cancel)
+    else:
+        _check_duration(job.source, job.max_video_seconds)
+        feats = lv.features(job.source, media.sampling, cancel=cancel)
+    conv = lv.conversation(job.system, job.turns)
+    return lv.generate(feats, conv, generation=job.gen, cancel=cancel)
+
+
+class LocalBackend:
+    """Runs chat jobs on the model in this process (one at a time)."""
+
+    concurrency = 1
+
+    def __init__(self, lv: LongVU) -> None:
+        self.lv = lv
+
+    def stream(self, job: ChatJob, cancel: threading.Event):
+        return run_chat_job(self.lv, job, cancel)
+
+
+def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
+    """What the web page shows of a video: the file itself (its player) and JPEG thumbnails at timestamps.
+
+    ``video`` is a file id or a path under the allowed folder (never a data URL or a remote
+    URL: these endpoints only read what the server already holds).  Behind the API key like
+    all of ``/v1/``.
+    """
+    from fastapi.responses import FileResponse, Response
+
+    async def held(video: str) -> str:
+        if video.startswith("data:") or re.match(r"^https?://", video, re.I):
+            raise APIError(400, "name a file id or a path under the allowed folder", code="invalid_video")
+        path, _ = await _resolve_video(video, settings, store)
+        return path
+
+    @app.get("/v1/thumbnail")
+    async def thumbnail(video: str, t: float, w: int = 160):
+        from .thumbnails import thumbnail_jpeg
+
+        path = await held(video)
+        try:
+            data = await asyncio.to_thread(thumbnail_jpeg, path, t, w)
+        except LongVUError as e:
+            raise APIError(400, str(e), code="bad_input") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/video")
+    async def video_file(video: str):
+        import mimetypes
+
+        path = await held(video)
+        mime = mimetypes.guess_type(path)[0] or ""
+        # only a video type is served inline; anything else (an uploaded .html, say) is a download
+        mime = mime if mime.startswith("video/") else "application/octet-stream"
+        return FileResponse(path, media_type=mime, headers={"X-Content-Type-Options": "nosniff"})
 
 
 def _page_routes(app) -> None:
@@ -460,6 +544,10 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
         except LongVUError as e:
             finished = True
             yield f"data: {json.dumps(_input_error(e).body())}\n\n"
+            return
+        except APIError as e:  # e.g. a Ray Serve replica that failed mid-answer
+            finished = True
+            yield f"data: {json.dumps(e.body())}\n\n"
             return
         except Exception as e:  # reported in-stream: the status line was sent already
             finished = True
@@ -664,16 +752,14 @@ def _download(url: str, settings: ServerSettings, store: MediaStore) -> Path:
     return path
 
 
-def _check_duration(path: str, settings: ServerSettings) -> None:
+def _check_duration(path: str, max_video_seconds: float) -> None:
     """Refuse a video longer than the limit, counting its frames (a header's duration can lie)."""
     from .video import count_frames
 
     frames, fps = count_frames(path)
     seconds = frames / fps
-    if seconds > settings.max_video_seconds:
-        raise LongVUError(
-            f"the video lasts {seconds:.0f}s, more than this server's {settings.max_video_seconds:g}s limit"
-        )
+    if seconds > max_video_seconds:
+        raise LongVUError(f"the video lasts {seconds:.0f}s, more than this server's {max_video_seconds:g}s limit")
 
 
 def _usage(answer) -> dict:
@@ -696,6 +782,7 @@ def _trace_summary(t: dict) -> dict:
         "stc_applied": t["stc"]["applied"],
         "dropped_messages": t["prompt"].get("dropped_turns", 0),
         "from_cache": "encode_cache_hit" in t.get("timings", {}),
+        **({"replica": t["replica"]} if "replica" in t else {}),  # which Ray Serve replica answered
     }
 
 
