@@ -100,3 +100,10 @@ def test_killing_a_replica_loses_no_accepted_request(cluster):
             assert status == 200 or (status == 503 and body["error"]["code"] == "replica_failed"), (status, body)
         assert sum(s == 200 for s, _ in results) >= 6
         assert c.post("/v1/chat/completions", json=_body("video3.mp4", "after?")).status_code == 200
+
+
+def test_ray_address_needs_replicas(capsys):
+    from longvu.cli import main
+
+    assert main(["serve", "--model", str(QWEN), "--ray", "auto"]) == 2
+    assert "--ray needs --replicas N" in capsys.readouterr().err
