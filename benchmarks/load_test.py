@@ -82,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_once(args, replicas: int | None) -> dict:
     """One server (``--replicas`` if given), the clients for ``args.seconds``; the counts and timings."""
+    server, url = start_server(args, replicas)
+    try:
+        sent, records, elapsed = drive(url, args)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return summarize(args, sent, records, elapsed)
+
+
+def start_server(args, replicas: int | None) -> tuple[subprocess.Popen, str]:
+    """``longvu serve`` on a free loopback port, once its /health answers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"longvu-load-cache-{port}"
@@ -92,70 +106,74 @@ def run_once(args, replicas: int | None) -> dict:
          *(["--replicas", str(replicas)] if replicas else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    try:
-        deadline = time.time() + (300 if replicas else 120)
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError("the server did not start: " + server.stderr.read().decode()[-2000:])
-            time.sleep(0.2)
-
-        lock = threading.Lock()
-        sent = 0
-        records: list[dict] = []
-        stop_at = time.monotonic() + args.seconds
-
-        def client(i: int) -> None:
-            nonlocal sent
-            with httpx.Client(base_url=url, timeout=300) as http:
-                k = 0
-                while time.monotonic() < stop_at:
-                    with lock:
-                        if sent >= args.max_requests:
-                            return
-                        sent += 1
-                    k += 1
-                    body = {
-                        "model": "tiny",
-                        "messages": [{"role": "user", "content": [
-                            {"type": "video_url", "video_url": {"url": "video3.mp4"}},
-                            {"type": "text", "text": f"Client {i}, question {k}: what happens?"}]}],
-                        "max_tokens": args.max_tokens,
-                        "temperature": 0,
-                        "stream": args.stream,
-                    }  # fmt: skip
-                    t0 = time.perf_counter()
-                    try:
-                        r = http.post("/v1/chat/completions", json=body)
-                        status = r.status_code
-                        if status == 200 and args.stream and not r.text.rstrip().endswith("data: [DONE]"):
-                            status = -2  # a stream cut short
-                    except httpx.HTTPError:
-                        status = -1
-                    dt = time.perf_counter() - t0
-                    with lock:
-                        records.append({"status": status, "latency_s": dt})
-                    if status == 503:
-                        time.sleep(float(r.headers.get("Retry-After", "1")) / 10)
-
-        t_start = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t_start
-    finally:
-        server.terminate()
+    deadline = time.time() + (300 if replicas else 120)
+    while True:
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
             server.kill()
+            raise RuntimeError("the server did not start: " + server.stderr.read().decode()[-2000:])
+        time.sleep(0.2)
 
+
+def drive(url: str, args) -> tuple[int, list[dict], float]:
+    """``args.clients`` threads asking in a loop until the time is up: (requests sent, records, seconds)."""
+    lock = threading.Lock()
+    sent = 0
+    records: list[dict] = []
+    stop_at = time.monotonic() + args.seconds
+
+    def client(i: int) -> None:
+        nonlocal sent
+        with httpx.Client(base_url=url, timeout=300) as http:
+            k = 0
+            while time.monotonic() < stop_at:
+                with lock:
+                    if sent >= args.max_requests:
+                        return
+                    sent += 1
+                k += 1
+                status, dt, retry = one_request(http, args, f"Client {i}, question {k}: what happens?")
+                with lock:
+                    records.append({"status": status, "latency_s": dt})
+                if status == 503:
+                    time.sleep(retry / 10)
+
+    t_start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sent, records, time.perf_counter() - t_start
+
+
+def one_request(http: httpx.Client, args, question: str) -> tuple[int, float, float]:
+    """Status (-1: no answer, -2: a stream cut short), latency, and the Retry-After seconds."""
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "video3.mp4"}},
+                                                  {"type": "text", "text": question}]}],
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+        "stream": args.stream,
+    }  # fmt: skip
+    t0 = time.perf_counter()
+    retry = 1.0
+    try:
+        r = http.post("/v1/chat/completions", json=body)
+        status, retry = r.status_code, float(r.headers.get("Retry-After", "1"))
+        if status == 200 and args.stream and not r.text.rstrip().endswith("data: [DONE]"):
+            status = -2
+    except httpx.HTTPError:
+        status = -1
+    return status, time.perf_counter() - t0, retry
+
+
+def summarize(args, sent: int, records: list[dict], elapsed: float) -> dict:
     ok = [r["latency_s"] for r in records if r["status"] == 200]
     by_status: dict[str, int] = {}
     for r in records:
