@@ -12,6 +12,7 @@ results are kept in a small in-memory LRU.
 from __future__ import annotations
 
 import io
+import math
 import threading
 from collections import OrderedDict
 
@@ -25,8 +26,8 @@ _CACHE_ENTRIES = 1024
 
 def thumbnail_jpeg(path: str, seconds: float, width: int = 160) -> bytes:
     """A JPEG of the frame shown at ``seconds`` (the first frame at or after it), ``width`` pixels wide."""
-    if not seconds >= 0:
-        raise VideoError(f"the timestamp must be >= 0 seconds, got {seconds}")
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise VideoError(f"the timestamp must be a number of seconds >= 0, got {seconds}")
     width = max(16, min(int(width), MAX_WIDTH))
     key = (path, round(seconds, 3), width)
     with _CACHE_LOCK:
