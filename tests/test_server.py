@@ -149,7 +149,7 @@ def test_api_key(qwen_model):
         (lambda: json.dumps({**body(), "model": "gpt-4o"}), 404, "does not exist"),
         (lambda: json.dumps({**body(), "max_tokens": -3}), 400, "max_tokens"),
         (lambda: json.dumps({"model": "tiny", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "x"}}]}]}), 400, "unsupported content part"),
+            {"type": "input_audio", "input_audio": {"data": "x"}}]}]}), 400, "unsupported content part"),
         (lambda: json.dumps({**body(), "messages": body()["messages"] + [{"role": "assistant", "content": "x"}]}),
          400, "last message must come from the user"),
     ],

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest max_tokens a request may ask for; above it, 400 (default 4096)")  # fmt: skip
     n.add_argument("--upload-dir", help="where uploads are kept (default: a private temporary folder)")
     n.add_argument("--quiet", "-q", action="store_true")
+    r = srv.add_argument_group("scale-out (Ray Serve)")
+    r.add_argument("--replicas", type=_positive_int, help="run N model replicas as a Ray Serve deployment")
+    r.add_argument("--ray", metavar="ADDRESS", help="Ray cluster for --replicas ('auto', an address; default: local)")
     ev = sub.add_parser("eval", help="run a benchmark (videomme, mlvu, egoschema, mvbench, vniah)")
     ev.add_argument("benchmark", choices=["videomme", "mlvu", "egoschema", "mvbench", "vniah"])
     ev.add_argument("--data", required=True, help="the benchmark's folder, in its published layout")
@@ -276,7 +279,8 @@ def run_serve(args) -> int:
     overrides = parse_set_options(args.overrides)
     if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
         raise LongVUError(f"--allowed-local-media-path {args.allowed_local_media_path}: not a folder")
-    lv = _load_model(args, overrides, progress=False)
+    if args.ray and not args.replicas:
+        raise LongVUError("--ray needs --replicas N")
     settings = ServerSettings(
         model_name=args.served_model_name or str(args.model).rstrip("/").split("/")[-1],
         allowed_local_media_path=args.allowed_local_media_path,
@@ -292,6 +296,15 @@ def run_serve(args) -> int:
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         _log(args, f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
+    if args.replicas:
+        from . import serve_ray
+
+        load = {"device": args.device, "dtype": args.dtype, "siglip": args.siglip, "dinov2": args.dinov2,
+                "overrides": overrides}  # fmt: skip
+        serve_ray.run(args.model, load, settings, host=args.host, port=args.port, replicas=args.replicas,
+                      address=args.ray, cache_dir="" if args.no_cache else args.cache_dir)  # fmt: skip
+        return 0
+    lv = _load_model(args, overrides, progress=False)
     serve(lv, settings, args.host, args.port)
     return 0
 

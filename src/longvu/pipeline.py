@@ -129,6 +129,17 @@ class LongVU:
             fc = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         return cls(m, fc, progress)
 
+    def with_overrides(self, overrides: dict[str, Any]) -> LongVU:
+        """A view of this model with config fields changed (as ``--set``), sharing the loaded weights.
+
+        For run-time settings such as a benchmark's thresholds (``drop_threshold``,
+        ``dino_threshold``); the feature cache keys on them, so views never share stale features.
+        """
+        if not overrides:
+            return self
+        model = dataclasses.replace(self.model, cfg=self.model.cfg.with_overrides(overrides))
+        return LongVU(model, self.cache, self.progress)
+
     @property
     def config(self) -> LongVUConfig:
         return self.model.cfg

@@ -33,6 +33,7 @@ from fastapi import File, Form, Request, UploadFile
 from .errors import Cancelled, ContextOverflowError, LongVUError
 from .generation import GenerationOptions
 from .pipeline import LongVU
+from .server_media import Media, add_part, client_wait_s, frames_from_images, parse_media_io_kwargs
 
 STATIC = Path(__file__).parent / "static"
 
@@ -49,6 +50,7 @@ class ServerSettings:
     max_video_seconds: float = 4 * 3600.0
     request_timeout_s: float = 1800.0
     queue_size: int = 8
+    max_waiting: int = 64  # requests waiting for a queue slot at most (see server_media.client_wait_s)
     max_new_tokens: int = 512
     max_tokens_limit: int = 4096
     upload_dir: str | None = None
@@ -75,18 +77,20 @@ class APIError(Exception):
 class Worker:
     """Runs jobs one at a time on a thread (one model), fed by a bounded queue."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_waiting: int = 0, concurrency: int = 1) -> None:
         self.jobs: asyncio.Queue | None = None
         self.size = size
-        self.task: asyncio.Task | None = None
+        self.max_waiting, self.waiting = max_waiting, 0
+        self.concurrency = concurrency  # jobs running at once (one per model: 1 here, N with Ray Serve replicas)
+        self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         self.jobs = asyncio.Queue(maxsize=self.size)
-        self.task = asyncio.create_task(self._loop())
+        self.tasks = [asyncio.create_task(self._loop()) for _ in range(self.concurrency)]
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
+        for task in self.tasks:
+            task.cancel()
 
     async def _loop(self) -> None:
         while True:
@@ -103,6 +107,24 @@ class Worker:
             except Exception as e:  # handed to the request
                 if not fut.cancelled():
                     fut.set_exception(e)
+
+    async def submit_waiting(self, fn, wait_s: float) -> asyncio.Future:
+        """Like :meth:`submit`, but a full queue is waited on for up to ``wait_s`` seconds
+        (by at most ``max_waiting`` requests at once) before the 503."""
+        if wait_s <= 0 or not self.jobs.full():
+            return self.submit(fn)
+        if self.waiting >= self.max_waiting:
+            return self.submit(fn)  # raises the 503
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self.jobs.put((fn, fut)), timeout=wait_s)
+        except asyncio.TimeoutError:
+            raise APIError(503, f"the server is busy: no queue slot freed within {wait_s:g}s; retry later",
+                           "server_error", "queue_full", headers={"Retry-After": "5"}) from None  # fmt: skip
+        finally:
+            self.waiting -= 1
+        return fut
 
     def submit(self, fn) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
@@ -163,14 +185,19 @@ def public(info: dict) -> dict:
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 
 
-def create_app(lv: LongVU, settings: ServerSettings | None = None):
-    """The FastAPI application serving ``lv``."""
+def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backend=None):
+    """The FastAPI application serving ``lv``.
+
+    ``backend`` runs the chat jobs instead of ``lv`` (``None``: a :class:`LocalBackend` on ``lv``);
+    :mod:`longvu.serve_ray` passes one that spreads them over Ray Serve replicas.
+    """
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
 
     settings = settings or ServerSettings()
-    worker = Worker(settings.queue_size)
+    backend = backend or LocalBackend(lv)
+    worker = Worker(settings.queue_size, settings.max_waiting, concurrency=backend.concurrency)
     store = MediaStore(settings.upload_dir, settings.upload_ttl_s)
 
     @asynccontextmanager
@@ -187,7 +214,8 @@ def create_app(lv: LongVU, settings: ServerSettings | None = None):
         app.add_middleware(APIKeyMiddleware, key=settings.api_key)
     _info_routes(app, worker, settings)
     _file_routes(app, store, settings)
-    _chat_route(app, lv, worker, store, settings)
+    _chat_route(app, backend, worker, store, settings)
+    _media_routes(app, store, settings)
     _page_routes(app)
     return app
 
@@ -269,7 +297,7 @@ def _file_routes(app, store: MediaStore, settings: ServerSettings) -> None:
         return {"id": fid, "object": "file", "deleted": True}
 
 
-def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: ServerSettings) -> None:
+def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: ServerSettings) -> None:
     """``POST /v1/chat/completions``: parse, resolve the video, queue the job, answer or stream."""
     from fastapi.responses import StreamingResponse
 
@@ -280,22 +308,24 @@ def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: Se
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
             raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
         req = _parse_chat_request(body, settings)
-        video_path, cleanup = await _resolve_video(req["video_url"], settings, store)
+        media: Media = req["media"]
+        source, cleanup = await _resolve_media(media, settings, store)
+        req["wait_s"] = client_wait_s(request.headers, settings.request_timeout_s)
         cancel = threading.Event()
         created = int(time.time())
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
 
+        job = ChatJob(req["system"], req["turns"], media, source, req["gen"], settings.max_video_seconds)
+
         def prepare():
             if cancel.is_set():  # the client left while the request was queued
                 raise Cancelled()
-            _check_duration(video_path, settings)
-            feats = lv.features(video_path, cancel=cancel)
-            conv = lv.conversation(req["system"], req["turns"])
-            return lv.generate(feats, conv, generation=req["gen"], cancel=cancel)
+            return backend.stream(job, cancel)
 
         if not req["stream"]:
             try:
-                answer = await _run_job(worker, lambda: _drain(prepare, cancel), request, cancel, settings)
+                answer = await _run_job(worker, lambda: _drain(prepare, cancel), request, cancel, settings,
+                                        req["wait_s"])  # fmt: skip
             finally:
                 cleanup()
             return _completion(cid, created, settings.model_name, answer)
@@ -305,6 +335,87 @@ def _chat_route(app, lv: LongVU, worker: Worker, store: MediaStore, settings: Se
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+@dataclass
+class ChatJob:
+    """What one chat request asks of a model (picklable: it travels to Ray Serve replicas).
+
+    ``source`` is the video's local path, or the image frames' paths (see :class:`Media`).
+    """
+
+    system: str | None
+    turns: list[tuple[str, str]]
+    media: Media
+    source: str | list[str]
+    gen: GenerationOptions
+    max_video_seconds: float
+
+    @property
+    def video_key(self) -> str:
+        """Names the video for routing its follow-up turns to the replica holding its features."""
+        return self.source if isinstance(self.source, str) else "frames:" + "|".join(self.source)
+
+
+def run_chat_job(lv: LongVU, job: ChatJob, cancel: threading.Event):
+    """Encode (or read from the cache) the job's video and start its answer: an AnswerStream."""
+    media = job.media
+    if isinstance(job.source, list):  # image parts: the frames of one video
+        feats = lv.features(frames_from_images(job.source, media), cancel=cancel)
+    else:
+        _check_duration(job.source, job.max_video_seconds)
+        feats = lv.features(job.source, media.sampling, cancel=cancel)
+    conv = lv.conversation(job.system, job.turns)
+    return lv.generate(feats, conv, generation=job.gen, cancel=cancel)
+
+
+class LocalBackend:
+    """Runs chat jobs on the model in this process (one at a time)."""
+
+    concurrency = 1
+
+    def __init__(self, lv: LongVU) -> None:
+        self.lv = lv
+
+    def stream(self, job: ChatJob, cancel: threading.Event):
+        return run_chat_job(self.lv, job, cancel)
+
+
+def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
+    """What the web page shows of a video: the file itself (its player) and JPEG thumbnails at timestamps.
+
+    ``video`` is a file id or a path under the allowed folder (never a data URL or a remote
+    URL: these endpoints only read what the server already holds).  Behind the API key like
+    all of ``/v1/``.
+    """
+    from fastapi.responses import FileResponse, Response
+
+    async def held(video: str) -> str:
+        if video.startswith("data:") or re.match(r"^https?://", video, re.I):
+            raise APIError(400, "name a file id or a path under the allowed folder", code="invalid_video")
+        path, _ = await _resolve_video(video, settings, store)
+        return path
+
+    @app.get("/v1/thumbnail")
+    async def thumbnail(video: str, t: float, w: int = 160):
+        from .thumbnails import thumbnail_jpeg
+
+        path = await held(video)
+        try:
+            data = await asyncio.to_thread(thumbnail_jpeg, path, t, w)
+        except LongVUError as e:
+            raise APIError(400, str(e), code="bad_input") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/video")
+    async def video_file(video: str):
+        import mimetypes
+
+        path = await held(video)
+        mime = mimetypes.guess_type(path)[0] or ""
+        # only a video type is served inline; anything else (an uploaded .html, say) is a download
+        mime = mime if mime.startswith("video/") else "application/octet-stream"
+        return FileResponse(path, media_type=mime, headers={"X-Content-Type-Options": "nosniff"})
 
 
 def _page_routes(app) -> None:
@@ -356,9 +467,9 @@ def _input_error(e: LongVUError) -> APIError:
     return APIError(400, str(e), code=code, param="messages" if code == "context_length_exceeded" else None)
 
 
-async def _run_job(worker: Worker, fn, request, cancel: threading.Event, settings: ServerSettings):
-    """Queue ``fn``; wait for it while watching for a disconnect and the time limit."""
-    fut = worker.submit(fn)
+async def _run_job(worker: Worker, fn, request, cancel: threading.Event, settings: ServerSettings, wait_s: float = 0.0):
+    """Queue ``fn`` (waiting up to ``wait_s`` for a slot); wait for it while watching for a disconnect and the time limit."""
+    fut = await worker.submit_waiting(fn, wait_s)
     start = time.monotonic()
     while True:
         done, _ = await asyncio.wait({fut}, timeout=0.25)
@@ -401,7 +512,7 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
     finished = False
     try:
         try:
-            fut = worker.submit(job)
+            fut = await worker.submit_waiting(job, req.get("wait_s", 0.0))
         except APIError as e:
             finished = True
             yield f"data: {json.dumps(e.body())}\n\n"
@@ -434,6 +545,10 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
             finished = True
             yield f"data: {json.dumps(_input_error(e).body())}\n\n"
             return
+        except APIError as e:  # e.g. a Ray Serve replica that failed mid-answer
+            finished = True
+            yield f"data: {json.dumps(e.body())}\n\n"
+            return
         except Exception as e:  # reported in-stream: the status line was sent already
             finished = True
             yield f"data: {json.dumps(APIError(500, f'internal error: {type(e).__name__}', 'server_error').body())}\n\n"
@@ -460,44 +575,42 @@ def _parse_chat_request(body: Any, settings: ServerSettings) -> dict:
     if model is not None and model != settings.model_name:
         raise APIError(404, f"the model {model!r} does not exist; this server serves {settings.model_name!r}",
                        "not_found_error", "model_not_found", "model")  # fmt: skip
-    system, turns, video_url = _parse_messages(body.get("messages"))
+    system, turns, media = _parse_messages(body.get("messages"))
+    parse_media_io_kwargs(body, media, _media_error)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "'stream' must be true or false", param="stream")
     opts = body.get("stream_options") or {}
-    return {"system": system, "turns": turns, "video_url": video_url, "gen": _parse_generation(body, settings),
+    return {"system": system, "turns": turns, "media": media, "gen": _parse_generation(body, settings),
             "stream": stream, "include_usage": bool(isinstance(opts, dict) and opts.get("include_usage"))}  # fmt: skip
 
 
-def _parse_messages(messages: Any) -> tuple[str | None, list[tuple[str, str]], str]:
-    """The system prompt, the user/assistant turns and the one video url of ``messages``."""
+def _parse_messages(messages: Any) -> tuple[str | None, list[tuple[str, str]], Media]:
+    """The system prompt, the user/assistant turns and the one video (:class:`Media`) of ``messages``."""
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
     system = None
     turns: list[tuple[str, str]] = []
-    video_url = None
+    media = Media()
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
             raise APIError(400, f"messages[{i}] must have a role of system, user or assistant", param="messages")
-        text, url = _content(msg.get("content"), i)
-        if url is not None:
-            if msg["role"] != "user":
-                raise APIError(400, f"messages[{i}]: only user messages may carry a video", param="messages")
-            if video_url is not None:
-                raise APIError(400, "only one video per conversation is supported", param="messages")
-            video_url = url
+        had_media = not media.empty
+        text = _content(msg.get("content"), i, media)
+        if not had_media and not media.empty and msg["role"] != "user":
+            raise APIError(400, f"messages[{i}]: only user messages may carry a video", param="messages")
         if msg["role"] == "system":
             system = text
         else:
             turns.append((msg["role"], text))
-    if video_url is None:
-        raise APIError(400, "no video: add a content part {'type': 'video_url', 'video_url': {'url': ...}}",
-                       code="no_video", param="messages")  # fmt: skip
+    if media.empty:
+        raise APIError(400, "no video: add a content part {'type': 'video_url', 'video_url': {'url': ...}} "
+                       "(or image_url parts: a video's frames)", code="no_video", param="messages")  # fmt: skip
     if not turns or turns[-1][0] != "user":
         raise APIError(400, "the last message must come from the user", param="messages")
     if turns[0][0] != "user":
         raise APIError(400, "the first non-system message must come from the user", param="messages")
-    return system, turns, video_url
+    return system, turns, media
 
 
 def _parse_generation(body: dict, settings: ServerSettings) -> GenerationOptions:
@@ -520,39 +633,55 @@ def _parse_generation(body: dict, settings: ServerSettings) -> GenerationOptions
                              top_p=None if greedy else top_p, seed=seed)  # fmt: skip
 
 
-def _content(content: Any, i: int) -> tuple[str, str | None]:
-    """Text and video url of one message's content (a string or a list of parts)."""
+def _content(content: Any, i: int, media: Media) -> str:
+    """Text of one message's content (a string or a list of parts); its media parts go to ``media``."""
     if isinstance(content, str):
-        return content, None
+        return content
     if not isinstance(content, list):
         raise APIError(400, f"messages[{i}].content must be a string or a list of parts", param="messages")
-    texts, url = [], None
+    texts = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
-        elif kind == "video_url":
-            v = part.get("video_url")
-            u = v.get("url") if isinstance(v, dict) else v
-            if not isinstance(u, str) or not u:
-                raise APIError(400, f"messages[{i}]: video_url needs a 'url'", param="messages")
-            if url is not None:
-                raise APIError(400, "only one video per conversation is supported", param="messages")
-            url = u
-        else:
-            raise APIError(400, f"messages[{i}]: unsupported content part type {kind!r} (use 'text' or 'video_url')",
-                           code="unsupported_content", param="messages")  # fmt: skip
-    return "\n".join(texts), url
+        elif not (isinstance(part, dict) and add_part(media, part, i, _media_error)):
+            raise APIError(400, f"messages[{i}]: unsupported content part type {kind!r} (use 'text', 'video_url', "
+                           "'image_url' frames or an 'audio_url' video)", code="unsupported_content",
+                           param="messages")  # fmt: skip
+    return "\n".join(texts)
 
 
-async def _resolve_video(url: str, settings: ServerSettings, store: MediaStore):
-    """A local file path for the request's video, and a cleanup function."""
+def _media_error(message: str, code: str) -> APIError:
+    return APIError(400, message, code=code, param="messages")
+
+
+async def _resolve_media(media: Media, settings: ServerSettings, store: MediaStore):
+    """A local video path, or a list of local image paths (the frames), and one cleanup function."""
+    if media.video_url is not None:
+        accept = ("video/", "audio/") if media.from_audio_part else ("video/",)
+        return await _resolve_video(media.video_url, settings, store, accept=accept)
+    paths, cleanups = [], []
+    try:
+        for url in media.image_urls:
+            path, cleanup = await _resolve_video(url, settings, store, accept=("image/",))
+            paths.append(path)
+            cleanups.append(cleanup)
+    except BaseException:
+        for c in cleanups:
+            c()
+        raise
+    return paths, lambda: [c() for c in cleanups]
+
+
+async def _resolve_video(url: str, settings: ServerSettings, store: MediaStore, accept: tuple[str, ...] = ("video/",)):
+    """A local file path for the request's video (or image: ``accept``), and a cleanup function."""
     noop = lambda: None  # noqa: E731
     m = _DATA_URL.match(url)
     if m:
         mime = (m.group("mime") or "").lower()
-        if mime and not (mime.startswith("video/") or mime == "application/octet-stream"):
-            raise APIError(415, f"unsupported media type {mime!r}: send a video", code="unsupported_media_type")
+        if mime and not (mime.startswith(accept) or mime == "application/octet-stream"):
+            what = "an image" if accept == ("image/",) else "a video"
+            raise APIError(415, f"unsupported media type {mime!r}: send {what}", code="unsupported_media_type")
         if not m.group("b64"):
             raise APIError(400, "data URLs must be base64-encoded", code="invalid_data_url")
         payload = url[m.end() :]
@@ -623,16 +752,14 @@ def _download(url: str, settings: ServerSettings, store: MediaStore) -> Path:
     return path
 
 
-def _check_duration(path: str, settings: ServerSettings) -> None:
+def _check_duration(path: str, max_video_seconds: float) -> None:
     """Refuse a video longer than the limit, counting its frames (a header's duration can lie)."""
     from .video import count_frames
 
     frames, fps = count_frames(path)
     seconds = frames / fps
-    if seconds > settings.max_video_seconds:
-        raise LongVUError(
-            f"the video lasts {seconds:.0f}s, more than this server's {settings.max_video_seconds:g}s limit"
-        )
+    if seconds > max_video_seconds:
+        raise LongVUError(f"the video lasts {seconds:.0f}s, more than this server's {max_video_seconds:g}s limit")
 
 
 def _usage(answer) -> dict:
@@ -655,6 +782,7 @@ def _trace_summary(t: dict) -> dict:
         "stc_applied": t["stc"]["applied"],
         "dropped_messages": t["prompt"].get("dropped_turns", 0),
         "from_cache": "encode_cache_hit" in t.get("timings", {}),
+        **({"replica": t["replica"]} if "replica" in t else {}),  # which Ray Serve replica answered
     }
 
 

@@ -39,13 +39,22 @@ TASK_MEAN_HEADLINE = {"mlvu"}
 # ------------------------------------------------------------------ video input
 def load_item_video(item: Item, preset: Preset):
     """The frames the original script would feed for ``item``, as a VideoClip."""
+    bound = tuple(item.extra["bound"]) if item.extra.get("bound") else None
+    return preset_clip(item.video, preset, bound, frames_folder=item.extra.get("kind") == "frame")
+
+
+def preset_clip(video: str | Path, preset: Preset, bound: tuple[float, float] | None = None, *,
+                frames_folder: bool = False):  # fmt: skip
+    """The frames ``preset``'s original script samples from ``video`` (within ``bound`` seconds).
+
+    ``frames_folder``: ``video`` is a folder of ``%05d.jpg`` frames at 3 fps (MVBench's rule).
+    """
     import numpy as np
 
     from ..video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames
 
-    path = Path(item.video)
-    bound = tuple(item.extra["bound"]) if item.extra.get("bound") else None
-    if item.extra.get("kind") == "frame":
+    path = Path(video)
+    if frames_folder:
         from PIL import Image
 
         if not path.is_dir():

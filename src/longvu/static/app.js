@@ -1,13 +1,38 @@
-// longvu web page: upload a video, stream an answer, show the compression trace.
+// longvu web page: a video, the frames the model kept, tokens per stage, and a chat about the video.
 "use strict";
 const $ = (id) => document.getElementById(id);
-let fileId = null;
+const state = { video: null, messages: [], key: sessionStorage.getItem("longvu-key") || "", keyWaiters: [] };
 
-function headers(extra) {
+// ---------------------------------------------------------------- requests and the API key
+function authHeaders(extra) {
   const h = Object.assign({}, extra || {});
-  const key = $("api-key").value.trim();
-  if (key) h["Authorization"] = "Bearer " + key;
+  if (state.key) h["Authorization"] = "Bearer " + state.key;
   return h;
+}
+
+function askForKey(message) {
+  $("key-panel").hidden = false;
+  $("key-error").textContent = message || "";
+  $("api-key").focus();
+  return new Promise((resolve) => state.keyWaiters.push(resolve));
+}
+
+$("key-save").addEventListener("click", () => {
+  state.key = $("api-key").value.trim();
+  sessionStorage.setItem("longvu-key", state.key);
+  $("key-panel").hidden = true;
+  state.keyWaiters.splice(0).forEach((resolve) => resolve());
+});
+
+// fetch() that asks for the API key on a 401 and tries again with it
+async function api(path, opts) {
+  for (let attempt = 0; ; attempt++) {
+    const o = Object.assign({}, opts || {});
+    o.headers = authHeaders(o.headers);
+    const r = await fetch(path, o);
+    if (r.status !== 401) return r;
+    await askForKey(attempt ? "that key was refused" : "");
+  }
 }
 
 async function errorText(resp) {
@@ -16,101 +41,184 @@ async function errorText(resp) {
 }
 
 async function loadModel() {
-  try {
-    const r = await fetch("/v1/models", { headers: headers() });
-    if (r.ok) { const j = await r.json(); $("model").textContent = j.data[0].id; }
-  } catch (e) { /* shown on first request */ }
+  const r = await api("/v1/models");
+  if (r.ok) $("model").textContent = (await r.json()).data[0].id;
+}
+
+// ---------------------------------------------------------------- the video
+function newConversation() {
+  state.messages = [];
+  $("log").innerHTML = "";
+  $("error").textContent = "";
 }
 
 $("file").addEventListener("change", async () => {
   const f = $("file").files[0];
   if (!f) return;
-  fileId = null;
   $("upload-status").textContent = "uploading " + f.name + " ...";
   const form = new FormData();
   form.append("file", f);
   form.append("purpose", "vision");
-  const r = await fetch("/v1/files", { method: "POST", body: form, headers: headers() });
+  const r = await api("/v1/files", { method: "POST", body: form });
   if (!r.ok) { $("upload-status").textContent = "upload failed: " + (await errorText(r)); return; }
   const j = await r.json();
-  fileId = j.id;
+  openVideo(j.id, URL.createObjectURL(f));
   $("upload-status").textContent = "uploaded " + j.filename + " (" + (j.bytes / 1048576).toFixed(1) + " MB)";
   $("upload-status").dataset.fileId = j.id;
 });
 
-function renderTrace(t) {
-  const kept = new Set(t.kept_indices);
-  const high = new Set(t.high_res_indices);
-  const tl = $("timeline");
-  tl.innerHTML = "";
-  t.sampled_timestamps.forEach((ts, i) => {
-    const c = document.createElement("span");
-    const kind = high.has(i) ? "high" : kept.has(i) ? "kept" : "dropped";
-    c.className = "cell " + kind;
-    c.title = "t=" + ts.toFixed(1) + "s: " + (kind === "high" ? "kept, high resolution" : kind === "kept" ? "kept, low resolution" : "dropped");
-    c.dataset.kind = kind;
-    tl.appendChild(c);
-  });
-  const c = t.counts;
-  const rows = [
-    ["frames sampled", c.sampled_frames],
-    ["frames after temporal reduction", c.frames_after_dino],
-    ["visual tokens after frame reduction", c.visual_tokens_after_frame_reduction],
-    ["after text-guided selection", c.visual_tokens_after_selection],
-    ["after spatial token compression", c.visual_tokens_after_stc_drop],
-    ["after force-remove", c.visual_tokens_after_force_remove],
-    ["visual tokens in the prompt", c.visual_tokens_final],
-    ["prompt length", c.sequence_length],
-  ];
-  $("counts").tBodies[0].innerHTML = rows.map(([k, v]) => "<tr><td>" + k + "</td><td>" + v + "</td></tr>").join("");
+$("use-path").addEventListener("click", async () => {
+  const path = $("path").value.trim();
+  if (!path) return;
+  const r = await api("/v1/video?video=" + encodeURIComponent(path));
+  if (!r.ok) { $("upload-status").textContent = await errorText(r); return; }
+  openVideo(path, URL.createObjectURL(await r.blob()));
+  $("upload-status").textContent = "opened " + path;
+});
+
+function openVideo(ref, src) {
+  state.video = ref;
+  $("player").src = src;
+  $("strip").innerHTML = "";
+  $("chart").innerHTML = "";
+  newConversation();
 }
 
-$("ask").addEventListener("click", async () => {
-  $("answer").textContent = "";
-  $("error").textContent = "";
-  const path = $("path").value.trim();
-  const url = fileId || path;
-  if (!url) { $("error").textContent = "pick or upload a video first"; return; }
-  const body = {
-    messages: [{ role: "user", content: [
-      { type: "video_url", video_url: { url: url } },
-      { type: "text", text: $("question").value },
-    ] }],
-    stream: true,
-    max_tokens: parseInt($("max-tokens").value, 10) || 256,
+// ---------------------------------------------------------------- what the model saw
+function renderStrip(t) {
+  const kept = new Set(t.kept_indices), high = new Set(t.high_res_indices);
+  const strip = $("strip");
+  strip.innerHTML = "";
+  const loads = [];
+  t.sampled_timestamps.forEach((ts, i) => {
+    const kind = high.has(i) ? "high" : kept.has(i) ? "kept" : "dropped";
+    const el = document.createElement(kind === "dropped" ? "span" : "img");
+    el.className = "thumb " + kind;
+    el.dataset.t = ts;
+    el.dataset.kind = kind;
+    el.title = ts.toFixed(1) + " s: " + { high: "kept, high resolution", kept: "kept", dropped: "dropped" }[kind];
+    el.addEventListener("click", () => { $("player").currentTime = ts; });
+    if (kind !== "dropped") { el.alt = el.title; loads.push([el, ts]); }
+    strip.appendChild(el);
+  });
+  loadThumbnails(loads);
+}
+
+async function loadThumbnails(items) {
+  const video = state.video;
+  const next = async () => {
+    while (items.length && video === state.video) {
+      const [img, ts] = items.shift();
+      const r = await api("/v1/thumbnail?w=72&t=" + ts + "&video=" + encodeURIComponent(video));
+      if (r.ok) img.src = URL.createObjectURL(await r.blob());
+      else img.classList.add("missing");
+    }
   };
+  await Promise.all([next(), next(), next(), next()]);
+}
+
+function renderChart(c) {
+  const rows = [
+    ["frames", "sampled frames", c.sampled_frames],
+    ["frames", "after temporal reduction", c.frames_after_dino],
+    ["tokens", "visual tokens of kept frames", c.visual_tokens_after_frame_reduction],
+    ["tokens", "after text-guided selection", c.visual_tokens_after_selection],
+    ["tokens", "after spatial compression", c.visual_tokens_after_stc_drop],
+    ["tokens", "after force-remove", c.visual_tokens_after_force_remove],
+    ["tokens", "in the prompt", c.visual_tokens_final],
+  ];
+  const max = { frames: Math.max(1, c.sampled_frames), tokens: Math.max(1, c.visual_tokens_after_frame_reduction) };
+  $("chart").innerHTML = "";
+  for (const [unit, label, v] of rows) {
+    const row = document.createElement("div");
+    row.className = "bar-row " + unit;
+    row.dataset.stage = label;
+    row.dataset.value = v;
+    row.innerHTML = "<span class='bar-label'></span><span class='bar'><span class='fill'></span></span><span class='bar-value'></span>";
+    row.querySelector(".bar-label").textContent = label;
+    row.querySelector(".fill").style.width = (100 * v / max[unit]).toFixed(1) + "%";
+    row.querySelector(".bar-value").textContent = v + " " + unit;
+    $("chart").appendChild(row);
+  }
+}
+
+// ---------------------------------------------------------------- the chat
+function bubble(role, text) {
+  const el = document.createElement("div");
+  el.className = "msg " + role;
+  el.textContent = text;
+  $("log").appendChild(el);
+  return el;
+}
+
+async function readEvents(resp, onEvent) {
+  const reader = resp.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += dec.decode(value, { stream: true });
+    let k;
+    while ((k = buf.indexOf("\n\n")) >= 0) {
+      const event = buf.slice(0, k);
+      buf = buf.slice(k + 2);
+      if (event.startsWith("data: ")) onEvent(event.slice(6));
+    }
+  }
+}
+
+async function ask() {
+  $("error").textContent = "";
+  const question = $("question").value.trim();
+  if (!state.video) { $("error").textContent = "upload or open a video first"; return; }
+  if (!question) { $("error").textContent = "type a question"; return; }
+  const content = state.messages.length ? question
+    : [{ type: "video_url", video_url: { url: state.video } }, { type: "text", text: question }];
+  const messages = state.messages.concat([{ role: "user", content: content }]);
+  bubble("user", question);
+  const out = bubble("assistant", "");
+  let text = "", failed = null, trace = null;
   $("ask").disabled = true;
   try {
-    const r = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body),
+    const r = await api("/v1/chat/completions", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ messages: messages, stream: true, max_tokens: parseInt($("max-tokens").value, 10) || 256 }),
     });
-    if (!r.ok) { $("error").textContent = await errorText(r); return; }
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += dec.decode(value, { stream: true });
-      let k;
-      while ((k = buf.indexOf("\n\n")) >= 0) {
-        const event = buf.slice(0, k);
-        buf = buf.slice(k + 2);
-        if (!event.startsWith("data: ")) continue;
-        const data = event.slice(6);
-        if (data === "[DONE]") { $("answer").dataset.done = "1"; continue; }
-        const j = JSON.parse(data);
-        if (j.error) { $("error").textContent = j.error.message; continue; }
-        const ch = j.choices[0];
-        if (ch.delta && ch.delta.content) $("answer").textContent += ch.delta.content;
-        if (j.longvu) renderTrace(j.longvu);
-      }
-    }
+    if (!r.ok) failed = await errorText(r);
+    else await readEvents(r, (data) => {
+      if (data === "[DONE]") return;
+      const j = JSON.parse(data);
+      if (j.error) { failed = j.error.message; return; }
+      const d = j.choices[0].delta;
+      if (d && d.content) { text += d.content; out.textContent = text; }
+      if (j.longvu) trace = j.longvu;
+    });
   } catch (e) {
-    $("error").textContent = String(e);
+    failed = String(e);
   } finally {
     $("ask").disabled = false;
   }
-});
+  if (failed) {  // shown where it happened; the turn is not kept in the history
+    out.className = "msg error";
+    out.textContent = failed;
+    return;
+  }
+  state.messages = messages.concat([{ role: "assistant", content: text }]);
+  out.dataset.done = "1";
+  if (trace) {
+    window.lastTrace = trace;
+    out.dataset.cache = trace.from_cache ? "1" : "0";
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = trace.counts.frames_after_dino + " of " + trace.counts.sampled_frames + " frames kept, "
+      + trace.counts.visual_tokens_final + " visual tokens" + (trace.from_cache ? ", features from the cache" : "");
+    out.appendChild(meta);
+    renderStrip(trace);
+    renderChart(trace.counts);
+  }
+}
 
+$("ask").addEventListener("click", ask);
+$("reset").addEventListener("click", newConversation);
 loadModel();

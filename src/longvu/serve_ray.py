@@ -1,0 +1,206 @@
+"""Scale-out serving on Ray Serve: ``longvu serve --replicas N [--ray ADDRESS]``.
+
+Two deployments make one Serve application:
+
+* ``Ingress`` (one replica, no model): the same FastAPI app as ``longvu serve``
+  (:func:`longvu.server.create_app`: the OpenAI-compatible API, uploads, the web page,
+  limits, the API key), whose chat jobs go to the model replicas instead of a local model;
+  its queue holds ``--queue-size`` requests beyond the N running ones.
+* ``ModelReplica`` (N replicas, ``ray_actor_options`` for CPUs/GPUs): one
+  :class:`~longvu.LongVU` each, one request at a time (``max_ongoing_requests=1``), so
+  Serve's router sends each job to a free replica (it routes by queue length).
+
+A video's follow-up turns prefer the replica that encoded it: each job is sent with
+Serve's multiplexed-model id set to the video's key, and a replica that served the video
+registers that id (``@serve.multiplexed``), so the router tries it first.  All replicas
+share the feature cache folder (``--cache-dir``; on a cluster, put it, ``--upload-dir``
+and ``--allowed-local-media-path`` on storage every node mounts), so any replica reads
+the features of a video another one encoded.
+
+A replica that dies before a job has streamed any text: the job is retried once on
+another replica; after that the client gets a 503 (or an error event in its stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+from ray import serve
+
+from .errors import Cancelled, LongVUError
+from .server import APIError, ChatJob, ServerSettings, create_app, run_chat_job
+
+APP_NAME = "longvu"
+
+
+@serve.deployment(max_ongoing_requests=1)
+class ModelReplica:
+    """One LongVU model; streams a chat job's text pieces, then its Answer."""
+
+    def __init__(self, model: str, load: dict, cache_dir: str | None, threads: int | None) -> None:
+        import torch
+
+        from .cache import FeatureCache
+        from .pipeline import LongVU
+
+        if threads:
+            torch.set_num_threads(threads)
+        cache = False if cache_dir == "" else FeatureCache(cache_dir)
+        self.lv = LongVU.from_pretrained(model, cache=cache, **load)
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+
+    @serve.multiplexed(max_num_models_per_replica=64)
+    async def hold(self, video_key: str) -> str:
+        """Registers this replica as holding ``video_key``'s features (the router prefers it)."""
+        return video_key
+
+    async def answer(self, job: ChatJob):
+        """Yield ``("piece", text)`` items, then ``("answer", Answer)`` or ``("error", kind, message)``."""
+        key = serve.get_multiplexed_model_id()
+        if key:
+            await self.hold(key)
+        loop, pieces, cancel = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+
+        def work():
+            stream = run_chat_job(self.lv, job, cancel)
+            for piece in stream:
+                loop.call_soon_threadsafe(pieces.put_nowait, ("piece", piece))
+            stream.answer.trace.data["replica"] = self.name
+            return stream.answer
+
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            async for item in _drain_until_done(pieces, task):
+                yield item
+        except (LongVUError, Cancelled) as e:  # the client's fault or choice: sent back as data, not a crash
+            yield ("error", "cancelled" if isinstance(e, Cancelled) else type(e).__name__, str(e))
+        finally:
+            cancel.set()  # a cancelled request (the client left) stops the generation
+
+
+async def _drain_until_done(pieces: asyncio.Queue, task: asyncio.Future):
+    """Items of ``pieces`` as they come until ``task`` ends, then ``("answer", task's result)``."""
+    while True:
+        getter = asyncio.ensure_future(pieces.get())
+        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            yield getter.result()
+            continue
+        getter.cancel()
+        while not pieces.empty():
+            yield pieces.get_nowait()
+        yield ("answer", task.result())
+        return
+
+
+class RayBackend:
+    """The ingress's backend: runs chat jobs on ``ModelReplica`` s through a Serve handle."""
+
+    def __init__(self, handle, replicas: int) -> None:
+        self.handle, self.concurrency = handle, replicas
+
+    def stream(self, job: ChatJob, cancel: threading.Event) -> RemoteStream:
+        return RemoteStream(self.handle, job, cancel)
+
+
+class RemoteStream:
+    """Text pieces of a job answered by a replica; ``.answer`` at the end (like an AnswerStream)."""
+
+    def __init__(self, handle, job: ChatJob, cancel: threading.Event) -> None:
+        self.handle, self.job, self.cancel = handle, job, cancel
+        self.answer = None
+
+    def __iter__(self):
+        from ray.exceptions import RayError
+
+        for attempt in range(2):
+            gen = self.handle.options(stream=True, multiplexed_model_id=self.job.video_key).answer.remote(self.job)
+            sent = False
+            try:
+                for item in gen:
+                    if self.cancel.is_set():
+                        gen.cancel()
+                        raise Cancelled()
+                    if item[0] == "piece":
+                        sent = True
+                        yield item[1]
+                    elif item[0] == "error":
+                        raise Cancelled() if item[1] == "cancelled" else LongVUError(item[2])
+                    else:
+                        self.answer = item[1]
+                return
+            except RayError as e:
+                if sent or attempt:  # text already went out, or the retry failed too: fail cleanly
+                    raise APIError(503, f"a model replica failed ({type(e).__name__}); retry", "server_error",
+                                   "replica_failed", headers={"Retry-After": "5"}) from None  # fmt: skip
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Ingress:
+    """The HTTP front: :func:`longvu.server.create_app` with a :class:`RayBackend`."""
+
+    def __init__(self, replicas_handle, settings: ServerSettings, replicas: int) -> None:
+        self._asgi = create_app(None, settings, backend=RayBackend(replicas_handle, replicas))
+
+    def __serve_build_asgi_app__(self):
+        return self._asgi
+
+
+def build_app(model: str, load: dict, settings: ServerSettings, *, replicas: int, gpus: float = 0.0,
+              cpus: float = 1.0, cache_dir: str | None = None):  # fmt: skip
+    """The Serve application: N model replicas behind the ingress (``ray_actor_options`` per replica)."""
+    threads = max(1, int(cpus)) if not gpus else None
+    replica = ModelReplica.options(num_replicas=replicas, ray_actor_options={"num_cpus": cpus, "num_gpus": gpus})
+    return Ingress.bind(replica.bind(model, load, cache_dir, threads), settings, replicas)
+
+
+def start(model: str, load: dict, settings: ServerSettings, *, host: str, port: int, replicas: int,
+          address: str | None = None, gpus: float | None = None, cpus: float = 1.0, cache_dir: str | None = None,
+          ray_init: dict | None = None) -> str:  # fmt: skip
+    """Connect to (``address``) or start a local Ray cluster, deploy, and return the HTTP base URL."""
+    import ray
+
+    if not ray.is_initialized():
+        kw = dict(ray_init or {})
+        if address not in (None, "local"):
+            kw["address"] = address
+        ray.init(log_to_driver=False, include_dashboard=False, **kw)
+    if gpus is None:
+        want_gpu = load.get("device") not in ("cpu", "mps")
+        gpus = 1.0 if want_gpu and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    serve.start(http_options={"host": host, "port": port})
+    app = build_app(model, load, settings, replicas=replicas, gpus=gpus, cpus=cpus, cache_dir=cache_dir)
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def run(model: str, load: dict, settings: ServerSettings, **kw) -> None:
+    """``longvu serve --replicas N``: deploy, then serve until interrupted (Ctrl-C or SIGTERM).
+
+    On the way out the application is deleted and a local Ray cluster this process started
+    is stopped (SIGTERM is turned into KeyboardInterrupt so that this cleanup runs).
+    """
+    import signal
+
+    import ray
+
+    def _interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        url = start(model, load, settings, **kw)
+        print(f"longvu: serving {settings.model_name} on {url} with {kw['replicas']} Ray Serve replicas", flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        if ray.is_initialized():
+            if kw.get("address") in (None, "local"):
+                serve.shutdown()  # our own local cluster
+            else:
+                serve.delete(APP_NAME)  # a shared cluster: remove only our application
+            ray.shutdown()

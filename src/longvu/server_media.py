@@ -1,0 +1,143 @@
+"""What a chat request's media parts mean, in the shapes OpenAI-style clients send them.
+
+Beside ``video_url`` (one video) the server accepts:
+
+* an ordered list of ``image_url`` parts: the frames of one video, in order (what
+  lmms-eval's ``openai`` model and vLLM clients send when they decode the video
+  themselves); they go through the same pipeline as a decoded video, ``fps`` apart;
+* an ``audio_url`` part whose file holds a video stream (lmms-eval sends ``.webm`` files
+  as audio): taken as the video; an audio-only file is a 400;
+* ``media_io_kwargs: {"video": {"num_frames": N, "fps": F, "start": S, "end": E}}`` (vLLM's
+  per-request sampling; ``start``/``end`` in seconds are our extension): how frames are
+  sampled from the video (at most N frames, F per second, within [S, E)); for image
+  frames, F is their rate (default 1) and N thins them evenly.
+
+Several videos in one conversation (two ``video_url`` parts, or images beside a video)
+are refused with a 400 whose code is ``multiple_videos``: LongVU answers about one video.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .video import Sampling, VideoClip
+
+# Image frames one request may carry at most (each is decoded to RGB in memory).
+MAX_IMAGE_FRAMES = 1024
+
+
+@dataclass
+class Media:
+    """The one video a conversation is about: a url, or image urls as its frames, and how to sample it."""
+
+    video_url: str | None = None
+    image_urls: list[str] = field(default_factory=list)
+    from_audio_part: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
+    frames_fps: float = 1.0
+
+    @property
+    def empty(self) -> bool:
+        return self.video_url is None and not self.image_urls
+
+
+def add_part(media: Media, part: dict, i: int, error) -> bool:
+    """Record a media part of ``messages[i]`` in ``media``; False if ``part`` is not a media part.
+
+    ``error(message, code)`` builds the exception to raise (the server's 400).
+    """
+    kind = part.get("type")
+    if kind not in ("video_url", "image_url", "audio_url"):
+        return False
+    v = part.get(kind)
+    url = v.get("url") if isinstance(v, dict) else v
+    if kind == "audio_url" and isinstance(v, dict) and url is None:
+        url = v.get("data")
+    if not isinstance(url, str) or not url:
+        raise error(f"messages[{i}]: {kind} needs a 'url'", "invalid_media_part")
+    if kind == "image_url":
+        if media.video_url is not None:
+            raise error(_MULTIPLE + " (image frames beside a video)", "multiple_videos")
+        if len(media.image_urls) >= MAX_IMAGE_FRAMES:
+            raise error(f"at most {MAX_IMAGE_FRAMES} image frames per request", "too_many_frames")
+        media.image_urls.append(url)
+        return True
+    if media.video_url is not None or media.image_urls:
+        raise error(_MULTIPLE, "multiple_videos")
+    media.video_url, media.from_audio_part = url, kind == "audio_url"
+    return True
+
+
+_MULTIPLE = "only one video per conversation is supported; send one request per video"
+
+
+def parse_media_io_kwargs(body: dict, media: Media, error) -> None:
+    """Apply ``media_io_kwargs.video`` (vLLM's per-request sampling, plus start/end) to ``media``."""
+    kw = body.get("media_io_kwargs")
+    if kw is None:
+        return
+    video = kw.get("video") if isinstance(kw, dict) else None
+    if not isinstance(video, dict):
+        raise error('\'media_io_kwargs\' must be {"video": {"num_frames": N, "fps": F, ...}}', "media_io_kwargs")
+    unknown = set(video) - {"num_frames", "fps", "start", "end"}
+    if unknown:
+        raise error(f"media_io_kwargs.video: unknown keys {sorted(unknown)} (known: num_frames, fps, start, end)",
+                    "media_io_kwargs")  # fmt: skip
+    n, fps, start, end = (video.get(k) for k in ("num_frames", "fps", "start", "end"))
+    for name, v, lo in (("num_frames", n, 1), ("fps", fps, 1e-6), ("start", start, 0), ("end", end, 1e-6)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo):
+            raise error(f"media_io_kwargs.video.{name} must be a number >= {lo:g}", "media_io_kwargs")
+    if n is not None and int(n) != n:
+        raise error("media_io_kwargs.video.num_frames must be an integer", "media_io_kwargs")
+    if start is not None and end is not None and end <= start:
+        raise error("media_io_kwargs.video.end must be after start", "media_io_kwargs")
+    media.sampling = Sampling(fps=float(fps or 1.0), max_frames=None if n is None else int(n),
+                              start=None if start is None else float(start), end=None if end is None else float(end))  # fmt: skip
+    media.frames_fps = float(fps or 1.0)
+
+
+def frames_from_images(paths: list[str], media: Media) -> VideoClip:
+    """Image files as one video's frames (in order, ``frames_fps`` apart, thinned to ``num_frames``).
+
+    Raises :class:`~longvu.errors.VideoError` for a file that is not a readable image.
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from .errors import VideoError
+
+    keep = list(range(len(paths)))
+    if media.sampling.max_frames is not None and len(keep) > media.sampling.max_frames:
+        keep = np.linspace(0, len(paths), media.sampling.max_frames, endpoint=False).astype(int).tolist()
+    frames, size = [], None
+    for k in keep:
+        try:
+            with Image.open(paths[k]) as im:
+                im = im.convert("RGB")
+                size = size or im.size
+                frames.append(np.asarray(im if im.size == size else im.resize(size, Image.BICUBIC)))
+        except (UnidentifiedImageError, OSError) as e:
+            raise VideoError(f"image frame {k + 1} is not a readable image ({type(e).__name__})") from None
+    fps = media.frames_fps
+    return VideoClip("<image frames>", np.stack(frames), keep, [k / fps for k in keep], fps, 1, len(paths))
+
+
+def client_wait_s(headers: Any, cap_s: float) -> float:
+    """How long a request may wait for a queue slot: half the deadline its client states, at most ``cap_s``.
+
+    The OpenAI SDKs send their read timeout as ``x-stainless-read-timeout``; any client may
+    send ``x-longvu-queue-wait`` (seconds).  Half the deadline leaves the other half for the work;
+    no stated deadline means no waiting (a full queue answers 503 at once, as before).
+    """
+    for name, share in (("x-longvu-queue-wait", 1.0), ("x-stainless-read-timeout", 0.5)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        if value == value and value > 0:  # not NaN
+            return min(value * share, cap_s)
+    return 0.0

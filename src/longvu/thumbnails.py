@@ -1,0 +1,75 @@
+"""Small JPEG thumbnails of a video's frames at given timestamps, for the web page's frame strip.
+
+The page asks for the frames the trace says were kept (``kept_timestamps``).  Each
+thumbnail is made by seeking: PyAV jumps to the keyframe before the timestamp and decodes
+only from there to the frame, on the CPU, in the web request's thread pool, so the model's
+path (the encoder, on the GPU where there is one) never decodes the video a second time.
+Keeping thumbnails while encoding would instead tie the feature cache's format and the
+encoder to the page; seeking costs at most one group of pictures per thumbnail, and the
+results are kept in a small in-memory LRU.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections import OrderedDict
+
+from .errors import VideoError
+
+MAX_WIDTH = 320
+_CACHE: OrderedDict[tuple, bytes] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_ENTRIES = 1024
+
+
+def thumbnail_jpeg(path: str, seconds: float, width: int = 160) -> bytes:
+    """A JPEG of the frame shown at ``seconds`` (the first frame at or after it), ``width`` pixels wide."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise VideoError(f"the timestamp must be a number of seconds >= 0, got {seconds}")
+    width = max(16, min(int(width), MAX_WIDTH))
+    key = (path, round(seconds, 3), width)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    data = _encode_jpeg(_frame_at(path, seconds), width)
+    with _CACHE_LOCK:
+        _CACHE[key] = data
+        while len(_CACHE) > _CACHE_ENTRIES:
+            _CACHE.popitem(last=False)
+    return data
+
+
+def _frame_at(path: str, seconds: float):
+    """The decoded frame (a PyAV ``VideoFrame``) at ``seconds``: seek to the keyframe before, decode forward."""
+    import av
+
+    from .video import probe_fps, probe_video
+
+    probe_video(path)  # a readable file with a video stream, or a VideoError
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        half_frame = 0.5 / probe_fps(stream)
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        container.seek(int((start + seconds) / stream.time_base), stream=stream, backward=True, any_frame=False)
+        last = None
+        try:
+            for frame in container.decode(stream):
+                last = frame
+                if frame.time is not None and frame.time - start >= seconds - half_frame:
+                    return frame
+        except av.error.FFmpegError as e:
+            raise VideoError(f"could not decode a frame at {seconds:.2f}s ({type(e).__name__})") from None
+    if last is None:
+        raise VideoError(f"no frame at {seconds:.2f}s")
+    return last  # past the end: the last frame
+
+
+def _encode_jpeg(frame, width: int) -> bytes:
+    image = frame.to_image()
+    height = max(1, round(image.height * width / image.width))
+    buf = io.BytesIO()
+    image.convert("RGB").resize((width, height)).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()

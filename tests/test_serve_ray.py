@@ -1,0 +1,111 @@
+"""``longvu serve --replicas 2`` on a local Ray cluster: both replicas answer, a video's turns stay on one
+replica, and killing a replica loses no accepted request (each is answered, or fails with a clean 503)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import FIXTURES, QWEN
+
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'longvu[serve-ray]')")
+
+from longvu.server import ServerSettings  # noqa: E402
+
+VIDEOS = FIXTURES / "videos"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from longvu import serve_ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = ServerSettings(model_name="tiny", allowed_local_media_path=str(VIDEOS), api_key="k3y")
+    url = serve_ray.start(str(QWEN), {"device": "cpu", "dtype": "float32"}, settings, host="127.0.0.1", port=port,
+                          replicas=2, cpus=1, cache_dir=str(tmp_path_factory.mktemp("cache")),
+                          ray_init={"num_cpus": 4})  # fmt: skip
+    try:
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def authed(url: str):
+    return httpx.Client(base_url=url, headers={"Authorization": "Bearer k3y"}, timeout=300)
+
+
+def test_two_replicas_answer_and_follow_ups_stay(cluster):
+    with authed(cluster) as c:
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # the same app and page
+        assert httpx.get(cluster + "/v1/models").status_code == 401  # the same API key
+        results: list = []
+
+        def one(i: int) -> None:
+            results.append(c.post("/v1/chat/completions", json=_body(f"video{1 + 2 * (i % 2)}.mp4", f"Q{i}?")))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.status_code for r in results] == [200] * 6
+        assert len({r.json()["longvu"]["replica"] for r in results}) == 2  # both replicas answered
+        # a new video (an upload): its follow-up turns go to the replica that encoded it
+        up = c.post("/v1/files", files={"file": ("v.mp4", (VIDEOS / "video1.mp4").read_bytes(), "video/mp4")}).json()
+        first = c.post("/v1/chat/completions", json=_body(up["id"], "turn 0?")).json()
+        time.sleep(2.0)  # the replica reports the video's key to Serve's routers (eventually consistent)
+        turns = [first] + [c.post("/v1/chat/completions", json=_body(up["id"], f"turn {i}?")).json() for i in (1, 2)]
+        assert {t["longvu"]["replica"] for t in turns} == {first["longvu"]["replica"]}
+        # the shared feature cache is keyed by content: video1 was encoded above, by either replica
+        assert [t["longvu"]["from_cache"] for t in turns] == [True, True, True]
+
+
+def _body(video: str, question: str, stream: bool = False) -> dict:
+    return {"model": "tiny", "max_tokens": 4, "temperature": 0, "stream": stream,
+            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video}},
+                                                      {"type": "text", "text": question}]}]}  # fmt: skip
+
+
+def test_killing_a_replica_loses_no_accepted_request(cluster):
+    import ray
+
+    results: list = []
+    with authed(cluster) as c:
+
+        def one(i: int) -> None:
+            try:
+                r = c.post("/v1/chat/completions", json=_body(f"video{1 + 2 * (i % 2)}.mp4", f"kill {i}?"))
+                results.append((r.status_code, r.json()))
+            except httpx.HTTPError as e:  # a lost request: the test fails below
+                results.append((-1, repr(e)))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "ModelReplica" in a["name"]]
+        assert len(names) == 2
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        for t in threads:
+            t.join()
+        assert len(results) == 8
+        for status, body in results:  # answered (retried on the other replica if need be), or a clean 503
+            assert status == 200 or (status == 503 and body["error"]["code"] == "replica_failed"), (status, body)
+        assert sum(s == 200 for s, _ in results) >= 6
+        assert c.post("/v1/chat/completions", json=_body("video3.mp4", "after?")).status_code == 200
+
+
+def test_ray_address_needs_replicas(capsys):
+    from longvu.cli import main
+
+    assert main(["serve", "--model", str(QWEN), "--ray", "auto"]) == 2
+    assert "--ray needs --replicas N" in capsys.readouterr().err
