@@ -192,9 +192,6 @@ def _load(args):
 def _encode(args, lv, sampling):
     t0 = time.perf_counter()
     feats = lv.features(args.video, sampling, arrays=bool(getattr(args, "trace_arrays", None)))
-    if lv.cache is not None:
-        for note in lv.cache.notes:
-            _log(args, f"longvu: {note}")
     how = "from the feature cache" if "cache_hit" in feats.timings else "encoded"
     _log(args, f"{len(feats)} frames sampled from {feats.num_frames_total} ({feats.avg_fps:.2f} fps, every "
                f"{feats.step}); {how} in {time.perf_counter() - t0:.1f}s")  # fmt: skip

@@ -217,7 +217,7 @@ class LongVU:
             t0 = time.perf_counter()
             probe_video(video)
             key = self.cache_key(video, sampling)
-            hit = self.cache.get(key)
+            hit = self.cache.get(key, video=video)
             if hit is not None:
                 hit.timings = {"cache_hit": 1.0, "cache_read": time.perf_counter() - t0}
                 return hit
