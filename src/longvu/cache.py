@@ -347,12 +347,18 @@ class FeatureCache:
         (self.blobs / fname).unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- admin
+    def _admin(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        try:
+            return self._run(fn)
+        except (OSError, sqlite3.Error) as e:
+            raise LongVUError(f"the feature cache in {self.root} is not usable ({_reason(e)})") from None
+
     def info(self) -> dict:
         def count(db: sqlite3.Connection) -> tuple[int, int, int]:
             n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries").fetchone()
             return n, total, db.execute("SELECT COUNT(DISTINCT video) FROM entries").fetchone()[0]
 
-        n, total, videos = self._run(count)
+        n, total, videos = self._admin(count)
         return {"root": str(self.root), "entries": n, "videos": videos, "bytes": total, "max_bytes": self.max_bytes}
 
     def clear(self) -> int:
@@ -364,7 +370,7 @@ class FeatureCache:
             db.execute("DELETE FROM file_digests")
             return n
 
-        n = self._run(empty)
+        n = self._admin(empty)
         for stray in [
             *self.blobs.glob("*.safetensors"),
             *self.blobs.glob(".*.tmp"),

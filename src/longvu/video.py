@@ -318,12 +318,17 @@ def _ffmpeg_reason(e: Exception) -> str:
     return " ".join(str(msg).split()).rstrip(".")
 
 
-def _open_av(f, path: str, formats: tuple[str, ...] | None):
-    import av
-
+def _container_options(formats: tuple[str, ...] | None) -> dict[str, str]:
     options = {"protocol_whitelist": ""}  # empty: no protocol at all for nested opens
     if formats is not None:
         options["format_whitelist"] = ",".join(formats)
+    return options
+
+
+def _open_av(f, path: str, formats: tuple[str, ...] | None = CONTAINER_FORMATS):
+    import av
+
+    options = _container_options(formats)
     try:
         return av.open(_Unnamed(f), container_options=options, io_open=_refuse_nested_open, metadata_errors="replace")
     except _NestedOpen:
@@ -339,15 +344,19 @@ def _open_av(f, path: str, formats: tuple[str, ...] | None):
 
 
 def _video_stream(container, path: str):
-    """The video stream: the first one that is not an attached picture (cover art)."""
-    pictures = 0
+    """The video stream: the first one that is not an attached picture (cover art) and has a decoder."""
+    pictures = undecodable = 0
     for s in container.streams.video:
         disposition = getattr(s, "disposition", 0)
         if getattr(disposition, "value", disposition) & _ATTACHED_PIC:
             pictures += 1
-            continue
-        return s
+        elif s.codec_context is None:
+            undecodable += 1
+        else:
+            return s
     kinds = sorted({s.type for s in container.streams})
+    if undecodable:
+        raise VideoError("the video codec is unknown or not supported", path)
     if pictures:
         raise VideoError("no video stream (only a cover picture)", path)
     what = "audio-only file" if kinds == ["audio"] else f"streams: {', '.join(kinds) or 'none'}"
@@ -355,13 +364,13 @@ def _video_stream(container, path: str):
 
 
 @contextmanager
-def _open(path: str, limits: MediaLimits, *, formats: tuple[str, ...] | None = CONTAINER_FORMATS):
+def _open(path: str, limits: MediaLimits):
     """Open ``path`` as described in the module docstring; yields ``(container, video stream)``."""
     f = _open_regular_file(path)
     try:
         _refuse_text(f.read(4096), path)
         f.seek(0)
-        container = _open_av(f, path, formats)
+        container = _open_av(f, path)
         try:
             stream = _video_stream(container, path)
             limits.check_size(stream.codec_context.width, stream.codec_context.height, path)
@@ -372,10 +381,10 @@ def _open(path: str, limits: MediaLimits, *, formats: tuple[str, ...] | None = C
         f.close()
 
 
-def probe_fps(stream) -> float:
+def probe_fps(stream, path: str | None = None) -> float:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate:
-        raise VideoError("the video stream has no frame rate")
+        raise VideoError("the video stream has no frame rate", path)
     return float(Fraction(rate))
 
 
@@ -405,7 +414,7 @@ def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> M
             codec=cc.name,
             width=int(cc.width),
             height=int(cc.height),
-            avg_fps=probe_fps(stream),
+            avg_fps=probe_fps(stream, path),
             duration=duration,
             frames=int(stream.frames) or None,
         )
@@ -488,7 +497,7 @@ def count_frames(path: str | os.PathLike, limits: MediaLimits | None = None) -> 
 
     path, limits = os.fspath(path), limits or NO_LIMITS
     with _open(path, limits) as (container, stream):
-        fps = probe_fps(stream)
+        fps = probe_fps(stream, path)
         n = 0
         try:
             for packet in container.demux(stream):
@@ -550,7 +559,7 @@ def iter_frames(
     path, limits = os.fspath(path), limits or NO_LIMITS
     shape = None
     with _open(path, limits) as (container, stream):
-        info.avg_fps = probe_fps(stream)
+        info.avg_fps = probe_fps(stream, path)
         info.step = sampling.step(info.avg_fps)
         for index, seconds, frame in _decode(container, stream, limits, path, info):
             if not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
