@@ -129,8 +129,12 @@ print("ok")
 """
 
 
-def test_two_processes_share_the_cache(tmp_path):
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_two_processes_share_the_cache(tmp_path, corrupt):
     root = tmp_path / "shared"
+    if corrupt:  # both find it corrupt at once: one rebuilds, neither fails
+        root.mkdir()
+        (root / "index.sqlite").write_bytes(b"garbage" * 1000)
     code = WORKER.format(tests=str(Path(__file__).parent), root=str(root))
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import av
@@ -49,12 +50,19 @@ def test_not_regular_files_are_refused(tmp_path):
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "zero.mp4").symlink_to("/dev/zero")
+    (tmp_path / "dir.mp4").symlink_to(tmp_path)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.mp4"))
     cases = {
         str(tmp_path): "is a directory",
         str(tmp_path / "fifo"): "is a fifo",  # opening it must not block
         "/dev/null": "is a device",
         "/dev/zero": "is a device",
         str(tmp_path / "loop1"): "too many levels of symbolic links",
+        str(tmp_path / "zero.mp4"): "is a device",
+        str(tmp_path / "dir.mp4"): "is a directory",
+        str(tmp_path / "sock.mp4"): "is not a regular file",
         str(tmp_path / "missing.mp4"): "no such file",
         str(tmp_path / "empty.mp4"): "empty file",
         str(tmp_path / "a\x00b.mp4"): "NUL byte",
@@ -64,7 +72,8 @@ def test_not_regular_files_are_refused(tmp_path):
     for path, reason in cases.items():
         e = refused(path, reason)
         assert str(tmp_path) not in e.public_message and reason in e.public_message
-    assert len(str(refused(cases[str(tmp_path / ("x" * 300 + ".mp4"))]))) < 250  # the name is shortened
+    assert len(str(refused(str(tmp_path / ("x" * 300 + ".mp4"))))) < 250  # the name is shortened
+    sock.close()
 
 
 def test_symlink_to_a_video_is_followed(tmp_path):

@@ -125,6 +125,13 @@ def _reason(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
 @contextmanager
 def _flock(path: Path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -184,20 +191,14 @@ class FeatureCache:
         except sqlite3.DatabaseError as e:
             if not _is_corrupt(e):
                 raise
-            self._rebuild(e)
+            self._rebuild(e, _inode(self.index))
         with self._db() as db:
             return fn(db)
 
-    def _index_ok(self) -> bool:
-        try:
-            with self._db() as db:
-                return db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        except sqlite3.DatabaseError:
-            return False
-
-    def _rebuild(self, error: sqlite3.DatabaseError) -> None:
+    def _rebuild(self, error: sqlite3.DatabaseError, broken: int | None) -> None:
+        """Move the index aside and start a new one, unless another process did (``broken``: its inode)."""
         with _flock(self.root / "index.lock"):
-            if self._index_ok():  # another process rebuilt it meanwhile
+            if _inode(self.index) != broken:
                 return
             stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             for suffix in ("", "-wal", "-shm"):

@@ -521,7 +521,7 @@ def _decode(container, stream, limits: MediaLimits, path: str, info: StreamInfo)
     first_pts = None
     try:
         for index, frame in enumerate(container.decode(stream)):
-            if first_pts is None:
+            if index == 0:  # a stream whose first frame has no PTS is timed by index throughout
                 first_pts = frame.pts
             seconds = _frame_seconds(frame, first_pts, index, info.avg_fps)
             info.total = index + 1
