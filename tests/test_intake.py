@@ -129,7 +129,7 @@ def test_containers_outside_the_list_are_refused(tmp_path, ext, fmt):
     path = write_clip(tmp_path / f"v.{ext}", pattern(5), codec="rawvideo" if ext == "y4m" else "mpeg4", fmt=fmt)
     with av.open(str(path)) as c:  # FFmpeg itself reads it
         assert c.format.name == fmt
-    refused(path, "not a video file in an accepted format")
+    refused(path, "not a readable video file (accepted: mp4/mov")
 
 
 def test_images_and_text_are_refused(tmp_path):
@@ -138,9 +138,9 @@ def test_images_and_text_are_refused(tmp_path):
     Image.fromarray(pattern(1)[0]).save(tmp_path / "still.png")
     Image.fromarray(pattern(1)[0]).save(tmp_path / "still.jpg")
     (tmp_path / "notes.mp4").write_text("just some text\n" * 20)
-    refused(tmp_path / "still.png", "not a video file in an accepted format")
-    refused(tmp_path / "still.jpg", "not a video file in an accepted format")
-    refused(tmp_path / "notes.mp4", "is a text file")
+    refused(tmp_path / "still.png", "not a readable video file (accepted: mp4/mov")
+    refused(tmp_path / "still.jpg", "not a readable video file (accepted: mp4/mov")
+    refused(tmp_path / "notes.mp4", "not a readable video file (it is text)")
 
 
 # ---------------------------------------------------------------- references to other files
@@ -183,6 +183,10 @@ def test_playlists_and_reference_lists_are_refused(outside):
             (allowed / saved_as).write_text(text)
             e = refused(allowed / saved_as)
             assert "secret" not in str(e) and str(out) not in str(e), str(e)
+            kind = {".m3u8": "HLS", ".ffconcat": "concat list", ".mpd": "manifest", ".sdp": "SDP"}.get(
+                Path(name).suffix
+            )
+            assert kind is None or kind in e.public_message, e.public_message
 
 
 def test_a_playlist_hidden_behind_a_binary_prefix_is_refused(outside):

@@ -307,10 +307,10 @@ def _refuse_text(head: bytes, path: str) -> None:
         return
     for magic, kind in _REFERENCE_KINDS:
         if text[: len(magic)].lower() == magic.lower():
-            raise VideoError(f"is {kind}, which refers to other files or URLs; only video files are accepted", path)
+            raise VideoError(f"not a readable video file (it is {kind}, which refers to other files or URLs)", path)
     printable = sum(32 <= b < 127 or b in b"\t\r\n" for b in head)
     if printable >= 0.95 * len(head):
-        raise VideoError("is a text file, not a video", path)
+        raise VideoError("not a readable video file (it is text)", path)
 
 
 def _ffmpeg_reason(e: Exception) -> str:
@@ -332,11 +332,11 @@ def _open_av(f, path: str, formats: tuple[str, ...] | None = CONTAINER_FORMATS):
     try:
         return av.open(_Unnamed(f), container_options=options, io_open=_refuse_nested_open, metadata_errors="replace")
     except _NestedOpen:
-        raise VideoError("refers to other files or URLs; only self-contained video files are accepted", path) from None
+        raise VideoError("not a readable video file (it refers to other files or URLs)", path) from None
     except av.error.ArgumentError:  # EINVAL: a demuxer outside the whitelist, or a refused nested open
         raise VideoError(
-            "is not a video file in an accepted format (mp4/mov, mkv/webm, avi, ts, mpg, flv, wmv, ogg, ivf,"
-            " raw h264/hevc)",
+            "not a readable video file (accepted: mp4/mov, mkv/webm, avi, ts, mpg, flv, wmv, ogg, ivf,"
+            " raw h264/hevc/mpeg-4)",
             path,
         ) from None
     except av.error.FFmpegError as e:
