@@ -24,7 +24,8 @@ change which frames are kept; with their defaults the selection is exactly the r
 **Correctness beyond the reference** (decord ignores these; none changes which frames
 are sampled):
 
-* rotation metadata (the display matrix) is applied, so portrait phone videos are upright;
+* rotation metadata (the display matrix, read from the first sampled frame) is applied, so
+  portrait phone videos are upright;
 * timestamps are presentation times (PTS) relative to the first frame, so variable
   frame rate videos do not drift (``index / avg_fps`` when the stream has no PTS).  The
   *sampling* rule still counts decoded frames, as the reference does;
@@ -219,11 +220,18 @@ class MediaInfo:
 
 @dataclass
 class StreamInfo:
-    """What decoding learned about the stream: average fps, sampling step, frame count."""
+    """What decoding learned about the stream: average fps, sampling step, frame count, first PTS."""
 
     avg_fps: float = 0.0
     step: int = 1
     total: int = 0
+    first_pts: int | None = None
+
+    def seconds(self, frame, index: int) -> float:
+        """Seconds of decoded frame ``index`` since the first: by PTS (exact arithmetic), else by index."""
+        if frame.pts is None or self.first_pts is None or frame.time_base is None:
+            return index / self.avg_fps
+        return float((frame.pts - self.first_pts) * Fraction(frame.time_base))
 
 
 # ---------------------------------------------------------------------- intake
@@ -421,40 +429,47 @@ def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> M
 
 
 # ---------------------------------------------------------------------- frames
-def _frame_seconds(frame, first_pts: int | None, index: int, avg_fps: float) -> float:
-    """Seconds since the first frame, by PTS (exact arithmetic), else by index."""
-    if frame.pts is None or first_pts is None or frame.time_base is None:
-        return index / avg_fps
-    return float((frame.pts - first_pts) * Fraction(frame.time_base))
+@dataclass(frozen=True)
+class Orientation:
+    """How to turn a stored frame upright: transpose (swap axes), then mirror columns and/or rows."""
+
+    transpose: bool = False
+    flip_x: bool = False
+    flip_y: bool = False
+
+    @classmethod
+    def of(cls, frame) -> Orientation:
+        """From the frame's display matrix (side data), if any.
+
+        The matrix maps a stored pixel ``(x, y)`` to ``(a x + c y, b x + d y)``, rows
+        ``[a b u; c d v; ...]`` in 16.16 fixed point.  Phones store portrait video as
+        landscape with such a matrix.  FFmpeg applies it only in its command-line tool, so
+        we do it here; other angles are rounded to the nearest axis-aligned transform.
+        Read once per video: PyAV's side-data view keeps its frame alive until the cyclic
+        garbage collector runs, which costs tens of MB if done for every frame.
+        """
+        from av.sidedata.sidedata import Type
+
+        sd = frame.side_data.get(Type.DISPLAYMATRIX)
+        if sd is None:
+            return cls()
+        m = np.frombuffer(bytes(sd), dtype="<i4")[:9].reshape(3, 3).astype(float)
+        a, b, c, d = m[0, 0], m[0, 1], m[1, 0], m[1, 1]
+        if abs(a) + abs(d) >= abs(b) + abs(c):  # axes stay: x' = a x, y' = d y
+            return cls(False, bool(a < 0), bool(d < 0))
+        return cls(True, bool(c < 0), bool(b < 0))  # axes swap: x' = c y, y' = b x
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """``rgb[H, W, 3]`` upright (``[W, H, 3]`` when the axes swap)."""
+        if self == UPRIGHT:
+            return rgb
+        out = rgb.transpose(1, 0, 2) if self.transpose else rgb
+        out = out[:, ::-1] if self.flip_x else out
+        out = out[::-1] if self.flip_y else out
+        return np.ascontiguousarray(out)
 
 
-def _display_matrix(frame) -> np.ndarray | None:
-    from av.sidedata.sidedata import Type
-
-    sd = frame.side_data.get(Type.DISPLAYMATRIX)
-    return None if sd is None else np.frombuffer(bytes(sd), dtype="<i4")[:9].reshape(3, 3)
-
-
-def upright(rgb: np.ndarray, frame) -> np.ndarray:
-    """Apply the frame's display matrix (rotation by multiples of 90 degrees, mirroring).
-
-    The matrix maps a stored pixel ``(x, y)`` to ``(a x + c y, b x + d y)``, rows
-    ``[a b u; c d v; ...]`` in 16.16 fixed point.  Phones store portrait video as
-    landscape with such a matrix.  FFmpeg applies it only in its command-line tool, so we
-    do it here; other angles are rounded to the nearest axis-aligned transform.
-    """
-    m = _display_matrix(frame)
-    if m is None:
-        return rgb
-    a, b, c, d = (float(v) for v in (m[0, 0], m[0, 1], m[1, 0], m[1, 1]))
-    if abs(a) + abs(d) >= abs(b) + abs(c):  # axes stay: x' = a x, y' = d y
-        out = rgb[:, ::-1] if a < 0 else rgb
-        out = out[::-1] if d < 0 else out
-    else:  # axes swap: x' = c y, y' = b x
-        out = rgb.transpose(1, 0, 2)
-        out = out[:, ::-1] if c < 0 else out
-        out = out[::-1] if b < 0 else out
-    return out if out is rgb else np.ascontiguousarray(out)
+UPRIGHT = Orientation()
 
 
 def resize_like(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -509,8 +524,8 @@ def count_frames(path: str | os.PathLike, limits: MediaLimits | None = None) -> 
         return n, fps
 
 
-def _decode(container, stream, limits: MediaLimits, path: str, info: StreamInfo) -> Iterator[tuple[int, float, object]]:
-    """Every decoded frame as ``(index, seconds, av.VideoFrame)``, within ``limits``."""
+def _decode(container, stream, limits: MediaLimits, path: str, info: StreamInfo) -> Iterator[tuple[int, object]]:
+    """Every decoded frame as ``(index, av.VideoFrame)``, within ``limits``."""
     import av
 
     stream.thread_type = "SLICE"  # frame threading costs more than it gains: the encoder keeps both cores busy
@@ -518,16 +533,15 @@ def _decode(container, stream, limits: MediaLimits, path: str, info: StreamInfo)
         # The decoder's own bound stops it before it allocates a huge picture; it counts
         # padded sizes, so it gets headroom and the exact check is ours, per frame.
         stream.codec_context.options = {"max_pixels": str(2 * limits.max_pixels + (1 << 16))}
-    first_pts = None
     try:
         for index, frame in enumerate(container.decode(stream)):
             if index == 0:  # a stream whose first frame has no PTS is timed by index throughout
-                first_pts = frame.pts
-            seconds = _frame_seconds(frame, first_pts, index, info.avg_fps)
+                info.first_pts = frame.pts
             info.total = index + 1
             limits.check_size(frame.width, frame.height, path)
-            limits.check_progress(info.total, max(seconds, index / info.avg_fps), path)
-            yield index, seconds, frame
+            clock = 0.0 if limits.max_seconds is None else max(info.seconds(frame, index), index / info.avg_fps)
+            limits.check_progress(info.total, clock, path)
+            yield index, frame
     except av.error.FFmpegError as e:
         cc = stream.codec_context  # the decoder's guard refused a larger picture: say so
         limits.check_size(cc.width, cc.height, path)
@@ -557,16 +571,17 @@ def iter_frames(
     sampling = sampling or Sampling()
     info = info if info is not None else StreamInfo()
     path, limits = os.fspath(path), limits or NO_LIMITS
-    shape = None
+    shape = orientation = None
     with _open(path, limits) as (container, stream):
         info.avg_fps = probe_fps(stream, path)
         info.step = sampling.step(info.avg_fps)
-        for index, seconds, frame in _decode(container, stream, limits, path, info):
+        for index, frame in _decode(container, stream, limits, path, info):
             if not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
                 continue
-            rgb = upright(frame.to_ndarray(format="rgb24"), frame)
+            orientation = orientation or Orientation.of(frame)
+            rgb = orientation.apply(frame.to_ndarray(format="rgb24"))
             shape = shape or rgb.shape
-            yield index, seconds, resize_like(rgb, shape)
+            yield index, info.seconds(frame, index), resize_like(rgb, shape)
     if info.total == 0:
         raise VideoError("no decodable video frame", path)
     if shape is None:
