@@ -369,3 +369,13 @@ def test_a_put_over_the_file_size_limit_is_a_warning(tmp_path):
     assert res.stdout.strip() == "entries 0"
     assert "could not store" in res.stderr and "File too large" in res.stderr and "Traceback" not in res.stderr
     assert not list((tmp_path / "blobs").iterdir())
+
+
+def test_an_index_that_is_a_folder_is_moved_aside(tmp_path):
+    (tmp_path / "index.sqlite").mkdir()
+    (tmp_path / "index.sqlite" / "junk").write_text("x")
+    cache = FeatureCache(tmp_path)
+    cache.put("k", fake_features())
+    assert cache.get("k") is not None
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert not list(tmp_path.glob("index.sqlite.corrupt-*"))

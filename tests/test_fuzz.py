@@ -110,12 +110,15 @@ def test_fuzz_decoding(tmp_path):
 
 def test_fuzz_cli(tmp_path):
     paths = cli_sample(tmp_path, count=63, every=9, seed=1)  # one variant of each kind of damage
+    playlist = tmp_path / "playlist.mp4"
+    playlist.write_text(f"#EXTM3U\n#EXTINF:10,\n{paths[0]}\n")
+    paths = [tmp_path / "seeds" / "video1.mp4", playlist, *paths]  # one sure to be answered, one sure to be refused
     code = CLI_CHILD.format(qwen=str(QWEN))
     child = run_measured([sys.executable, "-c", code, str(tmp_path / "cache"), *map(str, paths)], timeout=900)
     assert child.rc == 0, child.stderr[-3000:]
     assert child.max_rss_mb < CLI_RSS_MB, f"peak RSS {child.max_rss_mb:.0f} MB"
     answered = [check_cli_result(r) for r in json.loads(child.stdout)]
-    assert len(answered) == 7 and 0 < sum(answered) < 7
+    assert len(answered) == 9 and answered[:2] == [True, False]
 
 
 @pytest.mark.slow

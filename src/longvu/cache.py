@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -189,7 +190,7 @@ class FeatureCache:
             with self._db() as db:
                 return fn(db)
         except sqlite3.DatabaseError as e:
-            if not _is_corrupt(e):
+            if not (_is_corrupt(e) or self.index.is_dir()):
                 raise
             self._rebuild(e, _inode(self.index))
         with self._db() as db:
@@ -377,7 +378,10 @@ class FeatureCache:
             *self.blobs.glob(".*.tmp"),
             *self.root.glob("index.sqlite*.corrupt-*"),
         ]:
-            stray.unlink(missing_ok=True)
+            if stray.is_dir() and not stray.is_symlink():
+                shutil.rmtree(stray, ignore_errors=True)
+            else:
+                stray.unlink(missing_ok=True)
         return n
 
 
