@@ -333,10 +333,10 @@ def _container_options(formats: tuple[str, ...] | None) -> dict[str, str]:
     return options
 
 
-def _open_av(f, path: str, formats: tuple[str, ...] | None = CONTAINER_FORMATS):
+def _open_av(f, path: str):
     import av
 
-    options = _container_options(formats)
+    options = _container_options(CONTAINER_FORMATS)
     try:
         return av.open(_Unnamed(f), container_options=options, io_open=_refuse_nested_open, metadata_errors="replace")
     except _NestedOpen:
