@@ -24,12 +24,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
+
+from benchmarks.peak_rss import run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "parity" / "checkpoints" / "tiny-longvu-qwen2"
@@ -69,19 +70,11 @@ def make_video(path: Path, minutes: float, fps: int = 30, w: int = 640, h: int =
 
 
 def run_rss(cmd: list[str], env: dict | None = None) -> dict:
-    """Run ``cmd`` and report wall time and peak RSS (MiB) from ``wait4``."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        o, e = out.read().decode(), err.read().decode()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}): {e[-800:]}")
-    return {"wall_s": round(wall, 3), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "stdout": o}
+    """Run ``cmd`` and report wall time and its own peak RSS (MiB), from the OS (see ``benchmarks.peak_rss``)."""
+    m = run_measured(cmd, timeout=24 * 3600, env=env)
+    if m.rc != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({m.rc}): {m.stderr[-800:]}")
+    return {"wall_s": round(m.wall_s, 3), "peak_rss_mib": round(m.max_rss_mb, 1), "stdout": m.stdout}
 
 
 # ----------------------------------------------------------------- child modes

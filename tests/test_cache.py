@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,8 @@ import torch
 from conftest import FIXTURES, QWEN
 
 from longvu import GenerationOptions, LongVU, Sampling
-from longvu.cache import FeatureCache
+from longvu import cache as cache_module
+from longvu.cache import FeatureCache, file_digest
 from longvu.cli import main
 from longvu.encode import VisualFeatures
 
@@ -71,7 +74,7 @@ def test_round_trip_exact(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
-def test_corrupt_entry_is_detected_and_recomputed(lv_cached, damage):
+def test_corrupt_entry_is_detected_and_recomputed(lv_cached, damage, caplog):
     lv_cached.ask(VIDEO, "What is shown?", generation=GREEDY)
     blob = next((lv_cached.cache.root / "blobs").glob("*.safetensors"))
     data = bytearray(blob.read_bytes())
@@ -84,7 +87,7 @@ def test_corrupt_entry_is_detected_and_recomputed(lv_cached, damage):
     blob.write_bytes(bytes(data))
     ans = lv_cached.ask(VIDEO, "What is shown?", generation=GREEDY)
     assert "encode_total" in ans.trace.data["timings"]  # recomputed, not read
-    assert any("corrupt or truncated" in n for n in lv_cached.cache.notes)
+    assert any("corrupt or truncated" in r.getMessage() for r in caplog.records if r.name == "longvu")
     # and the recomputed entry is whole again
     ans = lv_cached.ask(VIDEO, "What is shown?", generation=GREEDY)
     assert ans.trace.data["timings"]["encode_cache_hit"] == 1.0
@@ -126,8 +129,12 @@ print("ok")
 """
 
 
-def test_two_processes_share_the_cache(tmp_path):
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_two_processes_share_the_cache(tmp_path, corrupt):
     root = tmp_path / "shared"
+    if corrupt:  # both find it corrupt at once: one rebuilds, neither fails
+        root.mkdir()
+        (root / "index.sqlite").write_bytes(b"garbage" * 1000)
     code = WORKER.format(tests=str(Path(__file__).parent), root=str(root))
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]  # fmt: skip
@@ -194,3 +201,181 @@ def test_cache_hit_needs_no_vision_tower(tmp_path):
     ans = fresh.ask(VIDEO, "Describe it.", generation=GREEDY)
     assert ans.trace.data["timings"]["encode_cache_hit"] == 1.0
     assert not fresh.model.siglip_tower.loaded and not fresh.model.dinov2_tower.loaded
+
+
+# ---------------------------------------------------------------- safety
+def damage_index(root: Path, how: str) -> None:
+    index = root / "index.sqlite"
+    if how == "garbage":
+        index.write_bytes(b"this is not a database" * 100)
+        return
+    data = bytearray(index.read_bytes())  # a valid header, damaged pages
+    assert len(data) >= 8192, len(data)
+    data[4096:] = b"\xff" * (len(data) - 4096)
+    index.write_bytes(bytes(data))
+
+
+def filled_cache(root: Path, n: int = 3) -> FeatureCache:
+    cache = FeatureCache(root)
+    for i in range(n):
+        cache.put(f"k{i}", fake_features(fill=float(i)), video=f"/videos/v{i}.mp4")
+    import sqlite3
+
+    with sqlite3.connect(root / "index.sqlite") as db:  # fold the WAL into the main file
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return cache
+
+
+@pytest.mark.parametrize("how", ["garbage", "pages"])
+def test_corrupt_index_is_moved_aside_and_rebuilt(tmp_path, how, caplog):
+    filled_cache(tmp_path)
+    damage_index(tmp_path, how)
+    cache = FeatureCache(tmp_path)
+    assert cache.get("k0") is None  # a miss, not an error
+    assert cache.info()["entries"] == 0
+    assert any("index was corrupt" in r.getMessage() for r in caplog.records)
+    assert list(tmp_path.glob("index.sqlite.corrupt-*"))
+    assert not list((tmp_path / "blobs").glob("*.safetensors"))  # orphans of the lost index are gone
+    cache.put("k", fake_features())
+    assert cache.get("k") is not None and FeatureCache(tmp_path).info()["entries"] == 1
+
+
+def test_corruption_found_later_is_repaired_on_the_spot(tmp_path):
+    cache = filled_cache(tmp_path)
+    damage_index(tmp_path, "garbage")  # while the cache object is in use
+    assert cache.get("k1") is None
+    cache.put("k1", fake_features(fill=5.0))
+    assert float(cache.get("k1").sampled[0, 0, 0]) == 5.0
+
+
+def test_cli_cache_commands_work_on_a_corrupt_index(tmp_path, capsys):
+    filled_cache(tmp_path / "c")
+    damage_index(tmp_path / "c", "garbage")
+    assert main(["cache", "info", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert "entries: 0" in capsys.readouterr().out
+    damage_index(tmp_path / "c", "garbage")
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert not list((tmp_path / "c").glob("index.sqlite.corrupt-*"))  # clear removes those too
+    damage_index(tmp_path / "c", "garbage")
+    args = ["ask", str(VIDEO), "What?", "--model", str(QWEN), "--device", "cpu", "--greedy", "--max-new-tokens", "2",
+            "--quiet", "--no-stream", "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    assert main(args) == 0
+    assert FeatureCache(tmp_path / "c").info()["entries"] == 1
+
+
+def test_a_file_replaced_with_the_same_size_and_mtime_is_hashed_again(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"a" * 1000)
+    first = cache.video_digest(video)
+    st = video.stat()
+    assert cache.video_digest(video) == first
+    with open(video, "r+b") as f:  # rewritten in place: same inode, size and mtime
+        f.write(b"b" * 1000)
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert video.stat().st_size == st.st_size and video.stat().st_mtime_ns == st.st_mtime_ns
+    second = cache.video_digest(video)
+    assert second != first and second == file_digest(video)
+    other = tmp_path / "w.mp4"  # replaced by a rename: same size and mtime, new inode
+    other.write_bytes(b"c" * 1000)
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, video)
+    assert cache.video_digest(video) == file_digest(video) != second
+
+
+def test_cache_files_are_private_and_hold_no_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "umask", os.umask)  # restore whatever the test changes
+    old = os.umask(0o022)
+    try:
+        root = tmp_path / "new" / "cache"
+        cache = FeatureCache(root)
+        video = tmp_path / "secret-folder" / "holiday.mp4"
+        video.parent.mkdir()
+        video.write_bytes(b"v" * 100)
+        cache.video_digest(video)
+        cache.put("k", fake_features(), video=str(video))
+    finally:
+        os.umask(old)
+    for p in [root, *root.rglob("*")]:
+        mode = p.stat().st_mode & 0o777
+        assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+    for p in root.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert b"secret-folder" not in data and b"holiday" not in data and str(tmp_path).encode() not in data, p
+    assert cache.get("k", video=video).path == str(video)  # the path comes from the caller
+
+
+def test_old_index_is_migrated_without_clear_text_paths(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:  # schema 1, as the previous release wrote it
+        db.execute("CREATE TABLE entries (key TEXT PRIMARY KEY, file TEXT NOT NULL, size INTEGER NOT NULL,"
+                   " sha256 TEXT NOT NULL, video TEXT, created REAL NOT NULL, last_access REAL NOT NULL)")  # fmt: skip
+        db.execute("CREATE TABLE video_hashes (path TEXT, size INTEGER, mtime_ns INTEGER, sha256 TEXT)")
+        db.execute("INSERT INTO entries VALUES ('a', 'a.safetensors', 1, 'x', '/home/me/private.mp4', 0, 0)")
+        db.execute("INSERT INTO video_hashes VALUES ('/home/me/private.mp4', 1, 1, 'x')")
+    cache = FeatureCache(tmp_path)
+    assert cache.info()["videos"] == 1
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        db.execute("VACUUM")
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "video_hashes" not in tables
+    assert b"private.mp4" not in (tmp_path / "index.sqlite").read_bytes()
+
+
+def test_a_failed_put_is_a_warning(tmp_path, monkeypatch, caplog):
+    cache = FeatureCache(tmp_path)
+
+    def disk_full(path, data):
+        Path(path).write_bytes(data[:10])  # a partial write, then the error
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_module, "_write_private", disk_full)
+    cache.put("k", fake_features())  # no exception
+    assert any("No space left on device" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert cache.get("k") is None and cache.info()["entries"] == 0
+    assert not list((tmp_path / "blobs").iterdir())  # no partial or temporary file left
+
+
+def test_a_failed_put_does_not_fail_the_answer(lv_cached, monkeypatch, caplog):
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_module, "_write_private", disk_full)
+    ans = lv_cached.ask(VIDEO, "What is shown?", generation=GREEDY)
+    assert ans.token_ids and "encode_total" in ans.trace.data["timings"]
+    assert any("could not store" in r.getMessage() for r in caplog.records)
+
+
+FSIZE_CHILD = """
+import resource, sys
+sys.path.insert(0, {tests!r})
+from test_cache import fake_features
+from longvu.cache import FeatureCache
+cache = FeatureCache({root!r})
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # as `ulimit -f 4`: any larger write fails
+cache.put("big", fake_features(n=64))
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+print("entries", cache.info()["entries"])
+"""
+
+
+def test_a_put_over_the_file_size_limit_is_a_warning(tmp_path):
+    code = FSIZE_CHILD.format(tests=str(Path(__file__).parent), root=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "entries 0"
+    assert "could not store" in res.stderr and "File too large" in res.stderr and "Traceback" not in res.stderr
+    assert not list((tmp_path / "blobs").iterdir())
+
+
+def test_an_index_that_is_a_folder_is_moved_aside(tmp_path):
+    (tmp_path / "index.sqlite").mkdir()
+    (tmp_path / "index.sqlite" / "junk").write_text("x")
+    cache = FeatureCache(tmp_path)
+    cache.put("k", fake_features())
+    assert cache.get("k") is not None
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert not list(tmp_path.glob("index.sqlite.corrupt-*"))

@@ -639,7 +639,9 @@ def test_pyav_frames_against_decord(tmp_path, monkeypatch):
     r = rows["cut_mid_gop.mp4"]
     assert r["count"] == (95, 95) and r["sequential"] == "80 vs 95 frames"
     assert r["mvbench"]["pixels"] == "7 vs 8 frames"  # index 84 is past the frames that decode
-    # 10-bit: the two FFmpeg versions convert to 8-bit RGB differently
+    # 10-bit: FFmpeg 8 (PyAV >= 16) converts it to 8-bit RGB a little differently from decord's FFmpeg 4.1
+
     a = dc.all_frames_ours(tmp_path / "ten_bit.mp4").astype(int)
     b = dc.all_frames_theirs(tmp_path / "ten_bit.mp4").astype(int)
-    assert a.shape == b.shape and 0 < np.abs(a - b).mean() < 3
+    diff = np.abs(a - b).mean()
+    assert a.shape == b.shape and (0 < diff < 3 if int(av.__version__.split(".")[0]) >= 16 else diff == 0)

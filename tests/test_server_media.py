@@ -105,7 +105,7 @@ def test_audio_url_video_and_audio_only(client):
     b["messages"][0]["content"][0] = {"type": "audio_url", "audio_url": {"url": "clip.mp4"}}
     assert client.post("/v1/chat/completions", json=b).status_code == 200  # a video sent as audio_url
     b["messages"][0]["content"][0] = {"type": "audio_url", "audio_url": {"url": "voice.wav"}}
-    assert_error(client.post("/v1/chat/completions", json=b), 400, "no video stream (audio-only file)")
+    assert_error(client.post("/v1/chat/completions", json=b), 400, "not a readable video file")
 
 
 def test_several_videos_are_a_precise_400(client, frames_png):

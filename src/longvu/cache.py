@@ -11,25 +11,42 @@ connector settings, the identity of the tower and connector weights, the dtype.
   blobs are written to a temporary name and renamed into place.
 * Verified: each blob's sha256 is in the index; a corrupt or truncated blob is
   deleted and reported as a miss, so the caller recomputes it.
+* Self-healing: a corrupt index is moved aside (``index.sqlite.corrupt-*``) and rebuilt
+  empty; ``clear`` always works.
+* Never fails the caller's work: a failed read is a miss and a failed write (disk full)
+  is skipped, each with a warning on the ``longvu`` logger.
+* Private: folders are 0700 and files 0600; neither the index nor the blobs hold video
+  paths (only sha256 hashes of them).  A video's content hash is remembered under its
+  path hash with its device, inode, size, mtime and ctime, so a file replaced in place
+  (even with the same size and mtime) is hashed again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .encode import VisualFeatures
+from .errors import LongVUError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: upright frames and PTS timestamps; no paths in blobs
+SCHEMA_VERSION = 2  # 2: file_digests keyed by path hash and inode/ctime; hashed entries.video
+MEMO_ROWS = 10_000  # remembered file hashes (least recently used go first)
+
+log = logging.getLogger("longvu")
 
 
 def default_cache_dir() -> Path:
@@ -44,12 +61,16 @@ def default_cache_bytes() -> int:
     return int(float(os.environ.get("LONGVU_CACHE_MAX_GB", "20")) * 1024**3)
 
 
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def _sha256_stream(f, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    with open(path, "rb") as f:
+        return _sha256_stream(f, chunk)
 
 
 def weights_fingerprint(files: list[Path]) -> str:
@@ -66,6 +87,62 @@ def weights_fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def _path_hash(path: str) -> str:
+    return hashlib.sha256(os.fsencode(path)).hexdigest()
+
+
+def _file_identity(st: os.stat_result) -> str:
+    # ctime cannot be set by tools that restore mtime, and a replaced file has a new inode.
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _private_dir(path: Path, *, tighten: bool) -> None:
+    """Create ``path`` 0700; with ``tighten``, also make an existing folder of ours private."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if tighten:
+        _make_private(path, 0o700)
+
+
+def _make_private(path: Path, mode: int) -> None:
+    try:
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(mode)
+    except FileNotFoundError:
+        pass
+
+
+def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB (not "locked", "full" or other passing trouble)."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    return type(e) is sqlite3.DatabaseError
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno is not None:
+        return os.strerror(e.errno)
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+@contextmanager
+def _flock(path: Path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class FeatureCache:
     """A bounded, process-safe LRU cache of :class:`VisualFeatures` under ``root``."""
 
@@ -73,24 +150,25 @@ class FeatureCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.max_bytes = default_cache_bytes() if max_bytes is None else int(max_bytes)
         self.blobs = self.root / "blobs"
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.notes: list[str] = []
+        self.index = self.root / "index.sqlite"
+        try:
+            _private_dir(self.root, tighten=False)  # may be a folder the user named: created private, else left
+            _private_dir(self.blobs, tighten=True)
+            for suffix in ("", "-wal", "-shm"):
+                _make_private(Path(f"{self.index}{suffix}"), 0o600)
+            self._init_index()
+        except (OSError, sqlite3.Error) as e:
+            raise LongVUError(
+                f"the feature cache in {self.root} is not usable ({_reason(e)}); use --no-cache"
+            ) from None
+
+    def _init_index(self) -> None:
         # Two processes may create the index at the same moment; switching to WAL takes a
         # lock that SQLite does not always wait for, so retry that briefly.  WAL then stays on.
         for attempt in range(100):
             try:
-                with self._db() as db:
-                    db.execute("PRAGMA journal_mode=WAL")
-                    db.execute(
-                        "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, file TEXT NOT NULL,"
-                        " size INTEGER NOT NULL, sha256 TEXT NOT NULL, video TEXT, created REAL NOT NULL,"
-                        " last_access REAL NOT NULL)"
-                    )
-                    db.execute(
-                        "CREATE TABLE IF NOT EXISTS video_hashes (path TEXT, size INTEGER, mtime_ns INTEGER,"
-                        " sha256 TEXT, PRIMARY KEY (path, size, mtime_ns))"
-                    )
-                break
+                self._run(_create_schema)
+                return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or attempt == 99:
                     raise
@@ -98,30 +176,93 @@ class FeatureCache:
 
     @contextmanager
     def _db(self):
-        db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
+        if not self.index.exists():  # created private; SQLite gives its -wal/-shm files the same mode
+            os.close(os.open(self.index, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(self.index, timeout=60, isolation_level=None)
         try:
             yield db
         finally:
             db.close()
 
+    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``fn(db)`` on the index; a corrupt index is moved aside and rebuilt, then ``fn`` runs again."""
+        try:
+            with self._db() as db:
+                return fn(db)
+        except sqlite3.DatabaseError as e:
+            if not (_is_corrupt(e) or self.index.is_dir()):
+                raise
+            self._rebuild(e, _inode(self.index))
+        with self._db() as db:
+            return fn(db)
+
+    def _rebuild(self, error: sqlite3.DatabaseError, broken: int | None) -> None:
+        """Move the index aside and start a new one, unless another process did (``broken``: its inode)."""
+        with _flock(self.root / "index.lock"):
+            if _inode(self.index) != broken:
+                return
+            stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.index}{suffix}")
+                if src.exists():
+                    os.replace(src, self.root / f"index.sqlite{suffix}.corrupt-{stamp}")
+            log.warning(
+                "the feature cache index was corrupt (%s); moved it aside as index.sqlite.corrupt-%s and started"
+                " a new one",
+                _reason(error),
+                stamp,
+            )
+            with self._db() as db:
+                _create_schema(db)
+            self._drop_orphans()
+
+    def _drop_orphans(self) -> None:
+        """Delete blobs the index does not know (after a rebuild, all of them)."""
+        known = {r[0] for r in self._run(lambda db: db.execute("SELECT file FROM entries").fetchall())}
+        for blob in self.blobs.glob("*.safetensors"):
+            if blob.name not in known:
+                blob.unlink(missing_ok=True)
+
     # ----------------------------------------------------------------- keys
     def video_digest(self, path: str | os.PathLike) -> str:
-        """sha256 of the file's bytes, remembered by (path, size, mtime) so it is hashed once."""
+        """sha256 of the file's bytes, remembered by path hash and file identity so it is hashed once."""
         real = os.path.realpath(path)
-        st = os.stat(real)
-        with self._db() as db:
-            row = db.execute(
-                "SELECT sha256 FROM video_hashes WHERE path=? AND size=? AND mtime_ns=?",
-                (real, st.st_size, st.st_mtime_ns),
-            ).fetchone()
-            if row:
-                return row[0]
-        digest = file_digest(real)
-        with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO video_hashes VALUES (?, ?, ?, ?)", (real, st.st_size, st.st_mtime_ns, digest)
-            )
+        with open(real, "rb") as f:
+            ident = (_path_hash(real), _file_identity(os.fstat(f.fileno())))
+            digest = self._memo_get(ident)
+            if digest is None:
+                digest = _sha256_stream(f)
+                if _file_identity(os.fstat(f.fileno())) == ident[1]:  # not changed while hashing
+                    self._memo_put(ident, digest)
         return digest
+
+    def _memo_get(self, ident: tuple[str, str]) -> str | None:
+        def lookup(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT sha256 FROM file_digests WHERE path_hash=? AND stat=?", ident).fetchone()
+            if row:
+                db.execute("UPDATE file_digests SET seen=? WHERE path_hash=?", (time.time(), ident[0]))
+            return row[0] if row else None
+
+        return self._quietly(lookup, None, "read a remembered video hash")
+
+    def _memo_put(self, ident: tuple[str, str], digest: str) -> None:
+        def store(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?)", (*ident, digest, time.time()))
+            db.execute(
+                "DELETE FROM file_digests WHERE path_hash NOT IN"
+                " (SELECT path_hash FROM file_digests ORDER BY seen DESC LIMIT ?)",
+                (MEMO_ROWS,),
+            )
+
+        self._quietly(store, None, "remember a video hash")
+
+    def _quietly(self, fn: Callable[[sqlite3.Connection], Any], default: Any, what: str) -> Any:
+        """``fn`` on the index; if it fails, a warning and ``default`` (the cache is an optimisation)."""
+        try:
+            return self._run(fn)
+        except (OSError, sqlite3.Error) as e:
+            log.warning("feature cache: could not %s (%s); continuing without it", what, _reason(e))
+            return default
 
     @staticmethod
     def make_key(**parts) -> str:
@@ -129,53 +270,66 @@ class FeatureCache:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     # ----------------------------------------------------------------- get/put
-    def get(self, key: str) -> VisualFeatures | None:
-        with self._db() as db:
-            row = db.execute("SELECT file, size, sha256 FROM entries WHERE key=?", (key,)).fetchone()
-        if row is None:
+    def get(self, key: str, video: str | os.PathLike | None = None) -> VisualFeatures | None:
+        """The entry for ``key`` (its ``path`` set to ``video``), or None on a miss or any failure."""
+        row = self._quietly(
+            lambda db: db.execute("SELECT file, size, sha256 FROM entries WHERE key=?", (key,)).fetchone(),
+            None,
+            "read the index",
+        )
+        feats = None if row is None else self._load(key, *row)
+        if feats is None:
             return None
-        fname, size, digest = row
-        path = self.blobs / fname
+        self._quietly(
+            lambda db: db.execute("UPDATE entries SET last_access=? WHERE key=?", (time.time(), key)),
+            None,
+            "update the index",
+        )
+        feats.path = "" if video is None else os.fspath(video)
+        return feats
+
+    def _load(self, key: str, fname: str, size: int, digest: str) -> VisualFeatures | None:
         try:
-            data = path.read_bytes()
+            data = (self.blobs / fname).read_bytes()
         except OSError:
             self._forget(key, fname)
             return None
         if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
-            self._note(f"cache entry {key[:12]} is corrupt or truncated; recomputing")
+            log.warning("feature cache entry %s is corrupt or truncated; recomputing", key[:12])
             self._forget(key, fname)
             return None
         try:
-            feats = _decode(data)
+            return _decode(data)
         except Exception as e:  # a blob that verifies but does not parse: treat as corrupt
-            self._note(f"cache entry {key[:12]} is unreadable ({type(e).__name__}); recomputing")
+            log.warning("feature cache entry %s is unreadable (%s); recomputing", key[:12], type(e).__name__)
             self._forget(key, fname)
             return None
-        with self._db() as db:
-            db.execute("UPDATE entries SET last_access=? WHERE key=?", (time.time(), key))
-        return feats
 
     def put(self, key: str, feats: VisualFeatures, video: str = "") -> None:
-        data = _encode(feats)
+        """Store ``feats`` under ``key``; a failure (disk full, ...) is a warning, never an error."""
         fname = f"{key}.safetensors"
         tmp = self.blobs / f".{key}.{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.blobs / fname)
-        now = time.time()
-        with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, fname, len(data), hashlib.sha256(data).hexdigest(), video, now, now),
+        try:
+            data = _encode(feats)
+            _write_private(tmp, data)
+            os.replace(tmp, self.blobs / fname)
+            row = (key, fname, len(data), hashlib.sha256(data).hexdigest(), _path_hash(video) if video else None)
+            now = time.time()
+            self._run(
+                lambda db: db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", (*row, now, now))
             )
-        self.evict()
+            self.evict()
+        except (OSError, sqlite3.Error) as e:
+            tmp.unlink(missing_ok=True)
+            log.warning("feature cache: could not store this video's features (%s); not cached", _reason(e))
 
     def evict(self) -> None:
         """Delete least-recently-used entries until the total size fits ``max_bytes``."""
-        with self._db() as db:
+
+        def pick(db: sqlite3.Connection) -> list[tuple[str, str]]:
             db.execute("BEGIN IMMEDIATE")
             rows = db.execute("SELECT key, file, size FROM entries ORDER BY last_access DESC").fetchall()
-            total = 0
-            doomed = []
+            total, doomed = 0, []
             for key, fname, size in rows:
                 total += size
                 if total > self.max_bytes:
@@ -183,35 +337,83 @@ class FeatureCache:
             for key, _ in doomed:
                 db.execute("DELETE FROM entries WHERE key=?", (key,))
             db.execute("COMMIT")
-        for _, fname in doomed:
+            return doomed
+
+        for _, fname in self._run(pick):
             (self.blobs / fname).unlink(missing_ok=True)
 
-    def _note(self, message: str) -> None:
-        self.notes.append(message)
-        logging.getLogger("longvu").warning(message)
-
     def _forget(self, key: str, fname: str) -> None:
-        with self._db() as db:
-            db.execute("DELETE FROM entries WHERE key=? AND file=?", (key, fname))
+        self._quietly(
+            lambda db: db.execute("DELETE FROM entries WHERE key=? AND file=?", (key, fname)), None, "update the index"
+        )
         (self.blobs / fname).unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- admin
+    def _admin(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        try:
+            return self._run(fn)
+        except (OSError, sqlite3.Error) as e:
+            raise LongVUError(f"the feature cache in {self.root} is not usable ({_reason(e)})") from None
+
     def info(self) -> dict:
-        with self._db() as db:
+        def count(db: sqlite3.Connection) -> tuple[int, int, int]:
             n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries").fetchone()
-            videos = db.execute("SELECT COUNT(DISTINCT video) FROM entries").fetchone()[0]
+            return n, total, db.execute("SELECT COUNT(DISTINCT video) FROM entries").fetchone()[0]
+
+        n, total, videos = self._admin(count)
         return {"root": str(self.root), "entries": n, "videos": videos, "bytes": total, "max_bytes": self.max_bytes}
 
     def clear(self) -> int:
-        with self._db() as db:
-            rows = db.execute("SELECT file FROM entries").fetchall()
+        """Remove every entry, blob and remembered hash (and indexes moved aside); the number of entries."""
+
+        def empty(db: sqlite3.Connection) -> int:
+            n = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
             db.execute("DELETE FROM entries")
-            db.execute("DELETE FROM video_hashes")
-        for (fname,) in rows:
-            (self.blobs / fname).unlink(missing_ok=True)
-        for stray in self.blobs.glob(".*.tmp"):
-            stray.unlink(missing_ok=True)
-        return len(rows)
+            db.execute("DELETE FROM file_digests")
+            return n
+
+        n = self._admin(empty)
+        for stray in [
+            *self.blobs.glob("*.safetensors"),
+            *self.blobs.glob(".*.tmp"),
+            *self.root.glob("index.sqlite*.corrupt-*"),
+        ]:
+            if stray.is_dir() and not stray.is_symlink():
+                shutil.rmtree(stray, ignore_errors=True)
+            else:
+                stray.unlink(missing_ok=True)
+        return n
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, file TEXT NOT NULL, size INTEGER NOT NULL,"
+        " sha256 TEXT NOT NULL, video TEXT, created REAL NOT NULL, last_access REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS file_digests (path_hash TEXT PRIMARY KEY, stat TEXT NOT NULL,"
+        " sha256 TEXT NOT NULL, seen REAL NOT NULL)"
+    )
+    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        _migrate(db)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """From schema 1: drop the hash memo keyed by clear-text paths and hash ``entries.video``."""
+    db.execute("BEGIN IMMEDIATE")
+    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # not done by another process meanwhile
+        db.execute("DROP TABLE IF EXISTS video_hashes")
+        for (video,) in db.execute("SELECT DISTINCT video FROM entries WHERE video != ''").fetchall():
+            db.execute("UPDATE entries SET video=? WHERE video=?", (_path_hash(video), video))
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    db.execute("COMMIT")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _encode(f: VisualFeatures) -> bytes:
@@ -226,7 +428,6 @@ def _encode(f: VisualFeatures) -> bytes:
         "window_sizes": torch.tensor(f.window_sizes, dtype=torch.long),
     }
     meta = {
-        "path": f.path,
         "avg_fps": f.avg_fps,
         "step": f.step,
         "num_frames_total": f.num_frames_total,
@@ -245,7 +446,7 @@ def _decode(data: bytes) -> VisualFeatures:
     header = json.loads(data[8 : 8 + header_len])
     meta = json.loads(header["__metadata__"]["longvu"])
     return VisualFeatures(
-        path=meta["path"],
+        path="",
         source_indices=tensors["source_indices"].tolist(),
         timestamps=tensors["timestamps"].tolist(),
         avg_fps=float(meta["avg_fps"]),

@@ -379,16 +379,24 @@ def run_cache(args) -> int:
     return 0
 
 
+class _StderrHandler(logging.Handler):
+    """Writes each record as one ``longvu: ...`` line to whatever ``sys.stderr`` is at the time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"longvu: {record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:  # logging must never fail the command
+            self.handleError(record)
+
+
 def _setup_logging(quiet: bool) -> None:
-    """Our own warnings (e.g. a corrupt cache entry) as one ``longvu: ...`` line each on stderr."""
+    """Our own warnings (e.g. a corrupt cache entry) on stderr; other libraries' logging is left alone."""
     log = logging.getLogger("longvu")
-    if not any(getattr(h, "_longvu_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("longvu: %(message)s"))
-        handler._longvu_cli = True
+    handler = next((h for h in log.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
         log.addHandler(handler)
-    log.setLevel(logging.ERROR if quiet else logging.INFO)
-    log.propagate = False
+    handler.setLevel(logging.ERROR if quiet else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,16 @@ from .compress.temporal import select_frames, select_in_window, window_similarit
 from .errors import Cancelled, VideoError
 from .observe import Observer
 from .preprocess import ImageSpec, normalize, pad_and_resize, preprocess_frame
-from .video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames, planned_indices, sampled_indices
+from .video import (
+    MediaLimits,
+    Sampling,
+    StreamInfo,
+    VideoClip,
+    count_frames,
+    iter_frames,
+    planned_indices,
+    sampled_indices,
+)
 
 # A decoded frame up to this size is held as it is until stage 1 decides whether SigLIP
 # needs it (720p and smaller: the cheap path); a larger one is padded and resized for
@@ -162,15 +171,16 @@ class _Prefetch:
 
 
 def _decoded_frames(
-    video: str | os.PathLike | VideoClip, sampling: Sampling, info: StreamInfo, pool: ThreadPoolExecutor, model
-) -> Iterator[_Frame]:
+    video: str | os.PathLike | VideoClip, sampling: Sampling, info: StreamInfo, pool: ThreadPoolExecutor, model,
+    limits: MediaLimits | None = None,
+) -> Iterator[_Frame]:  # fmt: skip
     """Sampled frames, their preprocessing submitted to ``pool`` by a decoding thread."""
     if isinstance(video, VideoClip):
         info.avg_fps, info.step, info.total = video.avg_fps, video.step, video.num_frames_total
         frames: Iterator = zip(video.source_indices, video.timestamps, video.frames)
     else:
-        wanted = planned_indices(video, sampling) if sampling.max_frames is not None else None
-        frames = iter_frames(video, sampling, info, only=wanted)
+        wanted = planned_indices(video, sampling, limits) if sampling.max_frames is not None else None
+        frames = iter_frames(video, sampling, info, only=wanted, limits=limits)
     dino_spec, siglip_spec = model.dinov2.spec, model.siglip.spec
 
     def submit() -> Iterator[_Frame]:
@@ -333,6 +343,7 @@ def encode_video(
     cancel=None,
     observer: Observer | None = None,
     progress: bool = False,
+    limits: MediaLimits | None = None,
 ) -> VisualFeatures:
     """Decode and encode a video into :class:`VisualFeatures`.
 
@@ -344,6 +355,8 @@ def encode_video(
         cancel: an object with ``is_set()``; once set, :class:`~longvu.errors.Cancelled` is raised.
         observer: gets each window's and chunk's tensors (see :class:`~longvu.observe.Observer`).
         progress: show a progress bar on stderr.
+        limits: bounds on duration, frames and frame size, enforced while decoding
+            (a :class:`~longvu.errors.MediaLimitError` past them).
     """
     sampling = sampling or Sampling()
     path = video.path if isinstance(video, VideoClip) else str(video)
@@ -355,7 +368,7 @@ def encode_video(
     try:
         with tempfile.TemporaryDirectory(prefix="longvu-") as tmp, _Spill(tmp) as spill:
             stage1 = _Stage1(model, spill, keep_all_below, observer, timings)
-            with closing(_decoded_frames(video, sampling, info, pool, model)) as frames:
+            with closing(_decoded_frames(video, sampling, info, pool, model, limits)) as frames:
                 for frame in _timed(frames, timings):
                     _check(cancel)
                     stage1.add(frame)
@@ -397,8 +410,8 @@ def _check_nonempty(indices: list[int], info: StreamInfo, path: str) -> None:
     if indices:
         return
     if info.total == 0:
-        raise VideoError(f"{path}: no decodable video frame")
-    raise VideoError(f"{path}: no frame in the requested time range (the video lasts {info.total / info.avg_fps:.2f}s)")
+        raise VideoError("no decodable video frame", path)
+    raise VideoError(f"no frame in the requested time range (the video lasts {info.total / info.avg_fps:.2f}s)", path)
 
 
 def _release_freed_memory() -> None:

@@ -8,13 +8,41 @@ ends work that its caller no longer wants.
 
 from __future__ import annotations
 
+import os
+
 
 class LongVUError(Exception):
     """Base class for errors caused by user input, with a one-line message."""
 
 
 class VideoError(LongVUError):
-    """The video file is missing, unreadable, or has no decodable frame."""
+    """The video file is missing, unreadable, not an allowed format, or has no decodable frame.
+
+    ``str(e)`` names the file as the caller gave it (``"clip.mp4: empty file"``);
+    :attr:`public_message` is the same message without the path, for a server that must
+    not reveal where its files live.
+    """
+
+    def __init__(self, reason: str, path: str | os.PathLike | None = None) -> None:
+        self.reason = _one_line(reason)
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(self.reason if path is None else f"{display_path(path)}: {self.reason}")
+
+    @property
+    def public_message(self) -> str:
+        """The message without the file's path."""
+        return self.reason
+
+
+class MediaLimitError(VideoError):
+    """The video is over a :class:`longvu.video.MediaLimits` bound (a server answers 413).
+
+    ``limit`` names the bound: ``"max_pixels"``, ``"max_frames"`` or ``"max_seconds"``.
+    """
+
+    def __init__(self, reason: str, path: str | os.PathLike | None = None, *, limit: str) -> None:
+        super().__init__(reason, path)
+        self.limit = limit
 
 
 class CheckpointError(LongVUError):
@@ -52,3 +80,14 @@ class ContextOverflowError(LongVUError):
 
 class Cancelled(Exception):
     """The caller cancelled the work (a client went away, Ctrl-C, a deadline passed)."""
+
+
+def display_path(path: str | os.PathLike | bytes, limit: int = 160) -> str:
+    """A path as it can go into a one-line message: control characters escaped, long ones shortened."""
+    text = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit // 2] + "..." + text[-(limit // 2) :]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())

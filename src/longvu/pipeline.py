@@ -38,7 +38,7 @@ from .model import DEFAULT_MODEL, LongVUModel, load_model
 from .observe import Observer, ParityObserver
 from .prompt import Conversation, check_message, reserved_markers, tokenize_with_image
 from .trace import Trace
-from .video import Sampling, VideoClip, probe_video
+from .video import MediaLimits, Sampling, VideoClip, probe_video
 
 DESCRIBE_PROMPT = "Describe this video in detail."
 
@@ -184,7 +184,7 @@ class LongVU:
     # ------------------------------------------------------------------ features
     def features(
         self, video: str | os.PathLike | VideoClip, sampling: Sampling | None = None, *, cancel=None,
-        observer: Observer | None = None,
+        observer: Observer | None = None, limits: MediaLimits | None = None,
     ) -> VisualFeatures:  # fmt: skip
         """The question-independent encoding of ``video``, from the feature cache when possible.
 
@@ -192,25 +192,27 @@ class LongVU:
             cancel: an object with ``is_set()`` (e.g. ``threading.Event``); encoding stops
                 with :class:`~longvu.errors.Cancelled` soon after it is set.
             observer: sees the encoder's tensors; one that ``needs_encoder`` bypasses the cache.
+            limits: bounds on duration, frames and frame size (a server's), enforced while
+                decoding and on the header of a cached video.
         """
         sampling = sampling or Sampling()
         use_cache = self.cache is not None and not isinstance(video, VideoClip)
         if not use_cache or (observer is not None and observer.needs_encoder):
-            return self._encode(video, sampling, cancel, observer)
+            return self._encode(video, sampling, cancel, observer, limits)
         t0 = time.perf_counter()
-        probe_video(video)
+        probe_video(video, limits)
         key = self._cache_key(video, sampling)
-        hit = self.cache.get(key)
+        hit = self.cache.get(key, video=video)
         if hit is not None:
             hit.timings = {"cache_hit": 1.0, "cache_read": time.perf_counter() - t0}
             return hit
-        feats = self._encode(video, sampling, cancel, observer)
+        feats = self._encode(video, sampling, cancel, observer, limits)
         self.cache.put(key, feats, video=os.path.realpath(video))
         return feats
 
-    def _encode(self, video, sampling: Sampling, cancel, observer) -> VisualFeatures:
+    def _encode(self, video, sampling: Sampling, cancel, observer, limits=None) -> VisualFeatures:
         return encode_video(self.model, video, sampling, keep_all_below=self._keep_all_below(), cancel=cancel,
-                            observer=observer, progress=self.progress)  # fmt: skip
+                            observer=observer, progress=self.progress, limits=limits)  # fmt: skip
 
     def _keep_all_below(self) -> int:
         """An upper bound of ``max_frames_dino`` over all prompts (text length 0)."""

@@ -46,11 +46,9 @@ def _frame_at(path: str, seconds: float):
     """The decoded frame (a PyAV ``VideoFrame``) at ``seconds``: seek to the keyframe before, decode forward."""
     import av
 
-    from .video import probe_fps, probe_video
+    from .video import open_video, probe_fps
 
-    probe_video(path)  # a readable file with a video stream, or a VideoError
-    with av.open(path) as container:
-        stream = container.streams.video[0]
+    with open_video(path) as (container, stream):
         half_frame = 0.5 / probe_fps(stream)
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         container.seek(int((start + seconds) / stream.time_base), stream=stream, backward=True, any_frame=False)
@@ -68,7 +66,13 @@ def _frame_at(path: str, seconds: float):
 
 
 def _encode_jpeg(frame, width: int) -> bytes:
-    image = frame.to_image()
+    from PIL import Image
+
+    from .video import Orientation
+
+    image = Image.fromarray(
+        Orientation.of(frame).apply(frame.to_ndarray(format="rgb24"))
+    )  # upright, as the model saw it
     height = max(1, round(image.height * width / image.width))
     buf = io.BytesIO()
     image.convert("RGB").resize((width, height)).save(buf, format="JPEG", quality=80)

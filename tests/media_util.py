@@ -1,0 +1,148 @@
+"""Small synthetic videos for the intake and decoding tests (built with PyAV, no downloads)."""
+
+from __future__ import annotations
+
+import struct
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+def pattern(n: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """``[n, h, w, 3]`` frames that look different under every flip and rotation."""
+    y, x = np.mgrid[0:h, 0:w]
+    out = np.zeros((n, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        out[i, ..., 0] = (x * 255 // (w - 1)).astype(np.uint8)
+        out[i, ..., 1] = (y * 255 // (h - 1)).astype(np.uint8)
+        out[i, ..., 2] = (i * 37) % 256
+        out[i, : h // 4, : w // 4] = 255  # a white block in the top-left corner
+    return out
+
+
+def write_clip(
+    path: Path,
+    frames: np.ndarray,
+    *,
+    fps: int = 10,
+    codec: str = "mpeg4",
+    pix_fmt: str = "yuv420p",
+    fmt: str | None = None,
+    rotation: int | None = None,
+    hflip: bool = False,
+    times: list[float] | None = None,
+) -> Path:
+    """Encode ``[N, H, W, 3]`` RGB frames; ``times`` (seconds) gives each frame's PTS (variable rate)."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as out:
+        s = out.add_stream(codec, rate=Fraction(fps))
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if codec == "mpeg4":
+            s.options = {"qscale": "2"}
+        if rotation is not None and hasattr(s.codec_context, "set_display_rotation"):  # PyAV >= 16
+            s.set_display_rotation(rotation, hflip=hflip)
+            rotation = None
+        if times is not None:
+            s.codec_context.time_base = Fraction(1, 1000)
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
+            for pkt in s.encode(frame):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+    if rotation is not None:  # older PyAV cannot set it: write the track header's matrix ourselves
+        _patch_tkhd_matrix(path, rotation, hflip)
+    return path
+
+
+def _patch_tkhd_matrix(path: Path, rotation: int, hflip: bool) -> None:
+    """Put a display matrix (FFmpeg's ``av_display_rotation_set`` then a horizontal flip) in an MP4's ``tkhd``.
+
+    The matrix is nine big-endian int32 (a b u c d v x y w; 16.16 fixed point but for u v w,
+    2.30), which FFmpeg's demuxer reads as the stream's display matrix.
+    """
+    import math
+    import struct
+
+    rad = math.radians(rotation)
+    c, s_ = round(math.cos(rad) * 65536), round(math.sin(rad) * 65536)
+    m = [c, -s_, 0, s_, c, 0, 0, 0, 1 << 30]
+    if hflip:
+        m[0], m[3], m[6] = -m[0], -m[3], -m[6]
+    data = bytearray(Path(path).read_bytes())
+    identity = struct.pack(">9i", 65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+    at = data.index(identity, data.index(b"tkhd"))
+    data[at : at + 36] = struct.pack(">9i", *m)
+    Path(path).write_bytes(bytes(data))
+
+
+def write_with_cover(path: Path, frames: np.ndarray | None, *, cover_first: bool = True) -> Path:
+    """An MP4 with a JPEG cover picture (``attached_pic``) and the video (or a silent audio track).
+
+    FFmpeg's muxer puts the cover after the tracks; with ``cover_first`` the ``udta`` box
+    that holds it is moved ahead of them, so a reader that takes the first video stream
+    gets the cover.
+    """
+    import av
+
+    with av.open(str(path), "w", format="mp4") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic.value  # an int: PyAV < 16 takes nothing else
+        if frames is not None:
+            main = out.add_stream("mpeg4", rate=10)
+            main.width, main.height, main.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            todo = [main.encode(av.VideoFrame.from_ndarray(f, format="rgb24")) for f in frames] + [main.encode()]
+        else:
+            main = out.add_stream("aac", rate=16000)
+            silence = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            silence.sample_rate = 16000
+            todo = [main.encode(silence), main.encode()]
+        picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        for pkt in [*cover.encode(picture.reformat(format="yuvj420p")), *cover.encode()]:
+            out.mux(pkt)
+        for pkts in todo:
+            for pkt in pkts:
+                out.mux(pkt)
+    if cover_first:
+        _move_udta_first(path)
+    return path
+
+
+def mp4_boxes(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
+    """Top-level boxes between ``start`` and ``end``: type -> (offset, size) (the last of each type)."""
+    out, at = {}, start
+    while at + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[at : at + 8])
+        out[kind] = (at, size)
+        at += max(size, 8)
+    return out
+
+
+def _move_udta_first(path: Path) -> None:
+    data = path.read_bytes()
+    m_at, m_size = mp4_boxes(data, 0, len(data))[b"moov"]
+    kids, at, parts = [], m_at + 8, {}
+    while at < m_at + m_size:
+        size, kind = struct.unpack(">I4s", data[at : at + 8])
+        kids.append(kind)
+        parts.setdefault(kind, []).append(data[at : at + size])
+        at += size
+    order = [b"mvhd", b"udta"] + [k for k in dict.fromkeys(kids) if k not in (b"mvhd", b"udta")]
+    body = b"".join(b for k in order for b in parts.get(k, []))
+    path.write_bytes(data[: m_at + 8] + body + data[m_at + m_size :])
+
+
+def patch_mp4_u32(path: Path, box_path: list[bytes], offset: int, value: int) -> None:
+    """Overwrite a big-endian u32 at ``offset`` inside the box found by following ``box_path``."""
+    data = bytearray(path.read_bytes())
+    start, end = 0, len(data)
+    for kind in box_path:
+        at, size = mp4_boxes(data, start, end)[kind]
+        start, end = at + 8, at + size
+    data[start - 8 + offset : start - 8 + offset + 4] = struct.pack(">I", value)
+    path.write_bytes(bytes(data))
