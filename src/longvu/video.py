@@ -168,6 +168,7 @@ def iter_frames(
     sampling: Sampling | None = None,
     info: StreamInfo | None = None,
     only: set[int] | None = None,
+    thread_type: str = "SLICE",
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Decode ``path`` and yield ``(source_index, seconds, rgb[H, W, 3])`` per sampled frame.
 
@@ -175,7 +176,9 @@ def iter_frames(
     first sampled frame's size.  ``info`` (if
     given) is filled in as decoding goes; ``info.total`` is the number of decoded frames
     once the generator is exhausted.  ``max_frames`` is not applied here: pass the
-    indices of :func:`planned_indices` as ``only``.
+    indices of :func:`planned_indices` as ``only``.  ``thread_type`` is PyAV's: ``SLICE``
+    (the default) or ``AUTO`` (frame threading too: faster when the cores are otherwise
+    idle, see :func:`longvu.devices.decode_threads`); the frames are the same either way.
     """
     import av
 
@@ -185,8 +188,7 @@ def iter_frames(
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        # Frame threading costs more than it gains here: the encoder keeps both cores busy.
-        stream.thread_type = "SLICE"
+        stream.thread_type = thread_type
         info.avg_fps = probe_fps(stream)
         info.step = sampling.step(info.avg_fps)
         first_shape = None
