@@ -213,7 +213,8 @@ def _results(groups, preset, kw, workers, ray_address, ray_gpus):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(kw,)) as pool:
+        ranks = ctx.Value("i", 0)  # each worker takes the next rank: its GPU is cuda:(rank mod GPUs)
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(kw, ranks, workers)) as pool:
             yield from pool.imap_unordered(_pool_run, [(g, preset) for g in groups])
     else:
         ev = Evaluator(**kw)
@@ -224,12 +225,13 @@ def _results(groups, preset, kw, workers, ray_address, ray_gpus):
 _WORKER: Evaluator | None = None
 
 
-def _init_worker(kw: dict) -> None:
+def _init_worker(kw: dict, ranks, workers: int) -> None:
     global _WORKER
-    import torch
+    from ..devices import pin_worker
 
-    torch.set_num_threads(1)
-    _WORKER = Evaluator(**kw)
+    with ranks.get_lock():
+        rank, ranks.value = ranks.value, ranks.value + 1
+    _WORKER = Evaluator(**{**kw, "device": pin_worker(kw["device"], rank, workers)})
 
 
 def _pool_run(args: tuple) -> list[dict]:
@@ -248,7 +250,10 @@ def _ray_results(groups, preset, kw, workers, address, gpus):
             ray.init(address=address, log_to_driver=False)
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    actor_cls = ray.remote(num_gpus=gpus, num_cpus=1)(Evaluator)
+    from ..devices import ray_cpus_per_gpu
+
+    cpus = max(1, int(ray_cpus_per_gpu(ray.nodes()) * gpus)) if gpus else 1  # a GPU actor: its share of the cores
+    actor_cls = ray.remote(num_gpus=gpus, num_cpus=cpus)(Evaluator)
     actors = [actor_cls.remote(**kw) for _ in range(max(1, workers))]
     pool = ActorPool(actors)
     yield from pool.map_unordered(lambda a, g: a.run_group.remote(g, preset), groups)
