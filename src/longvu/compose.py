@@ -186,7 +186,7 @@ def frame_tokens(model, feats, kept: list[int], mixed: bool, observer: Observer 
     """
     cfg, conn = model.cfg, model.connector
     hw = feats.frame_hw
-    sampled = feats.sampled_for(kept).to(model.device)  # [N, 144, vh]
+    sampled = feats.sampled_for(kept, device=model.device)  # [N, 144, vh]
     grid_hi = conn.project(sampled)  # [N, 12, 12, H]
     high, high_grid = conn.unpad_with_newlines(grid_hi, hw)
     low = low_grid = grid_lo = None
@@ -218,8 +218,10 @@ def add_frame_pos(tokens: torch.Tensor, positions: list[int], *, fix: bool = Fal
         positions: N kept-frame positions
     """
     h = tokens.shape[-1]
-    omega = torch.stack([1 / torch.pow(torch.tensor(10000), torch.tensor(2 * (j // 2) / h)) for j in range(h)])
-    angle = omega.reshape(1, -1) * torch.tensor(positions).reshape(-1, 1)  # (N, H)
+    # The code is computed on the host (the same numbers whatever the device) and moved once.
+    base = torch.tensor(10000, device="cpu")
+    omega = torch.stack([1 / torch.pow(base, torch.tensor(2 * (j // 2) / h, device="cpu")) for j in range(h)])
+    angle = omega.reshape(1, -1) * torch.tensor(positions, device="cpu").reshape(-1, 1)  # (N, H)
     pos = angle.clone()
     pos[:, 0::2] = torch.sin(angle[:, 0::2])
     pos[:, 1::2] = torch.cos(angle[:, 1::2]) if fix else torch.cos(pos[:, 0::2])

@@ -57,7 +57,7 @@ class LongVUConfig:
         default_factory=lambda: ["siglip/CLIP-ViT-SO400M-14-384", "facebook/dinov2-giant-res378"]
     )
     dino_image_size: int = 378  # the reference overrides DINOv2's processor to 378 px
-    encode_chunk: int = 16  # frames per tower forward pass (the reference uses 64; numerically irrelevant)
+    encode_chunk: int = 16  # frames per tower forward pass (the reference uses 64); see README "Precision and devices"
     # --- stage 1: DINOv2 temporal reduction ---
     dino_threshold: float = 0.83
     dino_window: int = 16
@@ -91,8 +91,8 @@ class LongVUConfig:
             raise ConfigError(f"min_visual_tokens must be at least 1, got {self.min_visual_tokens}")
         if not 0 <= self.max_history_share <= 1:
             raise ConfigError(f"max_history_share must be in [0, 1], got {self.max_history_share}")
-        if self.dino_window <= 0 or self.stc_window <= 0 or self.max_frames_cap <= 0:
-            raise ConfigError("dino_window, stc_window and max_frames_cap must be positive")
+        if self.dino_window <= 0 or self.stc_window <= 0 or self.max_frames_cap <= 0 or self.encode_chunk <= 0:
+            raise ConfigError("dino_window, stc_window, max_frames_cap and encode_chunk must be positive")
 
     # ------------------------------------------------------------------ derived
     @property

@@ -24,6 +24,11 @@ from torch import nn
 
 from .config import LongVUConfig
 
+# The sampler's attention batch is one element per query cell (frames x 144).  CUDA's
+# memory-efficient SDPA kernel before torch 2.8 fails above 65,535 batch elements
+# (encode_chunk >= 456 frames), so larger batches are split by frames.
+MAX_ATTENTION_BATCH = 65_535
+
 
 def _ln_linear(d_in: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_out, bias=False))
@@ -136,15 +141,17 @@ def unpad_window(rows: int, cols: int, image_hw: tuple[int, int], *, fix_orienta
     return slice(0, rows), slice(pad, cols - pad)
 
 
-def key_mask(aux_side: int, q_side: int, image_hw: tuple[int, int], *, fix_orientation: bool = False) -> torch.Tensor:
-    """Per-cell key mask ``[q*q, r*r]`` (True = attend) for one frame size.
+def key_mask(
+    aux_side: int, q_side: int, image_hw: tuple[int, int], *, fix_orientation: bool = False, device=None
+) -> torch.Tensor:
+    """Per-cell key mask ``[q*q, r*r]`` (True = attend) for one frame size, on ``device``.
 
     Patches of the 24x24 grid that fall in the square padding are masked (the
     reference's ``unmask_attention_mask``, same orientation quirk as
     :func:`unpad_window`); a cell with every key masked attends to all of them.
     """
     r = aux_side // q_side
-    m = torch.ones(aux_side, aux_side, dtype=torch.bool)
+    m = torch.ones(aux_side, aux_side, dtype=torch.bool, device=device)
     a, b = image_hw
     ow, oh = (b, a) if fix_orientation else (a, b)
     if ow / oh > 1.0:
@@ -158,8 +165,7 @@ def key_mask(aux_side: int, q_side: int, image_hw: tuple[int, int], *, fix_orien
             m[:, :pad] = False
             m[:, -pad:] = False
     m = m.view(q_side, r, q_side, r).permute(0, 2, 1, 3).reshape(q_side * q_side, r * r)
-    m[m.sum(-1) == 0] = True
-    return m
+    return m | ~m.any(-1, keepdim=True)  # a fully masked cell attends to all (no data-dependent indexing: no sync)
 
 
 def to_cells(x: torch.Tensor, q_side: int) -> torch.Tensor:
@@ -211,12 +217,15 @@ class SVAConnector(nn.Module):
         n, _, vh = aux[0].shape
         q_side = cfg.high_side
         nq = q_side * q_side
+        per_call = max(1, MAX_ATTENTION_BATCH // nq)
+        if n > per_call:  # every cell is its own batch element: frames split without changing a number
+            return torch.cat([self.sample([a[i : i + per_call] for a in aux], image_hw) for i in range(0, n, per_call)])
         context = aux[0].mean(1)  # (N, vh) global context from SigLIP
         context = context[:, None, None, :].expand(n, nq, 1, vh).reshape(n * nq, 1, vh)
         queries = self.vision_query[0].view(1, 1, vh).expand(n * nq, 1, vh).to(aux[0].dtype)
         kvs = [to_cells(a, q_side) for a in aux]  # each (N*Q, r*r, vh)
-        m = key_mask(cfg.aux_side, q_side, image_hw, fix_orientation=cfg.fix_unpad_orientation)
-        mask = torch.cat([m] * len(aux), dim=-1).to(aux[0].device)  # (Q, towers*r*r)
+        m = key_mask(cfg.aux_side, q_side, image_hw, fix_orientation=cfg.fix_unpad_orientation, device=aux[0].device)
+        mask = torch.cat([m] * len(aux), dim=-1)  # (Q, towers*r*r)
         mask = mask.repeat(n, 1)
         out = self.vision_sampler_0(queries, context, kvs, mask)  # (N*Q, 1, vh)
         return out.view(n, nq, vh)

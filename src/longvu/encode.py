@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .compress.temporal import select_frames, select_in_window, window_similarity
+from .devices import decode_threads, host_batch, preprocess_workers, upload
 from .errors import Cancelled, VideoError
 from .observe import Observer
 from .preprocess import ImageSpec, normalize, pad_and_resize, preprocess_frame
@@ -96,13 +97,23 @@ class VisualFeatures:
     def from_cache(self) -> bool:
         return "cache_hit" in self.timings
 
-    def sampled_for(self, positions: list[int]) -> torch.Tensor:
-        """``[len(positions), Q, vh]`` sampler outputs of the given sampled-frame positions."""
+    def sampled_for(self, positions: list[int], device: torch.device | None = None) -> torch.Tensor:
+        """``[len(positions), Q, vh]`` sampler outputs of the given sampled-frame positions.
+
+        With ``device``, the stored outputs move there first and stay (:meth:`to`), so that
+        every later question about this video (a chat's turns) finds them there.
+        """
         where = {p: i for i, p in enumerate(self.stored)}
         missing = [p for p in positions if p not in where]
         if missing:
             raise RuntimeError(f"frames {missing[:5]} were not encoded (stored: {len(self.stored)} frames)")
-        return self.sampled[torch.tensor([where[p] for p in positions], dtype=torch.long)]
+        sampled = self.to(device).sampled if device is not None else self.sampled
+        return sampled[torch.tensor([where[p] for p in positions], dtype=torch.long, device=sampled.device)]
+
+    def to(self, device: torch.device) -> VisualFeatures:
+        """Keep the stored sampler outputs on ``device`` (in place; a no-op once they are there)."""
+        self.sampled = upload(self.sampled, torch.device(device))
+        return self
 
 
 @dataclass
@@ -180,7 +191,9 @@ def _decoded_frames(
         frames: Iterator = zip(video.source_indices, video.timestamps, video.frames)
     else:
         wanted = planned_indices(video, sampling, limits) if sampling.max_frames is not None else None
-        frames = iter_frames(video, sampling, info, only=wanted, limits=limits)
+        frames = iter_frames(
+            video, sampling, info, only=wanted, limits=limits, thread_type=decode_threads(model.device)
+        )
     dino_spec, siglip_spec = model.dinov2.spec, model.siglip.spec
 
     def submit() -> Iterator[_Frame]:
@@ -202,13 +215,15 @@ class _Spill:
     """Append-only on-disk store of frames' SigLIP inputs and DINOv2 features, by position.
 
     Spilled data sits in the page cache, not in the process's memory, so an hour of
-    video costs disk space (only for frames that survive stage 1), not RAM.
+    video costs disk space (only for frames that survive stage 1), not RAM.  Features are
+    stored as their raw bytes in the model's dtype (a bf16 model spills half of float32).
     """
 
     def __init__(self, folder: str) -> None:
         self.images = open(os.path.join(folder, "siglip.bin"), "w+b")  # noqa: SIM115 (closed in close())
         self.feats = open(os.path.join(folder, "dino.bin"), "w+b")  # noqa: SIM115
         self.index: dict[int, tuple] = {}
+        self.dtype: torch.dtype | None = None
 
     def __enter__(self) -> _Spill:
         return self
@@ -217,72 +232,100 @@ class _Spill:
         self.images.close()
         self.feats.close()
 
-    def put(self, pos: int, siglip_input: tuple[np.ndarray, bool], feat: torch.Tensor) -> None:
-        image, resized = siglip_input
-        f = feat.detach().cpu().float().numpy()
+    def put(self, items: list[tuple[int, tuple[np.ndarray, bool]]], feats: torch.Tensor) -> None:
+        """Append frames: ``(position, SigLIP input)`` each, and their features ``[k, 576, C]``.
+
+        The features come to the host in one copy, whatever ``k``.
+        """
+        host = feats.detach().cpu().contiguous()  # [k, 576, C] in the model's dtype
+        self.dtype = host.dtype
+        raw = host.view(torch.uint8).numpy()  # [k, 576, C * itemsize]: the bytes, whatever the dtype
         self.images.seek(0, os.SEEK_END)
         self.feats.seek(0, os.SEEK_END)
-        self.index[pos] = (self.images.tell(), image.shape, resized, self.feats.tell(), f.shape)
-        self.images.write(np.ascontiguousarray(image).tobytes())
-        self.feats.write(f.tobytes())
+        for (pos, (image, resized)), f in zip(items, raw):
+            self.index[pos] = (self.images.tell(), image.shape, resized, self.feats.tell(), f.shape)
+            self.images.write(np.ascontiguousarray(image).tobytes())
+            self.feats.write(f.tobytes())
 
     def get(self, pos: int) -> tuple[tuple[np.ndarray, bool], np.ndarray]:
+        """A frame's SigLIP input and its features' bytes (``[576, C * itemsize]`` uint8; view as :attr:`dtype`)."""
         o_img, s_img, resized, o_feat, s_feat = self.index[pos]
+        image = np.empty(s_img, dtype=np.uint8)
         self.images.seek(o_img)
-        image = np.frombuffer(self.images.read(int(np.prod(s_img))), dtype=np.uint8).reshape(s_img)
+        self.images.readinto(memoryview(image).cast("B"))
+        feat = np.empty(s_feat, dtype=np.uint8)
         self.feats.seek(o_feat)
-        feat = np.frombuffer(self.feats.read(int(np.prod(s_feat)) * 4), dtype=np.float32).reshape(s_feat)
+        self.feats.readinto(memoryview(feat).cast("B"))
         return (image, resized), feat
 
 
+def dino_batch(cfg) -> int:
+    """Frames per DINOv2 forward pass: as many whole stage-1 windows as fit in ``encode_chunk`` (at least one)."""
+    return cfg.dino_window * max(1, cfg.encode_chunk // cfg.dino_window)
+
+
 class _Stage1:
-    """Stage 1 as frames stream in: DINOv2 per window, its similarities, the frames to keep."""
+    """Stage 1 as frames stream in: DINOv2 per window, its similarities, the frames to keep.
+
+    With ``encode_chunk`` of at least two windows (a GPU setting), DINOv2 runs on several
+    windows per forward pass; the similarities and decisions stay per window.
+    """
 
     def __init__(self, model, spill: _Spill, keep_all_below: int, observer: Observer | None, timings: dict) -> None:
         self.model, self.spill, self.keep_all_below = model, spill, keep_all_below
         self.observer, self.timings = observer, timings
-        self.window: list[tuple[int, _Frame]] = []
+        self.batch = dino_batch(model.cfg)
+        self.pending: list[tuple[int, _Frame]] = []
         self.indices: list[int] = []
         self.times: list[float] = []
         self.sims: list[torch.Tensor] = []
         self.sizes: list[int] = []
         self.hw: tuple[int, int] | None = None
+        self.trimmed_at = 0
 
     def add(self, frame: _Frame) -> None:
         self.hw = self.hw or (int(frame.hw[0]), int(frame.hw[1]))
-        self.window.append((len(self.indices), frame))
+        self.pending.append((len(self.indices), frame))
         self.indices.append(frame.index)
         self.times.append(frame.time)
-        if len(self.window) == self.model.cfg.dino_window:
+        if len(self.pending) == self.batch:
             self.flush()
-            if len(self.sizes) % 32 == 0:
+            if len(self.sizes) - self.trimmed_at >= 32:
+                self.trimmed_at = len(self.sizes)
                 _release_freed_memory()
 
     def flush(self) -> None:
-        """DINOv2 on the buffered window; spill the frames that can still be needed."""
-        if not self.window:
+        """DINOv2 on the buffered frames; per window, its similarities and the frames to spill."""
+        if not self.pending:
             return
         t0 = time.perf_counter()
+        cfg, device = self.model.cfg, self.model.device
+        pixels = host_batch([f.dino.result() for _, f in self.pending], device)
+        feats = self.model.dinov2(pixels, cfg.aux_side)  # [b, 576, C] on the device
+        w = cfg.dino_window
+        for i in range(0, len(self.pending), w):
+            self._window(self.pending[i : i + w], pixels[i : i + w], feats[i : i + w])
+        self.pending.clear()
+        self.timings["dino"] += time.perf_counter() - t0
+
+    def _window(self, window: list[tuple[int, _Frame]], pixels: torch.Tensor, feats: torch.Tensor) -> None:
+        """One stage-1 window: ``pixels`` (host) and ``feats [w, 576, C]`` (device)."""
         cfg = self.model.cfg
-        positions = [p for p, _ in self.window]
-        pixels = torch.from_numpy(np.stack([f.dino.result() for _, f in self.window]))
-        feats = self.model.dinov2(pixels, cfg.aux_side)  # [w, 576, C]
-        sim = window_similarity(feats.float())  # [w]
+        sim = window_similarity(feats.float()).cpu()  # [w], to the host: the decisions below need no device
         keep = set(select_in_window(sim, cfg.dino_threshold, cfg.fix_dino_middle_frame).tolist())
-        self.sims.append(sim.cpu())
-        self.sizes.append(len(self.window))
-        for i, (pos, frame) in enumerate(self.window):
-            if i in keep or pos < self.keep_all_below:
-                self.spill.put(pos, frame.siglip.result(), feats[i])
+        self.sims.append(sim)
+        self.sizes.append(len(window))
+        rows = [i for i, (pos, _) in enumerate(window) if i in keep or pos < self.keep_all_below]
+        if rows:
+            picked = feats[torch.tensor(rows, dtype=torch.long, device=feats.device)]
+            self.spill.put([(window[i][0], window[i][1].siglip.result()) for i in rows], picked)
         if self.observer:
-            spec, window = self.model.siglip.spec, list(self.window)
+            spec = self.model.siglip.spec
             self.observer.on_window(
-                positions=positions, pixels=pixels, features=feats,
+                positions=[p for p, _ in window], pixels=pixels, features=feats,
                 siglip_pixels=lambda: torch.from_numpy(np.stack([siglip_pixels(f.siglip.result(), spec)
                                                                  for _, f in window])),
             )  # fmt: skip
-        self.window.clear()
-        self.timings["dino"] += time.perf_counter() - t0
 
     def stored(self) -> tuple[list[int], bool]:
         """Positions SigLIP must encode, and whether that is every sampled frame."""
@@ -305,9 +348,9 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
     """SigLIP and the connector on the stored frames, in chunks of ``encode_chunk``.
 
     The next chunk's frames are read and preprocessed while the current one runs.
-    Returns ``[K, Q, vh]``.
+    Returns ``[K, Q, vh]`` on the model's device.
     """
-    cfg, conn, siglip = model.cfg, model.connector, model.siglip
+    cfg, conn, siglip, device = model.cfg, model.connector, model.siglip, model.device
     dtype = next(conn.parameters()).dtype
 
     def submit(part: list[int]) -> list[tuple[Future, np.ndarray]]:
@@ -320,9 +363,9 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
         _check(cancel)
         current, pending = pending, submit(parts[k + 1]) if k + 1 < len(parts) else []
         t0 = time.perf_counter()
-        sig = siglip(torch.from_numpy(np.stack([fut.result() for fut, _ in current])), cfg.aux_side)  # [n, 576, C]
+        sig = siglip(host_batch([fut.result() for fut, _ in current], device), cfg.aux_side)  # [n, 576, C]
         t1 = time.perf_counter()
-        dino = torch.from_numpy(np.stack([d for _, d in current])).to(device=sig.device, dtype=dtype)
+        dino = upload(host_batch([d for _, d in current], device).view(spill.dtype), sig.device, dtype)
         with torch.inference_mode():
             aux = conn.project_aux([sig.to(dtype), dino])
             sampled = conn.sample(aux, hw)  # [n, Q, vh]
@@ -364,7 +407,7 @@ def encode_video(
     timings = dict.fromkeys(("decode_wait", "dino", "siglip", "connector"), 0.0)
     t_start = time.perf_counter()
     bar = _progress_bar(video, sampling, progress)
-    pool = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())), thread_name_prefix="longvu-prep")
+    pool = ThreadPoolExecutor(max_workers=preprocess_workers(model.device), thread_name_prefix="longvu-prep")
     try:
         with tempfile.TemporaryDirectory(prefix="longvu-") as tmp, _Spill(tmp) as spill:
             stage1 = _Stage1(model, spill, keep_all_below, observer, timings)

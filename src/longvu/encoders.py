@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import bicubic_on_host, upload
 from .errors import CheckpointError
 from .preprocess import ImageSpec
 
@@ -68,13 +69,15 @@ def legacy_dinov2_pos_encoding(self, embeddings: torch.Tensor, height: int, widt
     h = height // self.config.patch_size + 0.1
     w = width // self.config.patch_size + 0.1
     patch_pos = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, C, side, side)
-    target_dtype = patch_pos.dtype
+    target = patch_pos
+    if bicubic_on_host(patch_pos.device):  # MPS before torch 2.6: no bicubic kernel there
+        patch_pos = patch_pos.cpu()
     patch_pos = F.interpolate(
         patch_pos.to(torch.float32),
         scale_factor=(float(h / side), float(w / side)),
         mode="bicubic",
         align_corners=False,
-    ).to(target_dtype)
+    ).to(device=target.device, dtype=target.dtype)
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)  # (1, h*w, C)
     return torch.cat((class_pos, patch_pos), dim=1)
 
@@ -109,7 +112,7 @@ class VisionTower:
     def __call__(self, pixels: torch.Tensor, out_side: int = 24) -> torch.Tensor:
         """``[N, 3, S, S]`` pixels -> ``[N, out_side**2, C]`` features (in the tower's dtype)."""
         p = next(self.model.parameters())
-        pixels = pixels.to(device=p.device, dtype=p.dtype)
+        pixels = upload(pixels, p.device, p.dtype)
         if self.kind == "dinov2":
             hidden = self.model(pixel_values=pixels).last_hidden_state[:, 1:]
         else:

@@ -80,13 +80,16 @@ class _StopOnSequence:
     """Stop when the generated ids end with ``stop_ids`` (the reference's keyword stop)."""
 
     def __init__(self, stop_ids: list[int]) -> None:
-        self.stop_ids = torch.tensor(stop_ids, dtype=torch.long)
+        self.ids = list(stop_ids)
+        self.stop_ids: torch.Tensor | None = None  # made on the generating device at the first step
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        n = len(self.stop_ids)
+        n = len(self.ids)
         if not n or input_ids.shape[1] < n:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        return (input_ids[:, -n:] == self.stop_ids.to(input_ids.device)).all(dim=1)
+        if self.stop_ids is None or self.stop_ids.device != input_ids.device:
+            self.stop_ids = torch.tensor(self.ids, dtype=torch.long, device=input_ids.device)
+        return (input_ids[:, -n:] == self.stop_ids).all(dim=1)
 
 
 class _StopOnEvent:

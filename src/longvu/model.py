@@ -21,6 +21,7 @@ import torch
 
 from .config import LongVUConfig
 from .connector import SVAConnector
+from .devices import configure_precision
 from .encoders import VisionTower, load_tower, quiet_transformers, resolve_tower_folder
 from .errors import CheckpointError
 
@@ -245,6 +246,7 @@ def _load_model(model, device: str, dtype: str, siglip, dinov2, overrides) -> Lo
         cfg = cfg.with_overrides(overrides)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    configure_precision(dev, dt)  # float32 on CUDA: no TF32 (process-wide flags, see devices.py)
     weights = weight_index(folder)
     tokenizer = load_tokenizer(folder)
 

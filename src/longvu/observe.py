@@ -103,14 +103,14 @@ class ParityObserver(Observer):
             return
         pd, fd, ps = host64(pixels), host64(features), host64(siglip_pixels())
         stats = {
-            "pixels_dino_sum": pd.sum((1, 2, 3)),
-            "pixels_dino_sq_sum": (pd**2).sum((1, 2, 3)),
-            "pixels_siglip_sum": ps.sum((1, 2, 3)),
-            "pixels_siglip_sq_sum": (ps**2).sum((1, 2, 3)),
-            "features_dino_sum": fd.sum((1, 2)),
-            "features_dino_l2": fd.flatten(1).norm(dim=1),
+            "pixels_dino_sum": pd.sum((1, 2, 3)).numpy(),
+            "pixels_dino_sq_sum": (pd**2).sum((1, 2, 3)).numpy(),
+            "pixels_siglip_sum": ps.sum((1, 2, 3)).numpy(),
+            "pixels_siglip_sq_sum": (ps**2).sum((1, 2, 3)).numpy(),
+            "features_dino_sum": fd.sum((1, 2)).numpy(),
+            "features_dino_l2": fd.flatten(1).norm(dim=1).numpy(),
         }
-        _scatter(self._per_frame, positions, {k: v.numpy() for k, v in stats.items()})
+        _scatter(self._per_frame, positions, stats)
         if positions[0] == 0:
             self.arrays["pixels_dino_frame0_crop"] = pixels[0, :, :16, :16].detach().cpu().float().numpy()
             self.arrays["pixels_siglip_frame0_crop"] = ps[0, :, :16, :16].float().numpy()

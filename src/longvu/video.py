@@ -554,11 +554,13 @@ def count_frames(path: str | os.PathLike, limits: MediaLimits | None = None) -> 
         return n, fps
 
 
-def _decode(container, stream, limits: MediaLimits, path: str, info: StreamInfo) -> Iterator[tuple[int, object]]:
+def _decode(
+    container, stream, limits: MediaLimits, path: str, info: StreamInfo, thread_type: str = "SLICE"
+) -> Iterator[tuple[int, object]]:
     """Every decoded frame as ``(index, av.VideoFrame)``, within ``limits``."""
     import av
 
-    stream.thread_type = "SLICE"  # frame threading costs more than it gains: the encoder keeps both cores busy
+    stream.thread_type = thread_type  # SLICE unless the cores are free (the model is off the CPU)
     if limits.max_pixels is not None:
         # The decoder's own bound stops it before it allocates a huge picture; it counts
         # padded sizes, so it gets headroom and the exact check is ours, per frame.
@@ -587,6 +589,7 @@ def iter_frames(
     only: set[int] | None = None,
     *,
     limits: MediaLimits | None = None,
+    thread_type: str = "SLICE",
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Decode ``path`` and yield ``(source_index, seconds, rgb[H, W, 3])`` per sampled frame.
 
@@ -596,7 +599,9 @@ def iter_frames(
     decoding goes; ``info.total`` is the number of decoded frames once the generator is
     exhausted.  ``max_frames`` is not applied here: pass the indices of
     :func:`planned_indices` as ``only``.  A video that yields no frame is a
-    :class:`VideoError`; one over ``limits`` a :class:`MediaLimitError`.
+    :class:`VideoError`; one over ``limits`` a :class:`MediaLimitError`.  ``thread_type`` is
+    PyAV's: ``SLICE`` (the default) or ``AUTO`` (frame threading too: faster when the cores are
+    otherwise idle, see :func:`longvu.devices.decode_threads`); the frames are the same either way.
     """
     sampling = sampling or Sampling()
     info = info if info is not None else StreamInfo()
@@ -605,7 +610,7 @@ def iter_frames(
     with _open(path, limits) as (container, stream):
         info.avg_fps = probe_fps(stream, path)
         info.step = sampling.step(info.avg_fps)
-        for index, frame in _decode(container, stream, limits, path, info):
+        for index, frame in _decode(container, stream, limits, path, info, thread_type):
             if not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
                 continue
             orientation = orientation or Orientation.of(frame)

@@ -95,7 +95,7 @@ class TextGuidedResult:
         high_frames: frame positions (ascending) given high-res tokens.
         highres_num: how many frames the budget allowed at high res (before the min
             with the frame count); 0 if the budget had no room.
-        frame_similarity: ``[N]`` per-frame text similarity, or None if not computed.
+        frame_similarity: ``[N]`` float32 per-frame text similarity, or None if not computed.
     """
 
     tokens: torch.Tensor
@@ -116,7 +116,7 @@ def select_high_res(
 
     ``highres_num = floor((max_visual_len - N*T_lo) / (T_hi - T_lo))`` frames get
     their high-res tokens: the top-k frames by mean over their low-res tokens of the
-    mean over text tokens of ``token . text``.
+    mean over text tokens of ``token . text``, computed in float32.
 
     Args:
         low: ``[N, T_lo, H]`` low-res tokens per frame (newlines included).
@@ -133,7 +133,9 @@ def select_high_res(
     highres_num = math.floor((max_visual_len - visual_len) / (t_hi - t_lo))
     if highres_num < 1:
         return TextGuidedResult(flat_low, [], highres_num, None)
-    sim = torch.matmul(flat_low, text.transpose(0, 1)).mean(dim=-1)  # (N*T_lo,)
+    # Scores in float32 whatever the model dtype: in bf16 they are quantised to ~1/256 and
+    # tie, and top-k would pick by the backend's tie order.  The tokens keep their dtype.
+    sim = torch.matmul(flat_low.float(), text.float().transpose(0, 1)).mean(dim=-1)  # (N*T_lo,)
     sim_frame = sim.reshape(n, -1).mean(dim=-1)  # (N,)
     k = min(highres_num, n)
     top = torch.topk(sim_frame, k).indices

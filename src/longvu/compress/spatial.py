@@ -3,7 +3,8 @@
 When the frames still exceed the budget, they are cut into windows of ``window``
 (8) frames.  The first frame of each window is kept whole; in every other frame,
 token k is kept only if its cosine similarity to token k of the window's first
-frame is below ``drop_threshold`` (it changed).  If the total is still too long,
+frame is below ``drop_threshold`` (it changed; the cosine is computed in float32
+whatever the tokens' dtype).  If the total is still too long,
 the reference trims the same number of tokens from the end of *every* window
 (``force_remove``, which can empty short windows), then cuts to the budget.
 
@@ -30,7 +31,7 @@ class STCResult:
     Attributes:
         tokens: ``[T', H]``, at most ``max_visual_len`` rows.
         chunks: per window ``{"first_frame", "num_frames", "tokens_in", "tokens_kept"}``.
-        similarity: cosine of every non-anchor token to its anchor, in window order.
+        similarity: float32 cosine of every non-anchor token to its anchor, in window order.
         keep_mask: ``[N*T]`` uint8, 1 for kept tokens (anchors included), before force-remove.
         reduced_len: tokens after the threshold rule.
         force_remove: tokens cut from the end of every window (0 if none).
@@ -69,8 +70,9 @@ def spatial_token_compression(
             kept_windows.append(chunk[0])
             masks.append(anchor_mask)
         else:
-            anchor = chunk[0].unsqueeze(0).repeat_interleave(len(chunk) - 1, dim=0)
-            sim = F.cosine_similarity(anchor, chunk[1:], dim=-1)  # (w-1, T)
+            # The cosine in float32 whatever the model dtype (bf16 moves it across drop_threshold).
+            anchor = chunk[0].unsqueeze(0).repeat_interleave(len(chunk) - 1, dim=0).float()
+            sim = F.cosine_similarity(anchor, chunk[1:].float(), dim=-1)  # (w-1, T)
             keep = sim.flatten(0, 1) < drop_threshold
             kept_windows.append(torch.cat([chunk[0], chunk[1:].flatten(0, 1)[keep]], dim=0))
             sims.append(sim.flatten())
@@ -89,7 +91,7 @@ def spatial_token_compression(
     return STCResult(
         tokens=tokens[:max_visual_len],
         chunks=chunks,
-        similarity=torch.cat(sims) if sims else frames.new_zeros(0),
+        similarity=torch.cat(sims) if sims else frames.new_zeros(0, dtype=torch.float32),
         keep_mask=torch.cat(masks),
         reduced_len=reduced,
         force_remove=force_remove,

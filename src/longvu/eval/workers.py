@@ -21,6 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..devices import ray_cpus_per_gpu, worker_threads
 from ..errors import LongVUError
 
 DEATHS_PER_GROUP = 2  # a group whose worker died this many times is given up (retried next run)
@@ -110,7 +111,7 @@ def _worker_main(conn, evaluator, kw: dict, gpu: str | None, threads: int) -> No
 class _Process:
     def __init__(self, ctx, slot: int, evaluator, kw: dict, n: int) -> None:
         self.conn, child = ctx.Pipe()
-        args = (child, evaluator, kw, gpu_for_slot(slot, kw.get("device", "auto")), threads_per_worker(n))
+        args = (child, evaluator, kw, gpu_for_slot(slot, kw.get("device", "auto")), worker_threads(n))
         self.proc = ctx.Process(target=_worker_main, args=args, daemon=True, name=f"longvu-eval-{slot}")
         self.proc.start()
         child.close()
@@ -162,11 +163,6 @@ def gpu_for_slot(slot: int, device: str) -> str | None:
 
         ids = [str(i) for i in range(torch.cuda.device_count())]
     return ids[slot % len(ids)] if len(ids) > 1 else None
-
-
-def threads_per_worker(n: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // n)
 
 
 def local_results(queue: Queue, preset, evaluator, kw: dict, n: int) -> Iterator[list[dict]]:
@@ -246,7 +242,8 @@ def ray_results(queue: Queue, preset, evaluator, kw: dict, n: int, address: str,
             ray.init(address=address, log_to_driver=False)
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    actor_cls = ray.remote(num_gpus=gpus, num_cpus=1)(Worker)
+    cpus = max(1, int(ray_cpus_per_gpu(ray.nodes()) * gpus)) if gpus else 1  # a GPU actor: its share of the cores
+    actor_cls = ray.remote(num_gpus=gpus, num_cpus=cpus)(Worker)
     slots = [_Actor(actor_cls, evaluator, kw) for _ in range(n)]
     try:
         yield from _drive_actors(queue, preset, slots, actor_cls, evaluator, kw)
