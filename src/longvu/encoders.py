@@ -102,6 +102,7 @@ class VisionTower:
     spec: ImageSpec
     hidden_size: int
     folder: str
+    output_device: torch.device | None = None  # where features go (the connector's device), if not here
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, out_side: int = 24) -> torch.Tensor:
@@ -113,7 +114,8 @@ class VisionTower:
         else:
             vm = getattr(self.model, "vision_model", self.model)  # transformers 4 nests it
             hidden = vm.encoder(inputs_embeds=vm.embeddings(pixels)).last_hidden_state
-        return resample_tokens(hidden, out_side)
+        out = resample_tokens(hidden, out_side)
+        return out if self.output_device is None else out.to(self.output_device)
 
     def encode(self, pixels: torch.Tensor, chunk: int = 64, out_side: int = 24) -> torch.Tensor:
         """Like ``__call__`` but in chunks of ``chunk`` frames."""
@@ -196,6 +198,9 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from .quantize import quiet_quantizers
+
+    quiet_quantizers()  # transformers may import torchao, which logs missing CUDA kernels
 
 
 def _load_strict(cls, folder: Path, cfg, dtype: torch.dtype, ignore_prefixes: tuple[str, ...]) -> nn.Module:

@@ -27,7 +27,7 @@ from .cache import FeatureCache
 from .compress import compute_budget, select_frames, select_high_res, spatial_token_compression, use_mixed_resolution
 from .config import LongVUConfig
 from .encode import VisualFeatures, encode_video
-from .model import DEFAULT_MODEL, LongVUModel, load_model
+from .model import DEFAULT_MODEL, LoadOptions, LongVUModel, load_model
 from .prompt import IMAGE_TOKEN_INDEX, Conversation, tokenize_with_image
 from .trace import Trace
 from .video import Sampling, VideoClip, probe_video
@@ -137,16 +137,24 @@ class LongVU:
         overrides: dict[str, Any] | None = None,
         cache: bool | str | os.PathLike | FeatureCache = True,
         progress: bool = False,
+        quantize: str | None = None,
+        options: LoadOptions | None = None,
     ) -> LongVU:
         """Load a checkpoint folder or hub id.
 
         Args:
             overrides: config fields to change, like ``--set``.
+            quantize: ``"int8"``, ``"nf4"`` or ``"int4"`` for the decoder (``--quantize``);
+                shorthand for ``options=LoadOptions(quantize=...)``.
+            options: placement and quantization (:class:`longvu.model.LoadOptions`).
             cache: ``True`` for the default feature cache (``$LONGVU_CACHE_DIR`` or
                 ``~/.cache/longvu``), a folder, a :class:`FeatureCache`, or ``False``.
             progress: show a progress bar on stderr while encoding videos.
         """
-        m = load_model(model, device=device, dtype=dtype, siglip=siglip, dinov2=dinov2, overrides=overrides)
+        if quantize is not None:
+            options = dataclasses.replace(options or LoadOptions(), quantize=quantize)
+        m = load_model(model, device=device, dtype=dtype, siglip=siglip, dinov2=dinov2, overrides=overrides,
+                       options=options)  # fmt: skip
         if cache is True:
             fc = FeatureCache()
         elif cache is False or cache is None:
