@@ -122,7 +122,11 @@ def write_shards(
     total = sum(math.prod(s) * size for _, s in specs)
     weight_map = {}
     for i, group in enumerate(groups):
-        fname = "model.safetensors" if len(groups) == 1 and not index else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        fname = (
+            "model.safetensors"
+            if len(groups) == 1 and not index
+            else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        )
         shard = {}
         for name, shape in group:
             shard[name] = random_tensor(name, shape, dtype, seed + _stable_hash(name))
@@ -241,8 +245,10 @@ def make_checkpoint(
         "like": p["like"],
         "preset": next(k for k, v in PRESETS.items() if v["like"] == p["like"]),
         "llm_layers": n_llm,
-        "vision_layers": {k: v["config"].get("num_hidden_layers") or v["config"]["vision_config"]["num_hidden_layers"]
-                          for k, v in towers.items()},  # fmt: skip
+        "vision_layers": {
+            k: v["config"].get("num_hidden_layers") or v["config"]["vision_config"]["num_hidden_layers"]
+            for k, v in towers.items()
+        },  # fmt: skip
         "seed": seed,
         "bytes": {"llm_and_connector": llm_bytes, **{k: v["bytes"] for k, v in towers.items()}},
         "made_by": "scripts/make_random_checkpoint.py",

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -18,7 +17,9 @@ def add_placement_options(g) -> None:
     g.add_argument("--quantize", choices=["int8", "nf4", "int4"],
                    help="quantize the LLM's linear layers: int8 (bitsandbytes on CUDA, torchao on CPU), "
                         "nf4 or int4 (bitsandbytes, CUDA only)")  # fmt: skip
-    g.add_argument("--vision-device", choices=["cpu", "cuda", "mps"], help="device of the vision towers (default --device)")
+    g.add_argument(
+        "--vision-device", choices=["cpu", "cuda", "mps"], help="device of the vision towers (default --device)"
+    )
     g.add_argument("--vision-dtype", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the vision towers (default --dtype)")  # fmt: skip
     g.add_argument("--llm-gpu-memory", metavar="SIZE",

@@ -93,14 +93,14 @@ def quantization_config(scheme: str | None, device: torch.device, dtype: torch.d
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
-    """Bytes held by a module's parameters and buffers, quantized tensors counted by their parts.
+    """Bytes held by a module's parameters, quantized tensors counted by their parts.
 
     A parameter shared by two modules (tied embeddings) or a view of another's storage
     (the shrunk vocabulary) is counted once, by storage.
     """
     seen: set[tuple[int, int]] = set()
     total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in module.parameters():
         for part in _tensor_parts(t):
             if part.device.type == "meta":
                 continue
