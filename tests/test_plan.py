@@ -109,9 +109,9 @@ def test_kv_cache_bytes_match_a_forward_pass():
 
 
 def test_feature_cache_bytes_match_an_encoded_video():
-    from longvu import LongVU
-
     from conftest import FIXTURES
+
+    from longvu import LongVU
 
     lv = LongVU.from_pretrained(QWEN, device="cpu", dtype="float32", cache=False)
     feats = lv.features(FIXTURES / "videos" / "video3.mp4")
