@@ -226,6 +226,9 @@ class LongVUModel:
 
             h = hashlib.sha256(weights_fingerprint(self.weight_files).encode())
             h.update(json.dumps(self.cfg.llm_config, sort_keys=True, default=str).encode())
+            tower = self.siglip_tower
+            if (tower.dtype, tower.device) != (self.dtype, self.device):  # towers placed apart: other features
+                h.update(f"towers {tower.dtype} {tower.device.type}".encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
