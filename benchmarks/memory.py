@@ -2,7 +2,11 @@
 quality drift of each quantization.
 
     python -m benchmarks.memory                      # Qwen2-7B widths, 2 LLM + 2 vision layers, 2-minute video
-    python -m benchmarks.memory --configs float32 int8-float32 --minutes 1   # a quicker subset
+    python -m benchmarks.memory --configs float32 int8-float32   # a subset
+    python -m benchmarks.memory --report                         # the table again, from what was measured
+
+Every finished measurement is appended to ``<work>/runs.jsonl`` and not repeated (``--redo``
+measures again), so an interrupted run resumes and several can run side by side.
 
 It builds (once, under ``out/``) a real-width random checkpoint with reduced depth
 (``scripts/make_random_checkpoint.py``) and a synthetic video, then for each configuration
@@ -139,15 +143,37 @@ def table(rows: list[dict], drift: dict, lin: dict) -> str:
     return "\n".join(lines)
 
 
+def _key(args, ckpt: Path) -> dict:
+    return {"checkpoint": ckpt.name, "minutes": args.minutes, "tokens": args.tokens}
+
+
+def _load_log(log: Path, key: dict) -> tuple[dict, dict]:
+    """Finished runs and drifts of this setup from ``runs.jsonl`` (the last of each wins)."""
+    runs, drift = {}, {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("key") == key:
+                (runs if rec["kind"] == "run" else drift)[rec["name"]] = rec["result"]
+    return runs, drift
+
+
+def _append(log: Path, key: dict, kind: str, name: str, result: dict) -> None:
+    with log.open("a") as f:
+        f.write(json.dumps({"key": key, "kind": kind, "name": name, "result": result}) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--like", default="qwen2-7b", choices=["qwen2-7b", "llama3.2-3b"])
     ap.add_argument("--llm-layers", type=int, default=2)
     ap.add_argument("--vision-layers", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=2.0)
-    ap.add_argument("--tokens", type=int, default=16, help="tokens generated per answer")
+    ap.add_argument("--tokens", type=int, default=8, help="tokens generated per answer")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--no-drift", action="store_true")
+    ap.add_argument("--redo", action="store_true", help="measure again what runs.jsonl already has")
+    ap.add_argument("--report", action="store_true", help="only write the report from runs.jsonl")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "memory-bench", help="checkpoints, videos, caches")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument(
@@ -160,23 +186,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     ckpt, video = ensure_inputs(args)
-    rows = []
-    for name in args.configs:
-        rows.append(measure(name, ckpt, video, args))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    drift = {}
-    for r in rows:
-        if r["quantize"] and not args.no_drift:
-            cache = args.work / "cache" / r["config"]
+    log, key = args.work / "runs.jsonl", _key(args, ckpt)
+    runs, drift = _load_log(log, key)
+    for name in [] if args.report else args.configs:
+        if name not in runs or args.redo:
+            runs[name] = measure(name, ckpt, video, args)
+            _append(log, key, "run", name, runs[name])
+            print(json.dumps(runs[name]), file=sys.stderr, flush=True)
+        dtype, quant = CONFIGS[name]
+        if quant and not args.no_drift and (dtype not in drift or args.redo):
+            cache = args.work / "cache" / name
             d = run_rss([sys.executable, "-m", "benchmarks.memory", "--child-drift", str(ckpt), str(video),
-                         str(cache), r["dtype"], str(args.tokens)])  # fmt: skip
-            drift[r["dtype"]] = json.loads(d["stdout"].strip().splitlines()[-1])
-            print(json.dumps(drift[r["dtype"]]), file=sys.stderr, flush=True)
+                         str(cache), dtype, str(args.tokens)])  # fmt: skip
+            drift[dtype] = json.loads(d["stdout"].strip().splitlines()[-1])
+            _append(log, key, "drift", dtype, drift[dtype])
+            print(json.dumps(drift[dtype]), file=sys.stderr, flush=True)
+    rows = [runs[n] for n in CONFIGS if n in runs]
     lin = {d: linear_weight_bytes(ckpt, d) for d in sorted({r["dtype"] for r in rows})}
-    result = {"checkpoint": ckpt.name, "like": args.like, "llm_layers": args.llm_layers,
-              "vision_layers": args.vision_layers, "minutes": args.minutes, "tokens": args.tokens,
-              "llm_linear_weight_bytes": lin, "runs": rows, "drift": drift,
-              "machine": {"cpus": os.cpu_count(), "torch_threads": None}}  # fmt: skip
+    result = {**key, "like": args.like, "llm_layers": args.llm_layers, "vision_layers": args.vision_layers,
+              "llm_linear_weight_bytes": lin, "runs": rows, "drift": drift, "cpus": os.cpu_count()}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out / "memory.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -40,7 +40,13 @@ GiB = 1024**3
 
 @dataclass(frozen=True)
 class Calibration:
-    """Measured constants (``python -m benchmarks.memory`` re-measures them; CPU, torch 2.13).
+    """Constants measured rather than derived (CPU, torch 2.13, transformers 5.24).
+
+    They come from one instrumented run of the 2-layer real-width checkpoint (RSS and its
+    anonymous/file parts from ``/proc/self/status`` after each stage) and from the shapes of
+    the tensors each stage keeps alive; ``python -m benchmarks.memory`` checks the totals
+    they give against whole-process peaks.  Re-measure them when the encoder, torch or
+    transformers change what a stage holds.
 
     Attributes:
         process_bytes: RSS of a ``longvu`` process before any weight is read (Python, torch,
