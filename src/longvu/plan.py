@@ -68,7 +68,7 @@ class Calibration:
         decoder_buffer_bytes: PyAV's own buffers (codec threads, packet queue).
     """
 
-    process_bytes: int = 420 * 1024**2
+    process_bytes: int = 300 * 1024**2
     cuda_context_bytes: int = 600 * 1024**2
     quantize_temporaries: float = 2.2
     tower_act_hidden: float = 6.0
@@ -302,17 +302,29 @@ def largest_matrix(s: Shapes, st: Settings) -> int:
 
 
 def load_terms(s: Shapes, st: Settings, cal: Calibration) -> dict[str, int]:
-    """Decoder loading: checkpoint pages held, converted weights, quantizer temporaries."""
+    """Decoder loading at its fullest moment.
+
+    At the end of loading every checkpoint page read is resident next to the converted
+    weights (none when the run dtype is the file's: the weights are the pages).  With
+    on-the-fly quantization the fuller moment may come earlier, while the largest matrix is
+    quantized: its pages, its copy in the compute dtype and the quantizer's float32 temporaries.
+    """
     w = sum(llm_weight_bytes(s, st).values())
     n = llm_param_counts(s)
     file_bytes = (n["embed"] + n["head"] + n["linear"] + n["other"]) * _b(s.file_dtype)
-    same = st.dtype == s.file_dtype and not st.quantize
-    terms = {"checkpoint pages (memory-mapped)": file_bytes, "decoder weights": 0 if same else w}
-    if st.quantize:
-        big = largest_matrix(s, st)
-        first = big * _b(s.file_dtype) + big * _b(st.dtype) + int(cal.quantize_temporaries * big * 4)
-        terms["quantizer temporaries"] = max(0, first - file_bytes - w)
-    return terms
+    same = st.device == "cpu" and st.dtype == s.file_dtype and not st.quantize
+    end = {"checkpoint pages (memory-mapped)": file_bytes, "decoder weights": 0 if same else w}
+    if not st.quantize:
+        return end
+    big = largest_matrix(s, st)
+    if st.device != "cpu":  # bitsandbytes quantizes on the GPU, one full-precision matrix at a time
+        return {**end, "matrix being quantized": big * _b(st.dtype)}
+    during = {
+        "checkpoint pages (memory-mapped)": big * _b(s.file_dtype),
+        "decoder weights": big * _b(st.dtype),
+        "quantizer temporaries": int(cal.quantize_temporaries * big * 4),
+    }
+    return during if sum(during.values()) > sum(end.values()) else end
 
 
 def tower_activation_bytes(s: Shapes, st: Settings, cal: Calibration) -> dict[str, int]:
@@ -457,17 +469,16 @@ def plan(shapes: Shapes, st: Settings, cal: Calibration | None = None) -> Plan:
     resident = {"decoder weights": llm_w - offloaded, "connector weights": conn_w}
     for stage in ("load", "encode", "compose", "generate"):
         put(stage, "cpu", "process (Python, torch, libraries)", cal.process_bytes)
-        for name, v in resident.items():
-            if stage == "load" and name == "decoder weights":
-                continue
-            put(stage, llm_dev, name, v)
+        if stage != "load":  # the connector is read after the decoder's pages are released
+            for name, v in resident.items():
+                put(stage, llm_dev, name, v)
         if offloaded:
             put(stage, "cpu", "offloaded decoder layers", offloaded)
     for name, v in load_terms(shapes, st, cal).items():
-        dev = "cpu" if "pages" in name else llm_dev
-        put("load", dev, name, v if dev == "cpu" or name != "decoder weights" else v)
-    if llm_dev == "cuda":
+        put("load", "cpu" if "pages" in name else llm_dev, name, v)
+    if llm_dev == "cuda" and offloaded:
         put("load", "cuda", "decoder weights", llm_w - offloaded)
+        put("load", "cpu", "offloaded decoder layers", offloaded)
     for stage in ("encode", "compose", "generate"):
         for name, v in towers_w.items():
             put(stage, vis_dev, f"{name} weights", v)
