@@ -294,16 +294,7 @@ def load_model(
     if set(towers) != {"siglip", "dinov2"}:
         raise CheckpointError(f"expected a SigLIP and a DINOv2 tower, config lists {cfg.vision_tower_names}")
 
-    device_map = _device_map(dev, opts.llm_gpu_memory)
-    max_memory = None
-    if opts.llm_gpu_memory is not None:
-        max_memory = {dev.index or 0: opts.llm_gpu_memory, "cpu": _host_memory()}
-    llm = _load_llm(cfg, folder, weights, dt, quantization=quantization_config(opts.quantize, dev, dt),
-                    device_map=device_map, max_memory=max_memory)  # fmt: skip
-    _fit_vocab(llm, len(tokenizer))
-    if device_map is None:
-        llm.to(dev)
-    llm.eval()
+    llm = _load_decoder(cfg, folder, weights, len(tokenizer), dev, dt, opts)
 
     widths = [towers["siglip"].hidden_size, towers["dinov2"].hidden_size]
     connector = SVAConnector(cfg, widths)
@@ -323,6 +314,23 @@ def load_model(
         cfg, tokenizer, llm, connector, towers["siglip"], towers["dinov2"], gen, dev, dt, folder, weight_files=files,
         options=opts,
     )  # fmt: skip
+
+
+def _load_decoder(
+    cfg: LongVUConfig, folder: Path, weights: dict[str, str], n_tok: int, dev: torch.device, dt: torch.dtype,
+    opts: LoadOptions,
+):  # fmt: skip
+    """The decoder, quantized and placed as ``opts`` says, its vocabulary fitted to the tokenizer."""
+    device_map = _device_map(dev, opts.llm_gpu_memory)
+    max_memory = None
+    if opts.llm_gpu_memory is not None:
+        max_memory = {dev.index or 0: opts.llm_gpu_memory, "cpu": _host_memory()}
+    llm = _load_llm(cfg, folder, weights, dt, quantization=quantization_config(opts.quantize, dev, dt),
+                    device_map=device_map, max_memory=max_memory)  # fmt: skip
+    _fit_vocab(llm, n_tok)
+    if device_map is None:
+        llm.to(dev)
+    return llm.eval()
 
 
 def _device_map(dev: torch.device, gpu_bytes: int | None):
