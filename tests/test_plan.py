@@ -181,6 +181,7 @@ def test_plan_cli_text_names_the_quantization_for_12gb(capsys):
         (["--frame-size", "big"], "--frame-size expects WxH"),
         (["--model", "/no/such/folder"], "not a checkpoint folder"),
         (["--device", "cpu", "--llm-gpu-memory", "4GB"], "needs --device cuda"),
+        (["--video", "/no/such.mp4"], "no such file"),
     ],
 )
 def test_plan_cli_errors(capsys, argv, needle):
@@ -188,3 +189,14 @@ def test_plan_cli_errors(capsys, argv, needle):
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("longvu: error: ") and needle in lines[0], err
+
+
+def test_plan_cli_reads_the_video(capsys):
+    from conftest import FIXTURES
+
+    rc = main(["plan", "--model", str(QWEN), "--device", "cpu", "--video", str(FIXTURES / "videos" / "video3.mp4"),
+               "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert 0 < out["settings"]["minutes"] < 5 and out["frames"] >= 1
+    assert out["peak_bytes"]["cuda"] == 0 and out["peak_bytes"]["cpu"] > 0

@@ -52,6 +52,7 @@ def add_plan_parser(sub) -> None:
                    help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
     add_placement_options(p)
     p.add_argument("--device-memory", metavar="SIZE", help="memory of the device (e.g. 24GB): say which settings fit")
+    p.add_argument("--video", help="a video: its length and frame size replace --minutes and --frame-size")
     p.add_argument("--minutes", type=float, default=60.0, help="video length (default 60)")
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
     p.add_argument("--frame-size", default="640x360", help="decoded frame size WxH (default 640x360)")
@@ -65,6 +66,9 @@ def settings_from_args(args):
     from .plan import Settings, parse_size
 
     dtype = args.dtype if args.dtype != "auto" else ("float32" if args.device == "cpu" else "bfloat16")
+    if args.video:
+        minutes, (w, h) = _probe(args.video)
+        args.minutes, args.frame_size = minutes, f"{w}x{h}"
     try:
         w, h = (int(x) for x in args.frame_size.lower().split("x"))
     except ValueError:
@@ -78,6 +82,19 @@ def settings_from_args(args):
     )  # fmt: skip
     _check(st)
     return st
+
+
+def _probe(path: str) -> tuple[float, tuple[int, int]]:
+    """Length in minutes and frame size of a video, from its container (nothing decoded)."""
+    import av
+
+    from .video import count_frames, probe_video
+
+    probe_video(path)
+    total, fps = count_frames(path)
+    with av.open(str(path)) as c:
+        cc = c.streams.video[0].codec_context
+        return total / fps / 60, (int(cc.width), int(cc.height))
 
 
 def _check(st) -> None:
