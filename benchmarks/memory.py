@@ -81,13 +81,26 @@ def linear_weight_bytes(ckpt: Path, dtype: str) -> int:
     return (n["linear"] + n["head"]) * DTYPE_BYTES[dtype]
 
 
+def _options(name: str, ckpt: Path) -> list[str]:
+    dtype, quant = CONFIGS[name]
+    return ["--model", str(ckpt), "--device", "cpu", "--dtype", dtype] + (["--quantize", quant] if quant else [])
+
+
+def predict(name: str, ckpt: Path, args) -> dict:
+    """``longvu plan --json``'s CPU peak for a configuration (the planner as it is now)."""
+    planned = run_rss([sys.executable, "-m", "longvu.cli", "plan", *_options(name, ckpt), "--minutes",
+                       str(args.minutes), "--frame-size", "640x360", "--max-new-tokens", str(args.tokens), "--json"])  # fmt: skip
+    p = json.loads(planned["stdout"])
+    return {
+        "predicted_bytes": p["peak_bytes"]["cpu"], "predicted_stage": p["peak_stage"]["cpu"],
+        "predicted_stages_cpu": {k: sum(v["cpu"].values()) for k, v in p["stages"].items()},
+    }  # fmt: skip
+
+
 def measure(name: str, ckpt: Path, video: Path, args) -> dict:
     dtype, quant = CONFIGS[name]
     py = [sys.executable, "-m", "longvu.cli"]
-    opts = ["--model", str(ckpt), "--device", "cpu", "--dtype", dtype] + (["--quantize", quant] if quant else [])
-    planned = run_rss(py + ["plan", *opts, "--minutes", str(args.minutes), "--frame-size", "640x360",
-                            "--max-new-tokens", str(args.tokens), "--json"])  # fmt: skip
-    predicted = json.loads(planned["stdout"])
+    opts = _options(name, ckpt)
     cache = args.work / "cache" / name
     if cache.exists():
         import shutil
@@ -95,12 +108,8 @@ def measure(name: str, ckpt: Path, video: Path, args) -> dict:
         shutil.rmtree(cache)
     ask = run_rss(py + ["ask", str(video), QUESTION, *opts, "--greedy", "--max-new-tokens", str(args.tokens),
                         "--cache-dir", str(cache), "--no-stream", "--quiet"])  # fmt: skip
-    peak, pred = ask["peak_rss_bytes"], predicted["peak_bytes"]["cpu"]
-    return {
-        "config": name, "dtype": dtype, "quantize": quant, "wall_s": ask["wall_s"], "peak_rss_bytes": peak,
-        "predicted_bytes": pred, "predicted_stage": predicted["peak_stage"]["cpu"], "error": round(pred / peak - 1, 4),
-        "predicted_stages_cpu": {k: sum(v["cpu"].values()) for k, v in predicted["stages"].items()},
-    }  # fmt: skip
+    return {"config": name, "dtype": dtype, "quantize": quant, "wall_s": ask["wall_s"],
+            "peak_rss_bytes": ask["peak_rss_bytes"]}  # fmt: skip
 
 
 def drift_child(ckpt: str, video: str, cache_dir: str, dtype: str, tokens: int) -> None:
@@ -128,18 +137,24 @@ def drift_child(ckpt: str, video: str, cache_dir: str, dtype: str, tokens: int) 
 def table(rows: list[dict], drift: dict, lin: dict) -> str:
     gib = 1024**3
     lines = [
-        "| config | measured peak RSS | `longvu plan` | error | peak stage (plan) | wall | drift vs unquantized |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| config | measured peak RSS | `longvu plan` | error | peak stage (plan) | drift vs unquantized |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         d = drift.get(r["dtype"]) if r["quantize"] else None
-        dtext = f"tokens {d['token_agreement']:.0%}, logits cos {d['logits_cosine']:.4f}" if d else "-"
+        dtext = f"tokens {d['token_agreement']:.0%}, step-0 logits cosine {d['logits_cosine']:.4f}" if d else "-"
         lines.append(
             f"| {r['config']} | {r['peak_rss_bytes'] / gib:.2f} GiB | {r['predicted_bytes'] / gib:.2f} GiB | "
-            f"{r['error']:+.1%} | {r['predicted_stage']} | {r['wall_s']:.0f} s | {dtext} |"
+            f"{r['error']:+.1%} | {r['predicted_stage']} | {dtext} |"
         )
+    by = {r["config"]: r for r in rows}
+    lines.append("")
     for dtype, b in lin.items():
-        lines.append(f"\nLLM linear-weight bytes ({dtype}): {b / gib:.2f} GiB")
+        base, q = by.get(dtype), by.get(f"int8-{dtype}")
+        if base and q:
+            saved = base["peak_rss_bytes"] - q["peak_rss_bytes"]
+            lines.append(f"- `--quantize int8` with {dtype} lowers the measured peak by {saved / gib:.2f} GiB, "
+                         f"{saved / b:.0%} of the LLM's linear-weight bytes ({b / gib:.2f} GiB).")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -201,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             drift[dtype] = json.loads(d["stdout"].strip().splitlines()[-1])
             _append(log, key, "drift", dtype, drift[dtype])
             print(json.dumps(drift[dtype]), file=sys.stderr, flush=True)
-    rows = [runs[n] for n in CONFIGS if n in runs]
+    rows = []
+    for name in [n for n in CONFIGS if n in runs]:
+        row = {**runs[name], **predict(name, ckpt, args)}  # predictions by the current planner
+        row["error"] = round(row["predicted_bytes"] / row["peak_rss_bytes"] - 1, 4)
+        rows.append(row)
     lin = {d: linear_weight_bytes(ckpt, d) for d in sorted({r["dtype"] for r in rows})}
     result = {**key, "like": args.like, "llm_layers": args.llm_layers, "vision_layers": args.vision_layers,
               "llm_linear_weight_bytes": lin, "runs": rows, "drift": drift, "cpus": os.cpu_count()}  # fmt: skip
