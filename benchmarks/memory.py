@@ -153,8 +153,9 @@ def table(rows: list[dict], drift: dict, lin: dict) -> str:
         base, q = by.get(dtype), by.get(f"int8-{dtype}")
         if base and q:
             saved = base["peak_rss_bytes"] - q["peak_rss_bytes"]
-            lines.append(f"- `--quantize int8` with {dtype} lowers the measured peak by {saved / gib:.2f} GiB, "
-                         f"{saved / b:.0%} of the LLM's linear-weight bytes ({b / gib:.2f} GiB).")  # fmt: skip
+            verb = "lowers" if saved >= 0 else "raises"
+            lines.append(f"- `--quantize int8` with {dtype} {verb} the measured peak by {abs(saved) / gib:.2f} GiB, "
+                         f"{abs(saved) / b:.0%} of the LLM's linear-weight bytes ({b / gib:.2f} GiB).")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ class Calibration:
 
     process_bytes: int = 300 * 1024**2
     cuda_context_bytes: int = 600 * 1024**2
-    quantize_temporaries: float = 2.2
+    quantize_temporaries: float = 2.0
     tower_act_hidden: float = 6.0
     tower_act_mlp: float = 2.0
     compose_copies: float = 4.0
@@ -307,7 +307,8 @@ def load_terms(s: Shapes, st: Settings, cal: Calibration) -> dict[str, int]:
     At the end of loading every checkpoint page read is resident next to the converted
     weights (none when the run dtype is the file's: the weights are the pages).  With
     on-the-fly quantization the fuller moment may come earlier, while the largest matrix is
-    quantized: its pages, its copy in the compute dtype and the quantizer's float32 temporaries.
+    quantized: its pages, its copy in the compute dtype (none in the file's dtype) and the
+    quantizer's float32 temporaries.
     """
     w = sum(llm_weight_bytes(s, st).values())
     n = llm_param_counts(s)
@@ -321,7 +322,7 @@ def load_terms(s: Shapes, st: Settings, cal: Calibration) -> dict[str, int]:
         return {**end, "matrix being quantized": big * _b(st.dtype)}
     during = {
         "checkpoint pages (memory-mapped)": big * _b(s.file_dtype),
-        "decoder weights": big * _b(st.dtype),
+        "decoder weights": big * _b(st.dtype) if st.dtype != s.file_dtype else 0,  # else the pages themselves
         "quantizer temporaries": int(cal.quantize_temporaries * big * 4),
     }
     return during if sum(during.values()) > sum(end.values()) else end
