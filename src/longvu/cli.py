@@ -45,6 +45,9 @@ def _add_model(p: argparse.ArgumentParser):
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
                    help="override a config field, e.g. --set dino_threshold=0.8 (repeatable)")  # fmt: skip
+    from .plan_cli import add_placement_options
+
+    add_placement_options(p.add_argument_group("quantization and placement (see `longvu plan`)"))
     c = p.add_argument_group("feature cache")
     c.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     c.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
@@ -137,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     vn.add_argument("--haystack", help="a video to build the haystack from (default: synthetic frames)")
     vn.add_argument("--lengths", type=_positive_int, nargs="+", default=[60, 120, 240, 480])
     vn.add_argument("--depths", type=_float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    from .plan_cli import add_plan_parser
+
+    add_plan_parser(sub)
     cache = sub.add_parser("cache", help="inspect or empty the feature cache")
     cache.add_argument("action", choices=["info", "clear"])
     cache.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
@@ -166,14 +172,18 @@ def _check_generation_args(args) -> None:
 def _load_model(args, overrides: dict, progress: bool):
     from .cache import FeatureCache
     from .pipeline import LongVU
+    from .plan_cli import load_options
 
     t0 = time.perf_counter()
     _log(args, f"loading {args.model} ...")
     lv = LongVU.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
         overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir), progress=progress,
+        options=load_options(args),
     )  # fmt: skip
     dtype = str(lv.dtype).removeprefix("torch.")
+    if lv.model.options.quantize:
+        dtype += f", LLM {lv.model.options.quantize}"
     _log(args, f"loaded in {time.perf_counter() - t0:.1f}s on {lv.device} ({dtype})")
     return lv
 
@@ -414,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(args)
         if args.command == "vniah":
             return run_vniah_generate(args)
+        if args.command == "plan":
+            from .plan_cli import run_plan
+
+            return run_plan(args)
         return run_ask(args)
     except LongVUError as e:
         print(f"longvu: error: {e}", file=sys.stderr)

@@ -107,6 +107,7 @@ class VisionTower:
     spec: ImageSpec
     hidden_size: int
     folder: str
+    output_device: torch.device | None = None  # where features go (the connector's device), if not here
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor, out_side: int = 24) -> torch.Tensor:
@@ -118,7 +119,8 @@ class VisionTower:
         else:
             vm = getattr(self.model, "vision_model", self.model)  # transformers 4 nests it
             hidden = vm.encoder(inputs_embeds=vm.embeddings(pixels)).last_hidden_state
-        return resample_tokens(hidden, out_side)
+        out = resample_tokens(hidden, out_side)
+        return out if self.output_device is None else out.to(self.output_device)
 
     def encode(self, pixels: torch.Tensor, chunk: int = 64, out_side: int = 24) -> torch.Tensor:
         """Like ``__call__`` but in chunks of ``chunk`` frames."""
@@ -207,8 +209,11 @@ def quiet_transformers() -> Iterator[None]:
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from .quantize import quiet_quantizers
+
     try:
-        yield
+        with quiet_quantizers():  # transformers may import torchao, which notes missing CUDA kernels
+            yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:

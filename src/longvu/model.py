@@ -23,7 +23,8 @@ from .config import LongVUConfig
 from .connector import SVAConnector
 from .devices import configure_precision
 from .encoders import VisionTower, load_tower, quiet_transformers, resolve_tower_folder
-from .errors import CheckpointError
+from .errors import CheckpointError, LongVUError
+from .quantize import check_scheme, quantization_config
 
 DEFAULT_MODEL = "Vision-CAIR/LongVU_Qwen2_7B"
 CONNECTOR_PREFIXES = ("model.mm_projector", "model.vision_sampler", "model.vision_query", "model.image_newline")
@@ -136,6 +137,27 @@ def build_llm_config(cfg: LongVUConfig):
     return LlamaConfig(**raw)
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """Where each part of the model goes and how it is shrunk (``--quantize``, ``--vision-*``).
+
+    The defaults put everything on ``device`` in ``dtype``, unquantized.
+
+    Attributes:
+        quantize: ``"int8"``, ``"nf4"`` or ``"int4"``: the decoder's linear layers (see
+            :mod:`longvu.quantize` for the library each uses on each device).
+        vision_device, vision_dtype: the two vision towers' device and dtype (default: the
+            LLM's).  Their features are handed to the connector on the LLM's device.
+        llm_gpu_memory: bytes of decoder weights allowed on the GPU; the layers that do not
+            fit stay in CPU RAM and are streamed in as they run (accelerate's ``device_map``).
+    """
+
+    quantize: str | None = None
+    vision_device: str | None = None
+    vision_dtype: str | None = None
+    llm_gpu_memory: int | None = None
+
+
 class LazyTower:
     """A vision tower loaded on first use.
 
@@ -144,9 +166,13 @@ class LazyTower:
     has to be encoded.  The folder is resolved, and its config read, at model load.
     """
 
-    def __init__(self, name: str, folder: Path, dtype: torch.dtype, device: torch.device, dino_image_size: int) -> None:
+    def __init__(
+        self, name: str, folder: Path, dtype: torch.dtype, device: torch.device, dino_image_size: int,
+        output_device: torch.device | None = None,
+    ) -> None:  # fmt: skip
         self.name, self.folder, self.dtype, self.device = name, folder, dtype, device
         self.dino_image_size = dino_image_size
+        self.output_device = output_device if output_device is not None and output_device != device else None
         self.hidden_size = tower_width(folder)
         self._tower: VisionTower | None = None
         self._lock = threading.Lock()
@@ -160,6 +186,7 @@ class LazyTower:
             if self._tower is None:
                 self._tower = load_tower(self.name, self.folder, dtype=self.dtype, device=self.device,
                                          dino_image_size=self.dino_image_size)  # fmt: skip
+                self._tower.output_device = self.output_device
             return self._tower
 
 
@@ -190,6 +217,7 @@ class LongVUModel:
     dtype: torch.dtype
     folder: Path
     weight_files: list[Path] = dataclasses.field(default_factory=list)
+    options: LoadOptions = dataclasses.field(default_factory=LoadOptions)
     _fingerprint: str | None = dataclasses.field(default=None, repr=False)
 
     def fingerprint(self) -> str:
@@ -199,6 +227,9 @@ class LongVUModel:
 
             h = hashlib.sha256(weights_fingerprint(self.weight_files).encode())
             h.update(json.dumps(self.cfg.llm_config, sort_keys=True, default=str).encode())
+            tower = self.siglip_tower
+            if (tower.dtype, tower.device) != (self.dtype, self.device):  # towers placed apart: other features
+                h.update(f"towers {tower.dtype} {tower.device.type}".encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -222,7 +253,8 @@ class LongVUModel:
     def embed(self, ids: list[int]) -> torch.Tensor:
         """``[n]`` token ids -> ``[n, H]`` input embeddings."""
         emb = self.llm.get_input_embeddings()
-        return emb(torch.tensor(ids, dtype=torch.long, device=self.device))
+        out = emb(torch.tensor(ids, dtype=torch.long, device=emb.weight.device))  # offloaded: on the CPU
+        return out.to(self.device)
 
 
 def load_model(
@@ -233,19 +265,25 @@ def load_model(
     siglip: str | None = None,
     dinov2: str | None = None,
     overrides: dict | None = None,
+    options: LoadOptions | None = None,
 ) -> LongVUModel:
     """Load a LongVU checkpoint from a folder or hub id (see :func:`resolve_checkpoint`)."""
     with quiet_transformers():
-        return _load_model(model, device, dtype, siglip, dinov2, overrides)
+        return _load_model(model, device, dtype, siglip, dinov2, overrides, options or LoadOptions())
 
 
-def _load_model(model, device: str, dtype: str, siglip, dinov2, overrides) -> LongVUModel:
+def _load_model(model, device: str, dtype: str, siglip, dinov2, overrides, opts: LoadOptions) -> LongVUModel:
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    vdev = pick_device(opts.vision_device) if opts.vision_device else dev
+    vdt = pick_dtype(opts.vision_dtype, vdev) if opts.vision_dtype else dt
+    check_scheme(opts.quantize, dev.type)  # before anything is read
+    if opts.llm_gpu_memory is not None and dev.type != "cuda":
+        raise LongVUError("--llm-gpu-memory (offloading decoder layers to CPU RAM) needs --device cuda")
     folder = resolve_checkpoint(model)
     cfg = LongVUConfig.from_checkpoint(folder)
     if overrides:
         cfg = cfg.with_overrides(overrides)
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
     configure_precision(dev, dt)  # float32 on CUDA: no TF32 (process-wide flags, see devices.py)
     weights = weight_index(folder)
     tokenizer = load_tokenizer(folder)
@@ -262,16 +300,11 @@ def _load_model(model, device: str, dtype: str, siglip, dinov2, overrides) -> Lo
             raise CheckpointError(f"{tf}: no preprocessor_config.json for the {kind} tower")
         if not list(tf.glob("*.safetensors")):
             raise CheckpointError(f"{tf}: no .safetensors weights")
-        towers[kind] = LazyTower(name, tf, dt, dev, cfg.dino_image_size)
+        towers[kind] = LazyTower(name, tf, vdt, vdev, cfg.dino_image_size, output_device=dev)
     if set(towers) != {"siglip", "dinov2"}:
         raise CheckpointError(f"expected a SigLIP and a DINOv2 tower, config lists {cfg.vision_tower_names}")
 
-    llm = _load_llm(cfg, folder, weights, dt)
-    n_tok = len(tokenizer)
-    if llm.get_input_embeddings().weight.shape[0] != n_tok:
-        # The reference builder resizes to len(tokenizer) at load (shrinking a padded vocab).
-        llm.resize_token_embeddings(n_tok, mean_resizing=False)
-    llm.to(dev).eval()
+    llm = _load_decoder(cfg, folder, weights, len(tokenizer), dev, dt, opts)
 
     widths = [towers["siglip"].hidden_size, towers["dinov2"].hidden_size]
     connector = SVAConnector(cfg, widths)
@@ -288,20 +321,90 @@ def _load_model(model, device: str, dtype: str, siglip, dinov2, overrides) -> Lo
     for tower in towers.values():
         files += sorted(Path(tower.folder).glob("*.safetensors"))
     return LongVUModel(
-        cfg, tokenizer, llm, connector, towers["siglip"], towers["dinov2"], gen, dev, dt, folder, weight_files=files
-    )
+        cfg, tokenizer, llm, connector, towers["siglip"], towers["dinov2"], gen, dev, dt, folder, weight_files=files,
+        options=opts,
+    )  # fmt: skip
 
 
-def _load_llm(cfg: LongVUConfig, folder: Path, weights: dict[str, str], dtype: torch.dtype):
+def _load_decoder(
+    cfg: LongVUConfig, folder: Path, weights: dict[str, str], n_tok: int, dev: torch.device, dt: torch.dtype,
+    opts: LoadOptions,
+):  # fmt: skip
+    """The decoder, quantized and placed as ``opts`` says, its vocabulary fitted to the tokenizer."""
+    device_map = _device_map(dev, opts.llm_gpu_memory)
+    max_memory = None
+    if opts.llm_gpu_memory is not None:
+        max_memory = {dev.index or 0: opts.llm_gpu_memory, "cpu": _host_memory()}
+    llm = _load_llm(cfg, folder, weights, dt, quantization=quantization_config(opts.quantize, dev, dt),
+                    device_map=device_map, max_memory=max_memory)  # fmt: skip
+    _fit_vocab(llm, n_tok)
+    if device_map is None:
+        llm.to(dev)
+    return llm.eval()
+
+
+def _device_map(dev: torch.device, gpu_bytes: int | None):
+    """Load straight onto the GPU (no full copy in host RAM); with a GPU budget, let accelerate
+    place what fits there and keep the remaining decoder layers in CPU RAM."""
+    if dev.type != "cuda":
+        return None
+    if gpu_bytes is None:
+        return {"": dev}
+    return "auto"
+
+
+def _host_memory() -> int:
+    """Physical RAM in bytes (what accelerate may use for offloaded layers)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _fit_vocab(llm, n_tok: int) -> None:
+    """Make the vocabulary ``len(tokenizer)`` rows, as the reference builder's ``resize_token_embeddings``.
+
+    Shrinking (Qwen2: 152064 rows -> 151646) keeps the first rows as views of the loaded
+    weights instead of copying them: the same numbers, without a second copy of the
+    embedding and the head (2 x 545M parameters for Qwen2-7B) in memory, and it works
+    on quantized heads.  Growing (not done by any released checkpoint) uses transformers'.
+    """
+    emb = llm.get_input_embeddings()
+    rows = emb.weight.shape[0]
+    if rows == n_tok:
+        return
+    if rows < n_tok:
+        llm.resize_token_embeddings(n_tok, mean_resizing=False)
+        return
+    head = llm.get_output_embeddings()
+    tied = head is not None and head.weight is emb.weight
+    emb.weight = torch.nn.Parameter(emb.weight.data[:n_tok], requires_grad=False)
+    emb.num_embeddings = n_tok
+    if head is not None:
+        head.weight = emb.weight if tied else torch.nn.Parameter(head.weight.data[:n_tok], requires_grad=False)
+        head.out_features = n_tok
+    llm.config.vocab_size = n_tok
+
+
+def _load_llm(
+    cfg: LongVUConfig, folder: Path, weights: dict[str, str], dtype: torch.dtype, *, quantization=None,
+    device_map=None, max_memory: dict | None = None,
+):  # fmt: skip
     from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
     cls = Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else LlamaForCausalLM
     llm_cfg = build_llm_config(cfg)
+    extra = {}
+    if quantization is not None:
+        extra["quantization_config"] = quantization
+    if device_map is not None:
+        extra["device_map"] = device_map
+    if max_memory is not None:
+        extra["max_memory"] = max_memory
     try:
         llm, info = cls.from_pretrained(
             str(folder), config=llm_cfg, dtype=dtype, local_files_only=True, output_loading_info=True,
-            attn_implementation="sdpa",
+            attn_implementation="sdpa", **extra,
         )  # fmt: skip
+    except ImportError as e:  # accelerate / a quantization library missing
+        raise LongVUError(f"cannot load the language model: {e}") from None
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{folder}: cannot load the language model ({e})") from None
     missing = sorted(info.get("missing_keys", []))

@@ -34,7 +34,7 @@ from .config import LongVUConfig
 from .context import fit_prompt
 from .encode import VisualFeatures, encode_video
 from .generation import Generated, GenerationOptions, TokenThread, answer_room, generate_ids
-from .model import DEFAULT_MODEL, LongVUModel, load_model
+from .model import DEFAULT_MODEL, LoadOptions, LongVUModel, load_model
 from .observe import Observer, ParityObserver
 from .prompt import Conversation, check_message, reserved_markers, tokenize_with_image
 from .trace import Trace
@@ -111,16 +111,24 @@ class LongVU:
         overrides: dict[str, Any] | None = None,
         cache: bool | str | os.PathLike | FeatureCache = True,
         progress: bool = False,
+        quantize: str | None = None,
+        options: LoadOptions | None = None,
     ) -> LongVU:
         """Load a checkpoint folder or hub id.
 
         Args:
             overrides: config fields to change, like ``--set``.
+            quantize: ``"int8"``, ``"nf4"`` or ``"int4"`` for the decoder (``--quantize``);
+                shorthand for ``options=LoadOptions(quantize=...)``.
+            options: placement and quantization (:class:`longvu.model.LoadOptions`).
             cache: ``True`` for the default feature cache (``$LONGVU_CACHE_DIR`` or
                 ``~/.cache/longvu``), a folder, a :class:`FeatureCache`, or ``False``.
             progress: show a progress bar on stderr while encoding videos.
         """
-        m = load_model(model, device=device, dtype=dtype, siglip=siglip, dinov2=dinov2, overrides=overrides)
+        if quantize is not None:
+            options = dataclasses.replace(options or LoadOptions(), quantize=quantize)
+        m = load_model(model, device=device, dtype=dtype, siglip=siglip, dinov2=dinov2, overrides=overrides,
+                       options=options)  # fmt: skip
         if cache is True:
             fc = FeatureCache()
         elif cache is False or cache is None:

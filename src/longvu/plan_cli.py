@@ -1,0 +1,158 @@
+"""``longvu plan``: print what a run would need (see :mod:`longvu.plan`), and the loading options
+(``--quantize``, ``--vision-device``, ...) that ``ask``, ``describe``, ``chat``, ``serve`` and
+``plan`` share."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .errors import LongVUError
+
+GiB = 1024**3
+
+
+def add_placement_options(g) -> None:
+    """Quantization and placement options (an argparse group)."""
+    g.add_argument("--quantize", choices=["int8", "nf4", "int4"],
+                   help="quantize the LLM's linear layers: int8 (bitsandbytes on CUDA, torchao on CPU), "
+                        "nf4 or int4 (bitsandbytes, CUDA only)")  # fmt: skip
+    g.add_argument(
+        "--vision-device", choices=["cpu", "cuda", "mps"], help="device of the vision towers (default --device)"
+    )
+    g.add_argument("--vision-dtype", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the vision towers (default --dtype)")  # fmt: skip
+    g.add_argument("--llm-gpu-memory", metavar="SIZE",
+                   help="keep at most SIZE (e.g. 10GB) of LLM weights on the GPU, the rest in CPU RAM (slow)")  # fmt: skip
+
+
+def load_options(args):
+    """:class:`longvu.model.LoadOptions` from parsed arguments."""
+    from .model import LoadOptions
+    from .plan import parse_size
+
+    gpu = getattr(args, "llm_gpu_memory", None)
+    return LoadOptions(
+        quantize=getattr(args, "quantize", None),
+        vision_device=getattr(args, "vision_device", None),
+        vision_dtype=getattr(args, "vision_dtype", None),
+        llm_gpu_memory=parse_size(gpu) if gpu else None,
+    )
+
+
+def add_plan_parser(sub) -> None:
+    from .model import DEFAULT_MODEL
+
+    p = sub.add_parser("plan", help="predict memory per component and stage, and the settings that fit")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="checkpoint folder or a released model (Vision-CAIR/LongVU_Qwen2_7B, "
+                        "Vision-CAIR/LongVU_Llama3_2_3B, or qwen2-7b / llama3.2-3b)")  # fmt: skip
+    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="device planned for (default cuda)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+    add_placement_options(p)
+    p.add_argument("--device-memory", metavar="SIZE", help="memory of the device (e.g. 24GB): say which settings fit")
+    p.add_argument("--video", help="a video: its length and frame size replace --minutes and --frame-size")
+    p.add_argument("--minutes", type=float, default=60.0, help="video length (default 60)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
+    p.add_argument("--frame-size", default="640x360", help="decoded frame size WxH (default 640x360)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                   help="config override, e.g. --set encode_chunk=64")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def settings_from_args(args):
+    from .plan import Settings, parse_size
+
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if args.device == "cpu" else "bfloat16")
+    if args.video:
+        minutes, (w, h) = _probe(args.video)
+        args.minutes, args.frame_size = minutes, f"{w}x{h}"
+    try:
+        w, h = (int(x) for x in args.frame_size.lower().split("x"))
+    except ValueError:
+        raise LongVUError(f"--frame-size expects WxH, e.g. 1920x1080, got {args.frame_size!r}") from None
+    if w <= 0 or h <= 0 or args.minutes <= 0 or args.fps <= 0 or args.max_new_tokens <= 0:
+        raise LongVUError("--frame-size, --minutes, --fps and --max-new-tokens must be positive")
+    st = Settings(
+        device=args.device, dtype=dtype, quantize=args.quantize, vision_device=args.vision_device,
+        vision_dtype=args.vision_dtype, llm_gpu_memory=parse_size(args.llm_gpu_memory) if args.llm_gpu_memory else None,
+        minutes=args.minutes, fps=args.fps, frame_size=(w, h), max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    _check(st)
+    return st
+
+
+def _probe(path: str) -> tuple[float, tuple[int, int]]:
+    """Length in minutes and frame size of a video, from its container (nothing decoded)."""
+    import av
+
+    from .video import count_frames, probe_video
+
+    probe_video(path)
+    total, fps = count_frames(path)
+    with av.open(str(path)) as c:
+        cc = c.streams.video[0].codec_context
+        return total / fps / 60, (int(cc.width), int(cc.height))
+
+
+def _check(st) -> None:
+    from .quantize import check_scheme
+
+    check_scheme(st.quantize, st.device)
+    if st.vdev == "mps":
+        raise LongVUError("longvu plan covers cpu and cuda devices")
+    if st.llm_gpu_memory is not None and st.device != "cuda":
+        raise LongVUError("--llm-gpu-memory (offloading LLM layers to CPU RAM) needs --device cuda")
+
+
+def run_plan(args) -> int:
+    from .config import parse_set_options
+    from .plan import fit, load_shapes, parse_size, plan
+
+    st = settings_from_args(args)
+    shapes = load_shapes(args.model, parse_set_options(args.overrides) or None)
+    p = plan(shapes, st)
+    out = p.to_dict()
+    result = None
+    if args.device_memory:
+        mem = parse_size(args.device_memory)
+        result = fit(shapes, st, mem)
+        out["fit"] = {k: v for k, v in result.items() if k != "plan"}
+        out["fit"]["device_memory"] = mem
+        if result["fits"]:
+            out["fit"]["peak_bytes"] = result["plan"].peak_bytes
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(render(p, result))
+    if result is not None and not result["fits"]:
+        print(f"longvu: error: {result['why']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def render(p, result=None) -> str:
+    """A human-readable plan: one block per stage, components with GiB per device."""
+    st = p.settings
+    lines = [f"{p.model}: {st.describe()}, {st.minutes:g} min at {st.fps:g} fps ({p.frames} frames, "
+             f"at most {p.kept_frames} kept)", ""]  # fmt: skip
+    for stage, devices in p.stages.items():
+        tot = {d: sum(v.values()) for d, v in devices.items()}
+        lines.append(f"{stage:9s} cuda {tot['cuda'] / GiB:6.2f} GiB   cpu {tot['cpu'] / GiB:6.2f} GiB")
+        for dev, parts in devices.items():
+            for name, v in parts.items():
+                if v >= 1024**2:
+                    lines.append(f"  {dev:4s} {v / GiB:7.3f}  {name}")
+    peak = p.peak_bytes
+    lines += ["", f"peak: cuda {peak['cuda'] / GiB:.2f} GiB ({p.peak_stage('cuda')}), "
+              f"cpu {peak['cpu'] / GiB:.2f} GiB ({p.peak_stage('cpu')})",
+              f"feature cache for this video: {p.feature_cache_bytes / 1024**2:.0f} MiB"]  # fmt: skip
+    if result is not None:
+        lines.append("")
+        for t in result["tried"]:
+            mark = "fits" if t["fits"] else "too big"
+            lines.append(f"  {t['need_bytes'] / GiB:6.1f} GiB  {mark:8s} {t['settings']}")
+        lines.append(f"use: {result['settings']}" if result["fits"] else result["why"])
+    return "\n".join(lines)
