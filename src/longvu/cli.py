@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-new-tokens", type=_positive_int, default=512, help="default answer length")
     n.add_argument("--upload-dir", help="where uploads are kept (default: a private temporary folder)")
     n.add_argument("--quiet", "-q", action="store_true")
-    ev = sub.add_parser("eval", help="run a benchmark (videomme, mlvu, egoschema, mvbench, vniah)")
-    ev.add_argument("benchmark", choices=["videomme", "mlvu", "egoschema", "mvbench", "vniah"])
+    ev = sub.add_parser("eval", help="run a benchmark (videomme, mlvu, egoschema, mvbench, vniah, synthetic)")
+    ev.add_argument("benchmark", choices=["videomme", "mlvu", "egoschema", "mvbench", "vniah", "synthetic"])
     ev.add_argument("--data", required=True, help="the benchmark's folder, in its published layout")
     ev.add_argument("--out", required=True, help="results folder (a re-run resumes)")
     ev.add_argument("--model", default=None, help="checkpoint folder or hub id")
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     vn.add_argument("--haystack", help="a video to build the haystack from (default: synthetic frames)")
     vn.add_argument("--lengths", type=_positive_int, nargs="+", default=[60, 120, 240, 480])
     vn.add_argument("--depths", type=_float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    from .synth_cli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub)
     cache = sub.add_parser("cache", help="inspect or empty the feature cache")
     cache.add_argument("action", choices=["info", "clear"])
     cache.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
@@ -366,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(args)
         if args.command == "vniah":
             return run_vniah_generate(args)
+        if args.command in ("synth", "data"):
+            from .synth_cli import run as run_data
+
+            return run_data(args)
         return run_ask(args)
     except LongVUError as e:
         print(f"longvu: error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import LongVUError
 from .answers import letters_for
+from .synthetic import load_synthetic
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -77,6 +78,7 @@ PRESETS = {
     "mlvu": Preset("mlvu", 0.5, 1000, (("dino_threshold", 0.82), ("drop_threshold", 0.77))),
     "egoschema": Preset("egoschema", 0.5, 1000, (("drop_threshold", 0.8),)),
     "mvbench": Preset("mvbench", 2.0, None, (("drop_threshold", 0.8),)),
+    "synthetic": Preset("synthetic", 1.0),  # `longvu synth` videos: 1 fps, every frame
 }
 
 
@@ -208,7 +210,8 @@ def load_mvbench(data: Path) -> list[Item]:
     return items
 
 
-LOADERS = {"videomme": load_videomme, "mlvu": load_mlvu, "egoschema": load_egoschema, "mvbench": load_mvbench}
+LOADERS = {"videomme": load_videomme, "mlvu": load_mlvu, "egoschema": load_egoschema, "mvbench": load_mvbench,
+           "synthetic": load_synthetic}  # fmt: skip
 
 
 def load_items(benchmark: str, data: str | Path, **kw) -> list[Item]:
