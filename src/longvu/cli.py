@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = srv.add_argument_group("scale-out (Ray Serve)")
     r.add_argument("--replicas", type=_positive_int, help="run N model replicas as a Ray Serve deployment")
     r.add_argument("--ray", metavar="ADDRESS", help="Ray cluster for --replicas ('auto', an address; default: local)")
-    ev = sub.add_parser("eval", help="run a benchmark (videomme, mlvu, egoschema, mvbench, vniah)")
-    ev.add_argument("benchmark", choices=["videomme", "mlvu", "egoschema", "mvbench", "vniah"])
+    ev = sub.add_parser("eval", help="run a benchmark (videomme, mlvu, egoschema, mvbench, vniah, synthetic)")
+    ev.add_argument("benchmark", choices=["videomme", "mlvu", "egoschema", "mvbench", "vniah", "synthetic"])
     ev.add_argument("--data", required=True, help="the benchmark's folder, in its published layout")
     ev.add_argument("--out", required=True, help="results folder (a re-run resumes)")
     ev.add_argument("--model", default=None, help="checkpoint folder or hub id")
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .plan_cli import add_plan_parser
 
     add_plan_parser(sub)
+    from .synth_cli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub)
     cache = sub.add_parser("cache", help="inspect or empty the feature cache")
     cache.add_argument("action", choices=["info", "clear"])
     cache.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
@@ -428,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
             from .plan_cli import run_plan
 
             return run_plan(args)
+        if args.command in ("synth", "data"):
+            from .synth_cli import run as run_data
+
+            return run_data(args)
         return run_ask(args)
     except LongVUError as e:
         print(f"longvu: error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import LongVUError
 from .answers import letters_for
+from .synthetic import load_synthetic
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -107,6 +108,7 @@ PRESETS = {
     "egoschema": Preset("egoschema", 0.5, 1000, (("drop_threshold", 0.8),)),
     # eval_mvbench.py: step round(fps / 2) of the float fps, so 2 "frames per second"
     "mvbench": Preset("mvbench", 2.0, None, (("drop_threshold", 0.8),), round_fps=False),
+    "synthetic": Preset("synthetic", 1.0),  # `longvu synth` videos: 1 fps, every frame
 }
 
 
@@ -238,7 +240,8 @@ def load_mvbench(data: Path) -> list[Item]:
     return items
 
 
-LOADERS = {"videomme": load_videomme, "mlvu": load_mlvu, "egoschema": load_egoschema, "mvbench": load_mvbench}
+LOADERS = {"videomme": load_videomme, "mlvu": load_mlvu, "egoschema": load_egoschema, "mvbench": load_mvbench,
+           "synthetic": load_synthetic}  # fmt: skip
 
 
 def load_items(benchmark: str, data: str | Path, **kw) -> list[Item]:

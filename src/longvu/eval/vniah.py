@@ -16,29 +16,14 @@ frame cannot answer.  ``score`` answers each item in one of two modes:
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from ..synth import word_frame, write_video
+
 NEEDLES = ["APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN"]
 QUESTION = "One frame of this video shows a single word in large letters. What is that word? Answer with the word only."
-
-
-def needle_frame(word: str, h: int, w: int) -> np.ndarray:
-    """A frame with ``word`` in large black letters on white."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    img = Image.new("RGB", (w, h), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    size = max(10, int(min(h, w / max(1, len(word)) * 1.6) * 0.5))
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    box = draw.textbbox((0, 0), word, font=font)
-    draw.text(((w - (box[2] - box[0])) / 2, (h - (box[3] - box[1])) / 2), word, fill=(0, 0, 0), font=font)
-    return np.asarray(img)
 
 
 def haystack_frames(source: str | None, n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
@@ -63,20 +48,6 @@ def haystack_frames(source: str | None, n: int, h: int, w: int, seed: int = 0) -
     return frames
 
 
-def write_frames(path: Path, frames: list[np.ndarray], fps: int = 1) -> None:
-    import av
-
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=Fraction(fps))
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        s.options = {"crf": "12", "preset": "veryfast"}
-        for f in frames:
-            for p in s.encode(__import__("av").VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-
-
 def generate(
     out_dir: str | Path,
     *,
@@ -95,9 +66,9 @@ def generate(
         for di, depth in enumerate(depths):
             word = NEEDLES[(li * len(depths) + di) % len(NEEDLES)]
             pos = int(round(depth * n))
-            frames = base[:pos] + [needle_frame(word, h, w)] + base[pos:n]
+            frames = base[:pos] + [word_frame(word, h, w)] + base[pos:n]
             name = f"len{n:05d}_depth{int(round(depth * 100)):03d}.mp4"
-            write_frames(out / "videos" / name, frames)
+            write_video(out / "videos" / name, frames, crf=12)
             items.append({"id": name[:-4], "video": f"videos/{name}", "length": n, "depth": depth,
                           "needle_index": pos, "question": QUESTION, "answer": word})  # fmt: skip
     manifest = out / "vniah.json"

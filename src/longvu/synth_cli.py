@@ -1,0 +1,75 @@
+"""Command line for training data: ``longvu synth`` (make a dataset) and ``longvu data check`` (check one).
+
+Kept apart from :mod:`longvu.cli`, which only registers these parsers and dispatches to :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = ("synth", "data")
+
+
+def add_parsers(sub) -> None:
+    """Register ``synth`` and ``data`` on the ``longvu`` sub-parsers."""
+    from .synth import FAMILIES
+
+    sy = sub.add_parser("synth", help="make a synthetic video QA dataset (videos + data.jsonl)")
+    sy.add_argument(
+        "--out", required=True, help="output folder (new, or made by an earlier run with the same settings)"
+    )
+    sy.add_argument("--n", type=int, required=True, help="number of videos")
+    sy.add_argument("--seed", type=int, default=0, help="dataset seed (default 0); another seed gives held-out data")
+    sy.add_argument("--minutes", type=float, nargs=2, default=[0.2, 4.0], metavar=("MIN", "MAX"),
+                    help="video lengths, log-uniform between MIN and MAX minutes (at least 12 s; default 0.2 4)")  # fmt: skip
+    sy.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
+    sy.add_argument("--families", nargs="+", default=list(FAMILIES), metavar="FAMILY",
+                    help=f"question families, taken in turn (default all: {' '.join(FAMILIES)})")  # fmt: skip
+    sy.add_argument("--questions-per-video", type=int, default=1, metavar="K",
+                    help="questions asked about each video, each a line of data.jsonl (default 1)")  # fmt: skip
+    sy.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    da = sub.add_parser("data", help="check a training JSONL (LLaVA / LongVU video SFT format)")
+    da.add_argument("action", choices=["check"])
+    da.add_argument("data", help="a .jsonl file, or a folder holding data.jsonl")
+    da.add_argument("--video-root", help="folder relative video paths start from (default: the JSONL's folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_synth(args) if args.command == "synth" else run_check(args)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthSettings, generate
+
+    settings = SynthSettings(
+        seed=args.seed, minutes=tuple(args.minutes), size=args.size, families=tuple(args.families),
+        questions_per_video=args.questions_per_video,
+    )  # fmt: skip
+    show = not args.quiet and sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if show:
+            print(f"\r{done}/{total} videos", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    path = generate(args.out, settings, args.n, progress=progress)
+    lines = sum(1 for _ in open(path))
+    print(f"wrote {args.n} videos and {lines} questions: {path}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from .data import DataError, load_examples, resolve_data
+
+    try:
+        examples = load_examples(args.data, video_root=args.video_root)
+    except DataError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        shown = f" (the first {len(e.errors)} shown)" if e.total > len(e.errors) else ""
+        print(f"longvu: error: {e.total} malformed line(s){shown}", file=sys.stderr)
+        return 2
+    videos = len({ex.video for ex in examples})
+    turns = sum(len(ex.turns) for ex in examples) // 2
+    print(f"{resolve_data(args.data)}: {len(examples)} examples, {turns} answers to learn, {videos} videos: ok")
+    return 0
