@@ -125,8 +125,8 @@ def heatmap(results: list[dict], path: str | Path, title: str = "V-NIAH") -> Non
 
 
 def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = "teacher", device: str = "auto",
-              dtype: str = "auto", overrides: dict | None = None) -> dict:  # fmt: skip
-    """Score every item of ``data/vniah.json`` (resumable) and draw the heatmap."""
+              dtype: str = "auto", overrides: dict | None = None, limit: int | None = None) -> dict:  # fmt: skip
+    """Score every item of ``data/vniah.json`` (the first ``limit``; resumable) and draw the heatmap."""
     from ..errors import LongVUError
     from ..pipeline import LongVU
     from .runner import RESULTS, ResultWriter, read_results
@@ -135,7 +135,7 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
     manifest = root / "vniah.json"
     if not manifest.exists():
         raise LongVUError(f"{root}: no vniah.json (make one with `longvu vniah generate`)")
-    items = json.loads(manifest.read_text())["items"]
+    items = json.loads(manifest.read_text())["items"][:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = read_results(out / RESULTS)
@@ -151,7 +151,9 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
         finally:
             writer.close()
     ordered = [done[it["id"]] for it in items]
-    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in ordered))
+    asked = {it["id"] for it in items}  # answers outside this run (--limit) are kept after them
+    kept = ordered + [r for q, r in done.items() if q not in asked]
+    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in kept))
     summary = {
         "benchmark": "vniah", "mode": mode, "items": len(ordered),
         "accuracy": round(100.0 * sum(r["correct"] for r in ordered) / len(ordered), 2),
