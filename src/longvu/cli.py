@@ -52,7 +52,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+        if "default" in text or not action.option_strings or action.required or action.default is argparse.SUPPRESS:
             return text
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)):
             return text
@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     except LongVUError as e:
         print(f"longvu: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("\nlongvu: interrupted", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # the generation thread was cancelled and joined on the way here
+        newline = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
+        print(f"{newline}longvu: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()

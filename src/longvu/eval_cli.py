@@ -57,12 +57,16 @@ def _add_benchmark(bench, name: str, title: str, data: str) -> None:
     if name == "videomme":
         f.add_argument("--subtitles", action="store_true",
                        help="add each video's subtitles to the prompt (the 'w/ subs' setting; default: without)")  # fmt: skip
+    _add_workers(p)
+    p.add_argument("--force", action="store_true", help="add to answers in --out that were made with other settings")
+
+
+def _add_workers(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("workers")
     r.add_argument("--workers", type=c.positive_int, default=1, metavar="N", help="model processes (or Ray actors)")
     r.add_argument("--ray", metavar="ADDRESS", help="run the workers on a Ray cluster: 'auto', an address, or 'local' (default: no Ray)")  # fmt: skip
     r.add_argument("--ray-gpus", type=c.non_negative_number, metavar="G",
                    help="GPUs per Ray worker (default: 1 where the cluster has GPUs, else 0)")  # fmt: skip
-    p.add_argument("--force", action="store_true", help="add to answers in --out that were made with other settings")
 
 
 def _describe(preset) -> str:
@@ -91,14 +95,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_vniah_eval(bench) -> None:
     p = bench.add_parser("vniah", help="V-NIAH: find the needle frame (videos from `longvu vniah generate`)",
-                         description="Score V-NIAH items: a word shown in one frame of a haystack video. One model "
-                                     "process; frames at 1 fps, every frame of the haystack.",
+                         description="Score V-NIAH items: a word shown in one frame of a haystack video. By default "
+                                     "every frame of the haystack (1 fps) reaches the model; a frame rate or cap below "
+                                     "that can skip the needle.",
                          epilog=c.examples(
                              c.TINY_NOTE,
                              "longvu vniah generate --out vniah --lengths 30 60 --depths 0 0.5 1",
                              f"longvu eval vniah --data vniah --out results/vniah --model {c.TINY_MODEL} --device cpu",
                          ))  # fmt: skip
     _add_common(p)
+    f = p.add_argument_group("frames")
+    f.add_argument("--sample-fps", type=c.positive_number, default=1.0, metavar="FPS", help="frames per second sampled")
+    f.add_argument("--max-frames", type=c.positive_int, metavar="N",
+                   help="keep at most N sampled frames, evenly spaced (default: all)")  # fmt: skip
+    _add_workers(p)
+    p.add_argument("--force", action="store_true", help="add to answers in --out that were made with other settings")
     p.add_argument("--mode", choices=["teacher", "generate"], default="teacher",
                    help="teacher: the answer's tokens are the model's greedy choices (LongVA's scoring); "
                         "generate: the word is in a free answer")  # fmt: skip
@@ -139,9 +150,15 @@ def _run_vniah(args, overrides: dict) -> int:
     from .eval.vniah import run_vniah
 
     summary = run_vniah(args.data, args.out, model=args.model, mode=args.mode, device=args.device, dtype=args.dtype,
-                        overrides=overrides, limit=args.limit)  # fmt: skip
+                        overrides=overrides, limit=args.limit, sample_fps=args.sample_fps, max_frames=args.max_frames,
+                        workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, force=args.force)  # fmt: skip
     print(f"V-NIAH ({summary['mode']}): {summary['accuracy']}% of {summary['items']} items; "
           f"needle frame kept in {summary['needle_kept_rate']}%; heatmap {args.out}/heatmap.png")  # fmt: skip
+    if summary["errors"]:
+        c.log(
+            args,
+            f"{summary['errors']} items failed (counted wrong; see {args.out}/results.jsonl); run again to retry them",
+        )
     return 0
 
 
