@@ -100,7 +100,6 @@ class RunSettings:
 def prepare(args: argparse.Namespace) -> RunSettings:
     """Check every argument and the video before the model loads (one-line errors)."""
     from .config import check_set_options
-    from .video import Sampling
 
     c.check_generation_args(args)
     overrides = check_set_options(args.overrides)
@@ -108,6 +107,8 @@ def prepare(args: argparse.Namespace) -> RunSettings:
     c.check_output_file(getattr(args, "trace_arrays", None), "--trace-arrays")
     info = c.check_video_path(args.video)
     c.check_time_range(info, args.start, args.end)
+    from .video import Sampling
+
     sampling = Sampling(fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end)
     return RunSettings(overrides, sampling, c.generation_options(args))
 
