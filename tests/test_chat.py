@@ -43,9 +43,13 @@ def test_failed_turn_leaves_history_clean(qwen_model):
 
 
 def test_cli_chat_reads_questions_from_stdin(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("What is shown?\n/reset\nAnd then?\n\nignored\n"))
+    lines = "What is shown?\n/reset\n\n   \nAnd then?\n/help\n/nonsense\nexit\nignored\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
     rc = main(["chat", str(VIDEO), "--model", str(QWEN), "--device", "cpu", "--greedy", "--max-new-tokens", "3",
                "--quiet", "--no-stream"])  # fmt: skip
     assert rc == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 2  # two answers; the empty line ended the chat
+    cap = capsys.readouterr()
+    # two answers: empty lines are skipped, commands are handled here, `exit` ends the chat before "ignored"
+    assert len(cap.out.strip().splitlines()) == 2
+    assert "/reset           forget the conversation" in cap.err  # /help
+    assert "unknown command /nonsense; /help lists the commands" in cap.err

@@ -332,12 +332,23 @@ def test_vniah_generate_and_score(tmp_path):
     means = [float(f.mean()) for f in frames]
     assert means[6] > 200 and max(means[:6] + means[7:]) < 200  # the needle is white pixels with a word
     out = tmp_path / "out"
-    assert main(["eval", "vniah", "--data", str(data), "--out", str(out), "--model", str(QWEN), "--device", "cpu"]) == 0
+    vniah = ["eval", "vniah", "--data", str(data), "--out", str(out), "--model", str(QWEN), "--device", "cpu"]
+    assert main([*vniah, "--limit", "4"]) == 0
+    assert len((out / RESULTS).read_text().splitlines()) == 4  # --limit is honoured
+    assert main([*vniah, "--workers", "2"]) == 0  # resumes: the last two items on two worker processes
     lines = [json.loads(x) for x in (out / RESULTS).read_text().splitlines()]
-    assert len(lines) == 6 and all(isinstance(x["correct"], bool) for x in lines)
+    assert [x["qid"] for x in lines] == [i["id"] for i in manifest["items"]]
+    assert all(isinstance(x["correct"], bool) and x["error"] is None for x in lines)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["accuracy"] == round(100 * sum(x["correct"] for x in lines) / 6, 2)
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    # other frame sampling is other settings: refused in the same folder, honoured in a new one
+    assert main([*vniah, "--sample-fps", "0.5"]) == 2
+    half = tmp_path / "half"
+    assert main([*vniah[:5], str(half), *vniah[6:], "--sample-fps", "0.5", "--max-frames", "3"]) == 0
+    kept = {json.loads(x)["qid"]: json.loads(x)["needle_kept"] for x in (half / RESULTS).read_text().splitlines()}
+    assert kept["len00006_depth050"] is False  # the needle (frame 3) is not among frames 0, 2, 4 at 0.5 fps
+    assert json.loads((half / "settings.json").read_text())["settings"]["max_frames"] == 3
 
 
 def test_videomme_subtitles_in_prompt(tmp_path, qwen_model):

@@ -35,12 +35,12 @@ import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .encode import VisualFeatures
 from .errors import LongVUError
+
+if TYPE_CHECKING:  # torch and the encoder are imported when features are stored or read, not for `cache info`
+    from .encode import VisualFeatures
 
 CACHE_FORMAT = 2  # 2: upright frames and PTS timestamps; no paths in blobs
 SCHEMA_VERSION = 2  # 2: file_digests keyed by path hash and inode/ctime; hashed entries.video
@@ -417,6 +417,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _encode(f: VisualFeatures) -> bytes:
+    import torch
     from safetensors.torch import save
 
     tensors = {
@@ -439,6 +440,8 @@ def _encode(f: VisualFeatures) -> bytes:
 
 def _decode(data: bytes) -> VisualFeatures:
     from safetensors.torch import load
+
+    from .encode import VisualFeatures
 
     tensors = load(data)
     # safetensors.torch.load drops metadata; read the header for it.

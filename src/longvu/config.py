@@ -23,6 +23,7 @@ from typing import Any
 from .errors import CheckpointError, ConfigError
 
 SUPPORTED_MODEL_TYPES = ("cambrian_qwen", "cambrian_llama")
+DEFAULT_MODEL = "Vision-CAIR/LongVU_Qwen2_7B"  # what `--model` and `from_pretrained` load by default
 
 # The reference looks for these ids to find the end of the prompt when it works out
 # the token budget (cambrian_arch.py L665-670, L940-945).  They are the real models'
@@ -211,6 +212,71 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{key} expects a number, got {value!r}") from None
     return value
+
+
+# ``--set`` on the command line changes run-time knobs only.  These fields are the checkpoint's
+# architecture (the weights' shapes, or the grids and inputs the weights were trained on): a
+# different value breaks loading or feeds the LLM tokens it never saw.
+ARCHITECTURE_FIELDS: dict[str, str] = {
+    "model_type": "the checkpoint's language model family",
+    "hidden_size": "the LLM's width, fixed by its weights",
+    "vision_hidden_size": "the connector's width, fixed by its weights",
+    "image_token_len": "the connector's 12x12 query grid, fixed by its weights",
+    "lowres_token": "the 8x8 low-resolution grid the model was trained with",
+    "connector_depth": "the connector's layer count, fixed by its weights",
+    "aux_token_len": "the towers' 24x24 feature grid the connector was trained with",
+    "sva_num_heads": "the connector's attention heads, fixed by the reference",
+    "dino_image_size": "the DINOv2 input size the connector was trained with",
+    "vision_tower_names": "the checkpoint's vision towers (use --siglip / --dinov2 for local folders)",
+    "llm_config": "the decoder's own config",
+}
+
+# The values that make sense for each run-time knob, as inclusive (low, high) bounds (None: open).
+# Thresholds compare cosine similarities; windows, caps and lengths count frames or tokens.
+RUNTIME_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "dino_threshold": (0.0, 1.0),
+    "drop_threshold": (0.0, 1.0),
+    "max_history_share": (0.0, 1.0),
+    "dino_window": (1, None),
+    "stc_window": (1, None),
+    "max_frames_cap": (1, None),
+    "encode_chunk": (1, None),
+    "tokenizer_model_max_length": (1, None),
+    "inference_max_length": (0, None),
+    "min_visual_tokens": (1, None),
+    "budget_pad_token_id": (0, None),
+}
+
+
+def runtime_fields() -> dict[str, Any]:
+    """The fields ``--set`` may change on the command line, with their types."""
+    return {k: v for k, v in LongVUConfig.settable_fields().items() if k not in ARCHITECTURE_FIELDS}
+
+
+def check_set_options(items: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items from the command line, checked: run-time keys only, typed, in range.
+
+    Raises :class:`ConfigError` with one line: an architecture key says why it cannot change, an
+    unknown key suggests the nearest known one.
+    """
+    import difflib
+
+    allowed = runtime_fields()
+    out: dict[str, Any] = {}
+    for key, raw in parse_set_options(items).items():
+        if key in ARCHITECTURE_FIELDS:
+            raise ConfigError(f"--set {key}: {ARCHITECTURE_FIELDS[key]}; only run-time settings can be set")
+        if key not in allowed:
+            near = difflib.get_close_matches(key, list(allowed) + list(ARCHITECTURE_FIELDS), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else f"; run-time keys: {', '.join(sorted(allowed))}"
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        value = _coerce(key, raw, allowed[key])
+        low, high = RUNTIME_RANGES.get(key, (None, None))
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            span = f"in [{low:g}, {high:g}]" if high is not None else f"at least {low:g}"
+            raise ConfigError(f"--set {key}={raw}: must be {span}")
+        out[key] = value
+    return out
 
 
 def parse_set_options(items: list[str] | None) -> dict[str, str]:

@@ -74,6 +74,7 @@ class VisualFeatures:
         sampled: ``[K, Q, vh]`` SVA sampler output (before ``mm_projector``) per stored frame.
         all_frames: every sampled frame is stored (short videos).
         timings: seconds spent per step (``cache_hit`` when read from the cache).
+        sampling: the :class:`~longvu.video.Sampling` the frames were chosen by, when known.
     """
 
     path: str
@@ -89,6 +90,7 @@ class VisualFeatures:
     sampled: torch.Tensor
     all_frames: bool
     timings: dict[str, float] = field(default_factory=dict)
+    sampling: Sampling | None = None  # how the frames were chosen (set by LongVU.features; not cached)
 
     def __len__(self) -> int:
         return len(self.source_indices)

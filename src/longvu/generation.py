@@ -49,7 +49,10 @@ class GenerationOptions:
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for transformers' ``generate`` (beside the generation config)."""
         if self.greedy or self.temperature == 0:
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            # transformers fills unset (None) fields from the checkpoint's config (temperature 0.7, ...) and
+            # then warns that greedy decoding ignores them; its neutral values keep stderr quiet.  Sampling
+            # warpers only run when do_sample is on, so greedy decoding is unchanged.
+            return {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
         kw: dict[str, Any] = {}
         if self.temperature is not None:
             kw.update(temperature=self.temperature, do_sample=True)

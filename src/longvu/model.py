@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-from .config import LongVUConfig
+from .config import DEFAULT_MODEL, LongVUConfig
 from .connector import SVAConnector
 from .devices import configure_precision
 from .encoders import VisionTower, load_tower, quiet_transformers, resolve_tower_folder
 from .errors import CheckpointError, LongVUError
 from .quantize import check_scheme, quantization_config
 
-DEFAULT_MODEL = "Vision-CAIR/LongVU_Qwen2_7B"
 CONNECTOR_PREFIXES = ("model.mm_projector", "model.vision_sampler", "model.vision_query", "model.image_newline")
 
 

@@ -36,11 +36,9 @@ from .encode import VisualFeatures, encode_video
 from .generation import Generated, GenerationOptions, TokenThread, answer_room, generate_ids
 from .model import DEFAULT_MODEL, LoadOptions, LongVUModel, load_model
 from .observe import Observer, ParityObserver
-from .prompt import Conversation, check_message, reserved_markers, tokenize_with_image
+from .prompt import DESCRIBE_PROMPT, Conversation, check_message, reserved_markers, tokenize_with_image
 from .trace import Trace
 from .video import MediaLimits, Sampling, VideoClip, probe_video
-
-DESCRIBE_PROMPT = "Describe this video in detail."
 
 Video = str | os.PathLike | VideoClip | VisualFeatures
 
@@ -204,6 +202,11 @@ class LongVU:
                 decoding and on the header of a cached video.
         """
         sampling = sampling or Sampling()
+        feats = self._cached_features(video, sampling, cancel, observer, limits)
+        feats.sampling = None if isinstance(video, VideoClip) else sampling
+        return feats
+
+    def _cached_features(self, video, sampling: Sampling, cancel, observer, limits) -> VisualFeatures:
         use_cache = self.cache is not None and not isinstance(video, VideoClip)
         if not use_cache or (observer is not None and observer.needs_encoder):
             return self._encode(video, sampling, cancel, observer, limits)
@@ -355,6 +358,7 @@ class AnswerStream:
     def _finish(self, gen: Generated, text: str, generate_s: float) -> Answer:
         trace = Trace.from_decisions(self.decisions, self.feats, self.lv.model.cfg, dropped_turns=self.dropped)
         trace.record_generation(gen.ids, text, gen.stopped_by, gen.max_new_tokens)
+        trace.data["run"] = self._run_record()
         trace.data["timings"] = {
             **{f"encode_{k}": round(v, 4) for k, v in self.feats.timings.items()},
             "compose": round(self.compose_s, 4),
@@ -366,6 +370,26 @@ class AnswerStream:
         if self.on_done is not None:
             self.on_done(answer)
         return answer
+
+    def _run_record(self) -> dict:
+        """What produced this answer: the question, model, settings, version, and whether the cache answered."""
+        from . import __version__
+        from .config import runtime_fields
+
+        m, feats = self.lv.model, self.feats
+        users = [text for role, text in self.conv.turns if role == "user"]
+        return {
+            "question": users[-1] if users else None,
+            "model": str(m.folder),
+            "version": __version__,
+            "device": m.device.type,
+            "dtype": str(m.dtype).removeprefix("torch."),
+            "quantize": m.options.quantize,
+            "from_cache": feats.from_cache,
+            "sampling": dataclasses.asdict(feats.sampling) if feats.sampling is not None else None,
+            "generation": dataclasses.asdict(self.opts),
+            "config": {k: getattr(m.cfg, k) for k in runtime_fields()},
+        }
 
 
 class _Detokenizer:

@@ -40,25 +40,35 @@ def load_options(args):
     )
 
 
-def add_plan_parser(sub) -> None:
-    from .model import DEFAULT_MODEL
+COMMANDS = {"plan": "predict memory per component and stage, and the settings that fit"}
 
-    p = sub.add_parser("plan", help="predict memory per component and stage, and the settings that fit")
+
+def add_parser(sub) -> None:
+    from . import cli_common as c
+    from .config import DEFAULT_MODEL
+
+    p = sub.add_parser("plan", help=COMMANDS["plan"],
+                       description="Predict a run's peak memory per stage, device and component before anything is "
+                                   "loaded; with --device-memory, name the first settings that fit.",
+                       epilog=c.examples(
+                           "longvu plan --device-memory 24GB --minutes 60",
+                           "longvu plan --model Vision-CAIR/LongVU_Llama3_2_3B --device-memory 12GB --video lecture.mp4",
+                           f"longvu plan --model {c.TINY_MODEL} --device cpu --json",
+                       ))  # fmt: skip
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint folder or a released model (Vision-CAIR/LongVU_Qwen2_7B, "
                         "Vision-CAIR/LongVU_Llama3_2_3B, or qwen2-7b / llama3.2-3b)")  # fmt: skip
-    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="device planned for (default cuda)")
+    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="device planned for")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
     add_placement_options(p)
     p.add_argument("--device-memory", metavar="SIZE", help="memory of the device (e.g. 24GB): say which settings fit")
     p.add_argument("--video", help="a video: its length and frame size replace --minutes and --frame-size")
-    p.add_argument("--minutes", type=float, default=60.0, help="video length (default 60)")
-    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
-    p.add_argument("--frame-size", default="640x360", help="decoded frame size WxH (default 640x360)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
-                   help="config override, e.g. --set encode_chunk=64")  # fmt: skip
+    p.add_argument("--minutes", type=c.positive_number, default=60.0, help="video length")
+    p.add_argument("--fps", type=c.positive_number, default=1.0, help="frames sampled per second")
+    p.add_argument("--frame-size", default="640x360", metavar="WxH", help="decoded frame size")
+    p.add_argument("--max-new-tokens", type=c.positive_int, default=512, metavar="N", help="answer length at most")
+    c.add_set_option(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -107,12 +117,13 @@ def _check(st) -> None:
         raise LongVUError("--llm-gpu-memory (offloading LLM layers to CPU RAM) needs --device cuda")
 
 
-def run_plan(args) -> int:
-    from .config import parse_set_options
+def run(args) -> int:
+    from .config import check_set_options
     from .plan import fit, load_shapes, parse_size, plan
 
+    overrides = check_set_options(args.overrides)
     st = settings_from_args(args)
-    shapes = load_shapes(args.model, parse_set_options(args.overrides) or None)
+    shapes = load_shapes(args.model, overrides or None)
     p = plan(shapes, st)
     out = p.to_dict()
     result = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 IMAGE_TOKEN_INDEX = -200
 IMAGE_MARKER = "<image>"
 SYSTEM_PROMPT = "You are a helpful assistant."
+DESCRIBE_PROMPT = "Describe this video in detail."  # what `longvu describe` and `LongVU.describe` ask
 
 
 @dataclass

@@ -8,14 +8,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-COMMANDS = ("synth", "data")
+COMMANDS = {
+    "synth": "make a synthetic video QA dataset (videos + data.jsonl)",
+    "data": "check a training JSONL (LLaVA / LongVU video SFT format)",
+}
 
 
-def add_parsers(sub) -> None:
+def add_parser(sub) -> None:
     """Register ``synth`` and ``data`` on the ``longvu`` sub-parsers."""
+    from .cli_common import examples
     from .synth import FAMILIES
 
-    sy = sub.add_parser("synth", help="make a synthetic video QA dataset (videos + data.jsonl)")
+    sy = sub.add_parser("synth", help=COMMANDS["synth"],
+                        description="Make videos whose questions need the video (objects appearing, moving and "
+                                    "counted; a word in one frame), with the questions as training JSONL.",
+                        epilog=examples("longvu synth --out synth-data --n 100",
+                                        "longvu synth --out held-out --n 50 --seed 1 --minutes 1 10 --families count motion",
+                                        "longvu data check synth-data"))  # fmt: skip
     sy.add_argument(
         "--out", required=True, help="output folder (new, or made by an earlier run with the same settings)"
     )
@@ -23,14 +32,17 @@ def add_parsers(sub) -> None:
     sy.add_argument("--seed", type=int, default=0, help="dataset seed (default 0); another seed gives held-out data")
     sy.add_argument("--minutes", type=float, nargs=2, default=[0.2, 4.0], metavar=("MIN", "MAX"),
                     help="video lengths, log-uniform between MIN and MAX minutes (at least 12 s; default 0.2 4)")  # fmt: skip
-    sy.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
+    sy.add_argument("--size", type=int, default=128, help="frame side in pixels")
     sy.add_argument("--families", nargs="+", default=list(FAMILIES), metavar="FAMILY",
                     help=f"question families, taken in turn (default all: {' '.join(FAMILIES)})")  # fmt: skip
     sy.add_argument("--questions-per-video", type=int, default=1, metavar="K",
                     help="questions asked about each video, each a line of data.jsonl (default 1)")  # fmt: skip
     sy.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
-    da = sub.add_parser("data", help="check a training JSONL (LLaVA / LongVU video SFT format)")
-    da.add_argument("action", choices=["check"])
+    da = sub.add_parser("data", help=COMMANDS["data"],
+                        description="Check a training JSONL line by line: each malformed line is reported with its "
+                                    "number, and the command exits 2.",
+                        epilog=examples("longvu data check synth-data", "longvu data check train.jsonl --video-root /data/videos"))  # fmt: skip
+    da.add_argument("action", choices=["check"], help="what to do (only: check)")
     da.add_argument("data", help="a .jsonl file, or a folder holding data.jsonl")
     da.add_argument("--video-root", help="folder relative video paths start from (default: the JSONL's folder)")
 

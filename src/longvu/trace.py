@@ -81,15 +81,19 @@ class Trace:
 
     def summary(self) -> str:
         """A few human lines: frames and tokens after each stage."""
-        c = self.data.get("counts", {})
-        high = len(self.data.get("frames", {}).get("high_res", []))
-        return "\n".join([
-            f"frames: {c.get('sampled_frames')} sampled -> {c.get('frames_after_dino')} after temporal reduction"
-            f" ({high} at high resolution)",
-            f"visual tokens: {c.get('visual_tokens_after_frame_reduction')} -> {c.get('visual_tokens_after_selection')}"
-            f" after selection -> {c.get('visual_tokens_final')} after spatial compression;"
-            f" sequence {c.get('sequence_length')} tokens",
-        ])  # fmt: skip
+        return summary_lines(self.data.get("counts", {}), len(self.data.get("frames", {}).get("high_res", [])))
+
+
+def summary_lines(c: dict, high: int) -> str:
+    """The stage summary from a trace's ``counts`` and the number of high-resolution frames (the server's
+    ``longvu`` field has both, so ``longvu ask --server`` prints the same lines)."""
+    return "\n".join([
+        f"frames: {c.get('sampled_frames')} sampled -> {c.get('frames_after_dino')} after temporal reduction"
+        f" ({high} at high resolution)",
+        f"visual tokens: {c.get('visual_tokens_after_frame_reduction')} -> {c.get('visual_tokens_after_selection')}"
+        f" after selection -> {c.get('visual_tokens_final')} after spatial compression;"
+        f" sequence {c.get('sequence_length')} tokens",
+    ])  # fmt: skip
 
 
 def _video(feats) -> dict:

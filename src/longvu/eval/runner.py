@@ -249,11 +249,15 @@ def _write_outputs(out: Path, benchmark: str, records: list[dict], summary: dict
 
 def answer_groups(groups: list[list[dict]], preset: Preset, kw: dict, *, workers: int = 1,
                   ray_address: str | None = None, ray_gpus: float | None = None,
-                  evaluator: Callable[..., Any] = Evaluator) -> Iterator[list[dict]]:  # fmt: skip
-    """Result lines for each group, in the order they finish (here, on local workers, or on Ray)."""
+                  evaluator: Callable[..., Any] = Evaluator,
+                  give_up: Callable[[list[dict], str], list[dict]] = error_lines) -> Iterator[list[dict]]:  # fmt: skip
+    """Result lines for each group, in the order they finish (here, on local workers, or on Ray).
+
+    ``give_up(group, why)`` makes the error lines of a group whose worker died too often.
+    """
     if not groups:
         return
-    queue = Queue(groups, give_up=error_lines)
+    queue = Queue(groups, give_up=give_up)
     if ray_address:
         yield from ray_results(queue, preset, evaluator, kw, workers, ray_address, ray_gpus)
     elif workers > 1:

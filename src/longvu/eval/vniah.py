@@ -76,11 +76,11 @@ def generate(
     return manifest
 
 
-def score_item(lv, item: dict, root: Path, mode: str = "teacher") -> dict:
-    """Answer one V-NIAH item; returns the result line."""
+def score_item(lv, item: dict, root: Path, mode: str = "teacher", sampling=None) -> dict:
+    """Answer one V-NIAH item; returns the result line (``sampling``: a :class:`~longvu.video.Sampling`)."""
     from ..generation import GenerationOptions
 
-    feats = lv.features(str(root / item["video"]))
+    feats = lv.features(str(root / item["video"]), sampling)
     if mode == "generate":
         answer = lv.ask(feats, item["question"], generation=GenerationOptions(max_new_tokens=8, greedy=True))
         output = answer.text
@@ -93,11 +93,47 @@ def score_item(lv, item: dict, root: Path, mode: str = "teacher") -> dict:
         correct = forced.exact_match
         output = lv.tokenizer.decode(forced.greedy_ids)
         kept = [feats.source_indices[i] for i in forced.decisions.kept]
+    return result_line(item, mode, output, bool(correct), item["needle_index"] in kept)
+
+
+def result_line(item: dict, mode: str, output: str | None, correct: bool, needle_kept: bool,
+                error: str | None = None) -> dict:  # fmt: skip
     return {
         "qid": item["id"], "length": item["length"], "depth": item["depth"], "answer": item["answer"],
-        "output": output, "correct": bool(correct), "mode": mode,
-        "needle_kept": item["needle_index"] in kept,
+        "output": output, "correct": correct, "mode": mode, "needle_kept": needle_kept, "error": error,
     }  # fmt: skip
+
+
+def error_lines(group: list[dict], error: str) -> list[dict]:
+    """Result lines for items that could not be answered (counted wrong; a re-run asks them again)."""
+    return [result_line(it, it["mode"], None, False, False, error) for it in group]
+
+
+class VniahEvaluator:
+    """One model scoring V-NIAH items, for the benchmark runner's workers (local processes or Ray).
+
+    A group is one item (each has its own video); ``preset`` carries the frame sampling.
+    """
+
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", overrides: dict | None = None,
+                 mode: str = "teacher") -> None:  # fmt: skip
+        from ..pipeline import LongVU
+
+        self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False)
+        self.mode = mode
+
+    def run_group(self, group: list[dict], preset) -> list[dict]:
+        from ..video import Sampling
+        from .workers import one_line
+
+        sampling = Sampling(fps=preset.sample_fps, max_frames=preset.max_frames)
+        out = []
+        for it in group:
+            try:
+                out.append(score_item(self.lv, it, Path(it["root"]), self.mode, sampling))
+            except Exception as e:  # this item fails, the run goes on
+                out += error_lines([it], one_line(e))
+        return out
 
 
 def heatmap(results: list[dict], path: str | Path, title: str = "V-NIAH") -> None:
@@ -125,38 +161,66 @@ def heatmap(results: list[dict], path: str | Path, title: str = "V-NIAH") -> Non
 
 
 def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = "teacher", device: str = "auto",
-              dtype: str = "auto", overrides: dict | None = None) -> dict:  # fmt: skip
-    """Score every item of ``data/vniah.json`` (resumable) and draw the heatmap."""
+              dtype: str = "auto", overrides: dict | None = None, limit: int | None = None, sample_fps: float = 1.0,
+              max_frames: int | None = None, workers: int = 1, ray_address: str | None = None,
+              ray_gpus: float | None = None, force: bool = False) -> dict:  # fmt: skip
+    """Score the items of ``data/vniah.json`` (the first ``limit``) and draw the heatmap.
+
+    Resumable like the other benchmarks: answered items are skipped, failed ones asked again,
+    and ``out_dir`` refuses answers made with other settings unless ``force``.  Frames are
+    sampled at ``sample_fps`` (at most ``max_frames``, evenly spaced); ``workers`` model
+    processes, or Ray actors with ``ray_address``.
+    """
     from ..errors import LongVUError
-    from ..pipeline import LongVU
-    from .runner import RESULTS, ResultWriter, read_results
+    from .benchmarks import Preset
+    from .runner import answer_groups, run_settings
+    from .store import RESULTS, ResultWriter, check_settings, exclusive, read_results, write_results
 
     root = Path(data)
     manifest = root / "vniah.json"
     if not manifest.exists():
         raise LongVUError(f"{root}: no vniah.json (make one with `longvu vniah generate`)")
-    items = json.loads(manifest.read_text())["items"]
+    items = json.loads(manifest.read_text())["items"][:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    done = read_results(out / RESULTS)
-    todo = [it for it in items if it["id"] not in done]
-    if todo:
-        lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False)
+    preset = Preset("vniah", sample_fps, max_frames, max_new_tokens=8)
+    settings = {**run_settings("vniah", model, device, dtype, dict(sorted((overrides or {}).items())), preset, False),
+                "mode": mode}  # fmt: skip
+    kw = {"model": model, "device": device, "dtype": dtype, "overrides": overrides, "mode": mode}
+    with exclusive(out):
+        check_settings(out, settings, force=force)
+        done = read_results(out / RESULTS)
+        groups = [
+            [{**it, "root": str(root), "mode": mode}]
+            for it in items
+            if it["id"] not in done or done[it["id"]].get("error")
+        ]
         writer = ResultWriter(out / RESULTS)
         try:
-            for it in todo:
-                rec = score_item(lv, it, root, mode)
-                writer.write(rec)
-                done[rec["qid"]] = rec
+            for lines in answer_groups(groups, preset, kw, workers=workers, ray_address=ray_address, ray_gpus=ray_gpus,
+                                       evaluator=VniahEvaluator, give_up=error_lines):  # fmt: skip
+                for rec in lines:
+                    writer.write(rec)
+                    done[rec["qid"]] = rec
         finally:
             writer.close()
-    ordered = [done[it["id"]] for it in items]
-    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in ordered))
+        ordered = [done[it["id"]] for it in items]
+        asked = {it["id"] for it in items}  # answers outside this run (--limit) are kept after them
+        write_results(out / RESULTS, ordered + [r for q, r in done.items() if q not in asked])
+        return _summarize(ordered, mode, out)
+
+
+def _summarize(ordered: list[dict], mode: str, out: Path) -> dict:
+    """summary.json and heatmap.png for the scored items."""
+    from .store import atomic_write_text
+
+    n = len(ordered)
     summary = {
-        "benchmark": "vniah", "mode": mode, "items": len(ordered),
-        "accuracy": round(100.0 * sum(r["correct"] for r in ordered) / len(ordered), 2),
-        "needle_kept_rate": round(100.0 * sum(r["needle_kept"] for r in ordered) / len(ordered), 2),
+        "benchmark": "vniah", "mode": mode, "items": n,
+        "accuracy": round(100.0 * sum(r["correct"] for r in ordered) / n, 2) if n else 0.0,
+        "needle_kept_rate": round(100.0 * sum(r["needle_kept"] for r in ordered) / n, 2) if n else 0.0,
+        "errors": sum(1 for r in ordered if r.get("error")),
     }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     heatmap(ordered, out / "heatmap.png", f"V-NIAH ({mode}), accuracy {summary['accuracy']}%")
     return summary

@@ -1,0 +1,35 @@
+"""``longvu cache info|clear``: the feature cache (:mod:`longvu.cache`), without loading a model."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import cli_common as c
+
+COMMANDS = {"cache": "inspect or empty the feature cache"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("cache", help=COMMANDS["cache"],
+                       description="The feature cache keeps each video's encoding, so a second question about it "
+                                   "skips decoding and the vision towers. Bounded by $LONGVU_CACHE_MAX_GB (default "
+                                   "20); the least recently used entries go first.",
+                       epilog=c.examples("longvu cache info", "longvu cache clear --cache-dir /scratch/longvu-cache"))  # fmt: skip
+    p.add_argument(
+        "action", choices=["info", "clear"], help="info: folder, entries and size; clear: remove every entry"
+    )
+    p.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: $LONGVU_CACHE_DIR or ~/.cache/longvu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cache import FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    if args.action == "info":
+        info = cache.info()
+        print(f"folder:  {info['root']}")
+        print(f"entries: {info['entries']} ({info['videos']} videos)")
+        print(f"size:    {info['bytes'] / 1024**2:.1f} MiB of {info['max_bytes'] / 1024**3:.1f} GiB")
+    else:
+        print(f"removed {cache.clear()} entries from {cache.root}")
+    return 0
