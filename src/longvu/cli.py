@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--allowed-local-media-path", help="folder whose videos requests may name by path")
     n.add_argument("--allow-remote-urls", action="store_true", help="let requests name http(s) video URLs")
     n.add_argument("--api-key", default=os.environ.get("LONGVU_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1/ (default $LONGVU_API_KEY)")  # fmt: skip
+                   help="require 'Authorization: Bearer KEY' on every route but the page and /health "
+                        "(default $LONGVU_API_KEY)")  # fmt: skip
     n.add_argument("--max-upload-mb", type=_float, default=1024.0, help="largest video accepted (default 1024)")
     n.add_argument("--max-video-seconds", type=_float, default=4 * 3600.0, help="longest video accepted")
     n.add_argument("--request-timeout", type=_float, default=1800.0, help="seconds before a request is abandoned")
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest max_tokens a request may ask for; above it, 400 (default 4096)")  # fmt: skip
     n.add_argument("--upload-dir", help="where uploads are kept (default: a private temporary folder)")
     n.add_argument("--quiet", "-q", action="store_true")
+    # ---- serve: security and limits (longvu/serve_options.py; README "Security model") ----
+    from .serve_options import add_options as add_serve_security_options
+
+    add_serve_security_options(srv)
+    # ---- end of serve security and limits ----
     r = srv.add_argument_group("scale-out (Ray Serve)")
     r.add_argument("--replicas", type=_positive_int, help="run N model replicas as a Ray Serve deployment")
     r.add_argument("--ray", metavar="ADDRESS", help="Ray cluster for --replicas ('auto', an address; default: local)")
@@ -286,6 +292,7 @@ def run_chat(args) -> int:
 
 
 def run_serve(args) -> int:
+    from . import serve_options
     from .config import parse_set_options
     from .server import ServerSettings, serve
 
@@ -306,9 +313,12 @@ def run_serve(args) -> int:
         max_new_tokens=args.max_new_tokens,
         max_tokens_limit=args.max_tokens_limit,
         upload_dir=args.upload_dir,
+        **serve_options.settings_kwargs(args),  # security and limits
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         _log(args, f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
+    for warning in serve_options.warnings(args, settings.allowed_hosts):
+        _log(args, warning)
     if args.replicas:
         from . import serve_ray
 
