@@ -38,8 +38,12 @@ Q1 = "What happens in this video?"
 Q2 = "What colour is the moving square at the end?"
 
 
-def make_video(path: Path, minutes: float, fps: int = 30, w: int = 640, h: int = 360) -> Path:
-    """A synthetic video: a new background every 20 s, a square moving across it."""
+def make_video(path: Path, minutes: float, fps: int = 30, w: int = 640, h: int = 360, scale: int = 1) -> Path:
+    """A synthetic video: a new background every 20 s, a square moving across it.
+
+    ``scale`` > 1 enlarges every ``w`` x ``h`` frame that many times (nearest neighbour): the same
+    content at a larger frame size.
+    """
     import av
     import numpy as np
 
@@ -48,7 +52,7 @@ def make_video(path: Path, minutes: float, fps: int = 30, w: int = 640, h: int =
     tmp = path.with_suffix(".part.mp4")
     with av.open(str(tmp), "w") as out:
         s = out.add_stream("libx264", rate=Fraction(fps))
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.width, s.height, s.pix_fmt = w * scale, h * scale, "yuv420p"
         s.options = {"preset": "ultrafast", "crf": "28", "g": str(2 * fps)}
         scene = fps * 20
         base = colour = None
@@ -61,6 +65,8 @@ def make_video(path: Path, minutes: float, fps: int = 30, w: int = 640, h: int =
             f = base.copy()
             x, y = (i * 7) % (w - 60), (i * 3) % (h - 60)
             f[y : y + 60, x : x + 60] = 255 - colour
+            if scale > 1:
+                f = f.repeat(scale, axis=0).repeat(scale, axis=1)
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 out.mux(p)
         for p in s.encode():

@@ -12,8 +12,7 @@ import time
 import httpx
 import pytest
 from conftest import FIXTURES
-from fastapi.testclient import TestClient
-from server_util import LiveServer
+from server_util import LiveServer, local_client
 
 from longvu.server import APIError, ServerSettings, Worker, create_app
 
@@ -49,7 +48,7 @@ def media(tmp_path):
 @pytest.fixture()
 def client(qwen_model, media, tmp_path):
     settings = ServerSettings(model_name="tiny", allowed_local_media_path=str(media), upload_dir=str(tmp_path / "up"))
-    with TestClient(create_app(qwen_model, settings)) as c:
+    with local_client(create_app(qwen_model, settings)) as c:
         yield c
 
 
@@ -99,7 +98,7 @@ def test_upload_then_file_id_and_cleanup(client, tmp_path):
     f = r.json()
     assert f["id"].startswith("file-") and f["bytes"] == VIDEO.stat().st_size and f["filename"] == "my video.mp4"
     stored = list((tmp_path / "up").iterdir())
-    assert [p.name for p in stored] == [f["id"] + ".mp4"]  # a generated name, not the client's
+    assert [p.name for p in stored] == [f["id"] + ".bin"]  # a generated name and extension, not the client's
     r = client.post("/v1/chat/completions", json=body(url=f["id"]))
     assert r.status_code == 200, r.text
     assert client.delete(f"/v1/files/{f['id']}").json()["deleted"] is True
@@ -121,14 +120,14 @@ def test_local_paths_and_traversal(client, media, tmp_path):
 
 
 def test_local_paths_disabled_by_default(qwen_model):
-    with TestClient(create_app(qwen_model, ServerSettings(model_name="tiny"))) as c:
+    with local_client(create_app(qwen_model, ServerSettings(model_name="tiny"))) as c:
         assert_error(c.post("/v1/chat/completions", json=body(url="/etc/passwd")), 400, "local paths are disabled")
         assert_error(c.post("/v1/chat/completions", json=body(url="http://127.0.0.1:1/v.mp4")), 400,
                      "remote URLs are disabled")  # fmt: skip
 
 
 def test_api_key(qwen_model):
-    with TestClient(create_app(qwen_model, ServerSettings(model_name="tiny", api_key="s3cret"))) as c:
+    with local_client(create_app(qwen_model, ServerSettings(model_name="tiny", api_key="s3cret"))) as c:
         assert c.get("/health").status_code == 200
         assert_error(c.get("/v1/models"), 401, "API key")
         assert_error(c.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401, "API key")
@@ -162,7 +161,7 @@ def test_bad_input_gets_4xx_and_server_keeps_serving(client, make, status, needl
 
 def test_upload_limits(qwen_model, tmp_path):
     s = ServerSettings(model_name="tiny", max_upload_mb=0.01, upload_dir=str(tmp_path / "up"))
-    with TestClient(create_app(qwen_model, s)) as c:
+    with local_client(create_app(qwen_model, s)) as c:
         assert_error(c.post("/v1/files", files={"file": ("v.mp4", VIDEO.read_bytes(), "video/mp4")}), 413, "limit")
         assert list((tmp_path / "up").iterdir()) == []  # the partial upload is removed
         assert_error(c.post("/v1/chat/completions", json=body()), 413, "limit")
@@ -170,8 +169,10 @@ def test_upload_limits(qwen_model, tmp_path):
 
 
 def test_video_duration_limit(qwen_model):
-    with TestClient(create_app(qwen_model, ServerSettings(model_name="tiny", max_video_seconds=2))) as c:
-        assert_error(c.post("/v1/chat/completions", json=body()), 400, "more than this server's 2s limit")
+    with local_client(create_app(qwen_model, ServerSettings(model_name="tiny", max_video_seconds=2))) as c:
+        r = c.post("/v1/chat/completions", json=body())
+        assert_error(r, 413, "the video lasts more than 2s (the limit)")
+        assert r.json()["error"]["param"] == "max_seconds"
 
 
 def test_multi_turn_reuses_the_cache(client):
@@ -228,7 +229,7 @@ def test_queue_full_gives_503():
 def test_openai_client_and_disconnect_cancels(qwen_model, tmp_path):
     import openai
 
-    s = ServerSettings(model_name="tiny", upload_dir=str(tmp_path / "up"))
+    s = ServerSettings(model_name="tiny", upload_dir=str(tmp_path / "up"), max_tokens_limit=200000)
     with LiveServer(create_app(qwen_model, s)) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
         assert [m.id for m in client.models.list()] == ["tiny"]
@@ -248,9 +249,13 @@ def test_openai_client_and_disconnect_cancels(qwen_model, tmp_path):
         with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=60,
                           json={**body(max_tokens=200000), "model": "tiny", "stream": True,
                                 "temperature": 0}) as r:  # fmt: skip
+            assert r.status_code == 200
+            started = False
             for line in r.iter_lines():
                 if '"content": "' in line and '"content": ""' not in line:
+                    started = True
                     break
+            assert started  # the long answer was under way when the client left
         t0 = time.time()
         r = httpx.post(srv.url + "/v1/chat/completions", json=body(), timeout=120)
         assert r.status_code == 200

@@ -11,7 +11,7 @@ import wave
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from fastapi.testclient import TestClient
+from server_util import local_client
 from test_server import assert_error, body
 
 from longvu.server import APIError, ServerSettings, Worker, create_app
@@ -44,7 +44,7 @@ def client(qwen_model, tmp_path):
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
         w.writeframes((np.sin(np.arange(8000) / 5) * 3000).astype("<i2").tobytes())
     settings = ServerSettings(model_name="tiny", allowed_local_media_path=str(folder), upload_dir=str(tmp_path / "up"))
-    with TestClient(create_app(qwen_model, settings)) as c:
+    with local_client(create_app(qwen_model, settings)) as c:
         yield c
 
 

@@ -10,8 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from fastapi.testclient import TestClient
-from server_util import LiveServer
+from server_util import LiveServer, local_client
 
 from longvu import GenerationOptions
 from longvu.server import ServerSettings, create_app
@@ -130,7 +129,7 @@ def test_thumbnails_are_the_frames_at_their_timestamps(qwen_model, tmp_path):
 
     settings = ServerSettings(model_name="tiny", allowed_local_media_path=str(VIDEO.parent))
     clip = load_video(VIDEO)
-    with TestClient(create_app(qwen_model, settings)) as c:
+    with local_client(create_app(qwen_model, settings)) as c:
         for k in (0, 7, 20):
             r = c.get("/v1/thumbnail", params={"video": VIDEO.name, "t": clip.timestamps[k], "w": 96})
             assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"

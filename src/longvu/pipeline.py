@@ -199,7 +199,7 @@ class LongVU:
                 with :class:`~longvu.errors.Cancelled` soon after it is set.
             observer: sees the encoder's tensors; one that ``needs_encoder`` bypasses the cache.
             limits: bounds on duration, frames and frame size (a server's), enforced while
-                decoding and on the header of a cached video.
+                decoding, and for a cached video on what its decoding found.
         """
         sampling = sampling or Sampling()
         feats = self._cached_features(video, sampling, cancel, observer, limits)
@@ -215,6 +215,7 @@ class LongVU:
         key = self._cache_key(video, sampling)
         hit = self.cache.get(key, video=video)
         if hit is not None:
+            _check_cached(hit, limits, os.fspath(video))
             hit.timings = {"cache_hit": 1.0, "cache_read": time.perf_counter() - t0}
             return hit
         feats = self._encode(video, sampling, cancel, observer, limits)
@@ -450,3 +451,13 @@ class ChatSession:
 
     def reset(self) -> None:
         self.conversation.turns.clear()
+
+
+def _check_cached(feats: VisualFeatures, limits: MediaLimits | None, path: str) -> None:
+    """``limits`` against what decoding found when the cached features were made (frames, their size)."""
+    if limits is None:
+        return
+    h, w = feats.frame_hw
+    limits.check_size(w, h, path)
+    seconds = feats.num_frames_total / feats.avg_fps if feats.avg_fps > 0 else 0.0
+    limits.check_progress(feats.num_frames_total, seconds, path)

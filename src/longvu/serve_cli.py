@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
                        ))  # fmt: skip
     c.add_model_options(p)
     add_server_options(p.add_argument_group("server"))
+    from .serve_options import add_options as add_security_options
+
+    add_security_options(p)
     r = p.add_argument_group("scale-out (Ray Serve)")
     r.add_argument("--replicas", type=c.positive_int, metavar="N",
                    help="run N model replicas as a Ray Serve deployment (default: one model in this process)")  # fmt: skip
@@ -45,7 +48,8 @@ def add_server_options(n) -> None:
     n.add_argument("--allowed-local-media-path", metavar="DIR", help="folder whose videos requests may name by path (default: none)")  # fmt: skip
     n.add_argument("--allow-remote-urls", action="store_true", help="let requests name http(s) video URLs")
     n.add_argument("--api-key", default=os.environ.get("LONGVU_API_KEY"), metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $LONGVU_API_KEY, else none)")  # fmt: skip
+                   help="require 'Authorization: Bearer KEY' on every route but the page and /health "
+                        "(default: $LONGVU_API_KEY, else none)")  # fmt: skip
     n.add_argument("--max-upload-mb", type=c.positive_number, default=1024.0, metavar="MB", help="largest video accepted")  # fmt: skip
     n.add_argument("--max-video-seconds", type=c.positive_number, default=4 * 3600.0, metavar="S", help="longest video accepted")  # fmt: skip
     n.add_argument("--request-timeout", type=c.positive_number, default=1800.0, metavar="S", help="seconds before a request is abandoned")  # fmt: skip
@@ -67,6 +71,7 @@ def check_server_args(args: argparse.Namespace) -> None:
 
 
 def server_settings(args: argparse.Namespace):
+    from . import serve_options
     from .server import ServerSettings
 
     return ServerSettings(
@@ -81,6 +86,7 @@ def server_settings(args: argparse.Namespace):
         max_new_tokens=args.max_new_tokens,
         max_tokens_limit=args.max_tokens_limit,
         upload_dir=args.upload_dir,
+        **serve_options.settings_kwargs(args),  # security and limits
     )
 
 
@@ -93,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     settings = server_settings(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         c.log(args, f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
+    from . import serve_options
+
+    for warning in serve_options.warnings(args, settings.allowed_hosts):
+        c.log(args, warning)
     if args.replicas:
         from . import serve_ray
 

@@ -31,12 +31,16 @@ import time
 from ray import serve
 
 from .errors import Cancelled, LongVUError
-from .server import APIError, ChatJob, ServerSettings, create_app, run_chat_job
+from .server import APIError, ChatJob, ServerSettings, create_app, public_error, run_chat_job
 
 APP_NAME = "longvu"
 
 
-@serve.deployment(max_ongoing_requests=1)
+# On shutdown a replica waits this long at most for its running job (the ingress cancels them first).
+_SHUTDOWN = {"graceful_shutdown_wait_loop_s": 0.5, "graceful_shutdown_timeout_s": 3.0}
+
+
+@serve.deployment(max_ongoing_requests=1, **_SHUTDOWN)
 class ModelReplica:
     """One LongVU model; streams a chat job's text pieces, then its Answer."""
 
@@ -75,10 +79,13 @@ class ModelReplica:
         try:
             async for item in _drain_until_done(pieces, task):
                 yield item
-        except (LongVUError, Cancelled) as e:  # the client's fault or choice: sent back as data, not a crash
-            yield ("error", "cancelled" if isinstance(e, Cancelled) else type(e).__name__, str(e))
+        except Cancelled:
+            yield ("error", "cancelled", None)
+        except LongVUError as e:  # the client's fault: sent back as data (the 4xx, no server path), not a crash
+            err = public_error(e)
+            yield ("error", "input", (err.status, err.message, err.type, err.code, err.param))
         finally:
-            cancel.set()  # a cancelled request (the client left) stops the generation
+            cancel.set()  # a cancelled request (the client left: Serve cancels this task) stops the work
 
 
 async def _drain_until_done(pieces: asyncio.Queue, task: asyncio.Future):
@@ -119,26 +126,49 @@ class RemoteStream:
         for attempt in range(2):
             gen = self.handle.options(stream=True, multiplexed_model_id=self.job.video_key).answer.remote(self.job)
             sent = False
+            watch = _on_cancel(self.cancel, gen.cancel)  # reaches the replica mid-encode, when no item comes
             try:
                 for item in gen:
                     if self.cancel.is_set():
-                        gen.cancel()
                         raise Cancelled()
                     if item[0] == "piece":
                         sent = True
                         yield item[1]
                     elif item[0] == "error":
-                        raise Cancelled() if item[1] == "cancelled" else LongVUError(item[2])
+                        raise Cancelled() if item[1] == "cancelled" else APIError(*item[2])
                     else:
                         self.answer = item[1]
                 return
-            except RayError as e:
+            except (Cancelled, APIError):
+                raise
+            except Exception as e:
+                if self.cancel.is_set():  # the request was cancelled under us (Serve's cancellation error)
+                    raise Cancelled() from None
+                if not isinstance(e, RayError):
+                    raise
                 if sent or attempt:  # text already went out, or the retry failed too: fail cleanly
                     raise APIError(503, f"a model replica failed ({type(e).__name__}); retry", "server_error",
                                    "replica_failed", headers={"Retry-After": "5"}) from None  # fmt: skip
+            finally:
+                watch.set()
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
+def _on_cancel(cancel: threading.Event, fn) -> threading.Event:
+    """Call ``fn()`` once ``cancel`` is set, from a small watcher thread; set the returned event to stop watching."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if cancel.wait(0.2):
+                if not stop.is_set():
+                    fn()
+                return
+
+    threading.Thread(target=watch, daemon=True, name="longvu-cancel-watch").start()
+    return stop
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0}, **_SHUTDOWN)
 @serve.ingress()
 class Ingress:
     """The HTTP front: :func:`longvu.server.create_app` with a :class:`RayBackend`."""

@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import json
+import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -28,26 +26,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import File, Form, Request, UploadFile
+from fastapi import Request
 
-from .errors import Cancelled, ContextOverflowError, LongVUError
+from .errors import Cancelled, ContextOverflowError, LongVUError, MediaLimitError, VideoError
 from .generation import GenerationOptions
 from .pipeline import LongVU
+from .server_guard import LOOPBACK_HOSTS
 from .server_media import Media, add_part, client_wait_s, frames_from_images, parse_media_io_kwargs
+from .server_store import MediaStore, QuotaExceeded, UploadError, UploadTooLarge, receive_upload
+from .video import MediaLimits
 
 STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # what /static/ serves, by name
 
 
 @dataclass
 class ServerSettings:
-    """Limits and policies of the server; every default can be changed on the command line."""
+    """Limits and policies of the server; every default can be changed on the command line.
+
+    README "Security model" says what each one guards against.
+    """
 
     model_name: str = "longvu"
     allowed_local_media_path: str | None = None
     allow_remote_urls: bool = False
     api_key: str | None = None
-    max_upload_mb: float = 1024.0
-    max_video_seconds: float = 4 * 3600.0
+    max_upload_mb: float = 1024.0  # one uploaded, data: URL or downloaded file
+    max_upload_total_mb: float = 10240.0  # every stored file together (uploads; data: URLs and downloads in flight)
+    max_json_mb: float = 256.0  # a JSON request body, data: URLs included
+    max_image_frames_mb: float = 2048.0  # one request's image frames, decoded (RGB), held together
+    max_video_seconds: float = 4 * 3600.0  # by the stream's own clock, while decoding
+    max_video_frames: int = 4 * 3600 * 60  # decoded frames of one video (4 hours at 60 fps)
+    max_pixels: int = 4096 * 2160  # width x height of one frame (DCI 4K)
+    max_messages: int = 1024
+    max_text_chars: int = 1_000_000  # all text of one request
     request_timeout_s: float = 1800.0
     queue_size: int = 8
     max_waiting: int = 64  # requests waiting for a queue slot at most (see server_media.client_wait_s)
@@ -55,10 +67,23 @@ class ServerSettings:
     max_tokens_limit: int = 4096
     upload_dir: str | None = None
     upload_ttl_s: float = 24 * 3600.0
+    sweep_interval_s: float = 60.0  # how often files older than upload_ttl_s are removed
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names answered ("*": any)
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (none: CORS off)
+    docs: bool = False  # /docs, /redoc and /openapi.json (behind the API key when there is one)
+    remote_timeout_s: float = 120.0  # one download, every hop and byte included
+    max_redirects: int = 5
+    shutdown_timeout_s: float = 5.0  # after SIGTERM/SIGINT, running jobs are cancelled; this long at most
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def limits(self) -> MediaLimits:
+        """What one video may cost to decode (enforced while decoding: 413 above)."""
+        return MediaLimits(max_seconds=self.max_video_seconds, max_frames=self.max_video_frames,
+                           max_pixels=self.max_pixels)  # fmt: skip
 
 
 class APIError(Exception):
@@ -75,7 +100,11 @@ class APIError(Exception):
 
 
 class Worker:
-    """Runs jobs one at a time on a thread (one model), fed by a bounded queue."""
+    """Runs jobs one at a time on a thread (one model), fed by a bounded queue.
+
+    Each job runs on a daemon thread of its own: a job that is cancelled but still busy
+    (a forward pass cannot be interrupted) never holds up the process's exit.
+    """
 
     def __init__(self, size: int, max_waiting: int = 0, concurrency: int = 1) -> None:
         self.jobs: asyncio.Queue | None = None
@@ -98,7 +127,7 @@ class Worker:
             if fut.cancelled():
                 continue
             try:
-                result = await asyncio.to_thread(fn)
+                result = await _on_daemon_thread(fn)
                 if not fut.cancelled():
                     fut.set_result(result)
             except asyncio.CancelledError:
@@ -136,53 +165,60 @@ class Worker:
         return fut
 
 
-class MediaStore:
-    """Uploaded files: server-owned folder, generated names, removed when old."""
+def _on_daemon_thread(fn) -> asyncio.Future:
+    """``fn()`` on a new daemon thread, as a future of this loop."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
 
-    def __init__(self, folder: str | None, ttl_s: float) -> None:
-        self.own = folder is None
-        self.root = Path(folder or tempfile.mkdtemp(prefix="longvu-uploads-"))
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.ttl_s = ttl_s
-        self.meta: dict[str, dict] = {}
+    def settle(setter, value) -> None:
+        if not fut.done():
+            setter(value)
 
-    def new_path(self, suffix: str = ".bin") -> tuple[str, Path]:
-        fid = "file-" + uuid.uuid4().hex
-        return fid, self.root / f"{fid}{suffix}"
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as e:  # handed to the awaiting task
+            outcome = (fut.set_exception, e if isinstance(e, Exception) else RuntimeError(type(e).__name__))
+        else:
+            outcome = (fut.set_result, result)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
 
-    def register(self, fid: str, path: Path, filename: str, purpose: str) -> dict:
-        info = {"id": fid, "object": "file", "bytes": path.stat().st_size, "created_at": int(time.time()),
-                "filename": filename, "purpose": purpose, "path": path}  # fmt: skip
-        self.meta[fid] = info
-        return info
-
-    def get(self, fid: str) -> Path | None:
-        info = self.meta.get(fid)
-        return info["path"] if info and info["path"].exists() else None
-
-    def delete(self, fid: str) -> bool:
-        info = self.meta.pop(fid, None)
-        if info is None:
-            return False
-        info["path"].unlink(missing_ok=True)
-        return True
-
-    def sweep(self) -> None:
-        now = time.time()
-        for fid, info in list(self.meta.items()):
-            if now - info["created_at"] > self.ttl_s:
-                self.delete(fid)
-
-    def close(self) -> None:
-        if self.own:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-def public(info: dict) -> dict:
-    return {k: v for k, v in info.items() if k != "path"}
+    threading.Thread(target=run, daemon=True, name="longvu-job").start()
+    return fut
 
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
+
+
+class Jobs:
+    """The cancel events of the requests in progress, so that a shutdown can stop them all at once."""
+
+    def __init__(self) -> None:
+        self.active: set[threading.Event] = set()
+        self.closing = threading.Event()
+        self.lock = threading.Lock()
+
+    def new(self) -> threading.Event:
+        cancel = threading.Event()
+        with self.lock:
+            self.active.add(cancel)
+        if self.closing.is_set():
+            cancel.set()
+        return cancel
+
+    def done(self, cancel: threading.Event) -> None:
+        with self.lock:
+            self.active.discard(cancel)
+
+    def cancel_all(self) -> None:
+        """Thread- and signal-safe: every running and queued job stops at its next check."""
+        self.closing.set()
+        with self.lock:
+            for cancel in self.active:
+                cancel.set()
 
 
 def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backend=None):
@@ -190,34 +226,60 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
 
     ``backend`` runs the chat jobs instead of ``lv`` (``None``: a :class:`LocalBackend` on ``lv``);
     :mod:`longvu.serve_ray` passes one that spreads them over Ray Serve replicas.
+    ``app.state.jobs.cancel_all()`` stops every request in progress (what a shutdown calls).
     """
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
 
+    from .remote import Downloader
+
     settings = settings or ServerSettings()
     backend = backend or LocalBackend(lv)
     worker = Worker(settings.queue_size, settings.max_waiting, concurrency=backend.concurrency)
-    store = MediaStore(settings.upload_dir, settings.upload_ttl_s)
+    store = MediaStore(settings.upload_dir, settings.upload_ttl_s, int(settings.max_upload_total_mb * 1024 * 1024))
+    downloader = Downloader(deadline_s=settings.remote_timeout_s, max_redirects=settings.max_redirects)
+    jobs = Jobs()
 
     @asynccontextmanager
     async def lifespan(app):
         await worker.start()
+        sweeper = asyncio.create_task(store.sweep_every(settings.sweep_interval_s))
         yield
+        jobs.cancel_all()
+        sweeper.cancel()
         await worker.stop()
+        downloader.close()
         store.close()
 
-    app = FastAPI(title="longvu", version=_version(), lifespan=lifespan)
-    app.state.lv, app.state.settings, app.state.store = lv, settings, store
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="longvu", version=_version(), lifespan=lifespan, **docs)
+    app.state.lv, app.state.settings, app.state.store, app.state.jobs = lv, settings, store, jobs
     _error_handlers(app)
-    if settings.api_key:
-        app.add_middleware(APIKeyMiddleware, key=settings.api_key)
+    _guards(app, settings)
     _info_routes(app, worker, settings)
     _file_routes(app, store, settings)
-    _chat_route(app, backend, worker, store, settings)
+    _chat_route(app, backend, worker, store, settings, jobs, downloader)
     _media_routes(app, store, settings)
     _page_routes(app)
     return app
+
+
+def _guards(app, settings: ServerSettings) -> None:
+    """The front door (``longvu.server_guard``): Host, then CORS if configured, then origin, key and body checks."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    from .server_guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
+
+    json_limit = int(settings.max_json_mb * 1024 * 1024)
+    rules = {("POST", "/v1/chat/completions"): BodyRule("application/json", json_limit, "a chat request"),
+             ("POST", "/v1/files"): BodyRule("multipart/form-data", settings.max_upload_bytes + MULTIPART_SLACK,
+                                             "an upload", settings.max_upload_mb)}  # fmt: skip
+    app.add_middleware(RequestGuard, rules=rules, api_key=settings.api_key, cors_origins=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)  # fmt: skip
+    app.add_middleware(HostGuard, allowed=settings.allowed_hosts)  # added last: runs first
 
 
 def _error_handlers(app) -> None:
@@ -225,10 +287,24 @@ def _error_handlers(app) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(LongVUError)
+    async def _input(request, exc: LongVUError):
+        err = public_error(exc)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, exc: ClientDisconnect):  # the body was cut short: nobody reads this answer
+        return JSONResponse(APIError(400, "the request body ended early", code="incomplete_body").body(), 400)
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(request, exc: QuotaExceeded):
+        return JSONResponse(_quota_error().body(), status_code=413)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request, exc: RequestValidationError):
@@ -260,88 +336,104 @@ def _info_routes(app, worker: Worker, settings: ServerSettings) -> None:
 
 
 def _file_routes(app, store: MediaStore, settings: ServerSettings) -> None:
-    """``/v1/files``: upload (multipart), look up and delete videos."""
+    """``/v1/files``: upload (multipart, streamed into the store), look up and delete videos."""
 
     @app.post("/v1/files")
-    async def upload(file: UploadFile = File(...), purpose: str = Form("vision")):  # noqa: B008 (FastAPI idiom)
-        store.sweep()
-        suffix = Path(file.filename or "").suffix.lower()
-        suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix or "") else ".bin"
-        fid, path = store.new_path(suffix)
-        size = 0
+    async def upload(request: Request):
+        from python_multipart.exceptions import FormParserError
+
         try:
-            with open(path, "wb") as out:
-                while chunk := await file.read(1 << 20):
-                    size += len(chunk)
-                    _check_size(size, settings)
-                    out.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        if size == 0:
-            path.unlink(missing_ok=True)
-            raise APIError(400, "the uploaded file is empty", code="empty_file")
-        return public(store.register(fid, path, Path(file.filename or "upload").name, purpose))
+            fid, path, fields = await receive_upload(request.stream(), request.headers.get("content-type", ""),
+                                                     store, settings.max_upload_bytes)  # fmt: skip
+        except UploadTooLarge:
+            raise _too_large(settings) from None
+        except UploadError as e:
+            raise APIError(400, str(e), code="invalid_upload") from None
+        except FormParserError:
+            raise APIError(400, "malformed multipart upload", code="invalid_upload") from None
+        purpose = fields.get("purpose", "vision")[:64]
+        return store.register(fid, path, fields.get("filename", "upload"), purpose)
 
     @app.get("/v1/files/{fid}")
     async def file_info(fid: str):
-        info = store.meta.get(fid)
+        info = store.info(fid)
         if not info:
-            raise APIError(404, f"no file {fid!r}", "not_found_error")
-        return public(info)
+            raise APIError(404, f"no file {_clip(fid)!r}", "not_found_error")
+        return info
 
     @app.delete("/v1/files/{fid}")
     async def file_delete(fid: str):
         if not store.delete(fid):
-            raise APIError(404, f"no file {fid!r}", "not_found_error")
+            raise APIError(404, f"no file {_clip(fid)!r}", "not_found_error")
         return {"id": fid, "object": "file", "deleted": True}
 
 
-def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: ServerSettings) -> None:
+def _clip(text: str, n: int = 80) -> str:
+    """Client text echoed in an error message, at most ``n`` characters."""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: ServerSettings, jobs: Jobs,
+                downloader) -> None:  # fmt: skip
     """``POST /v1/chat/completions``: parse, resolve the video, queue the job, answer or stream."""
     from fastapi.responses import StreamingResponse
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+        body = await asyncio.to_thread(_parse_json, await request.body())  # the guard bounds the body
         req = _parse_chat_request(body, settings)
         media: Media = req["media"]
-        source, cleanup = await _resolve_media(media, settings, store)
-        req["wait_s"] = client_wait_s(request.headers, settings.request_timeout_s)
-        cancel = threading.Event()
-        created = int(time.time())
-        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        source, cleanup = await _resolve_media(media, settings, store, downloader)
+        cancel = jobs.new()
 
-        job = ChatJob(req["system"], req["turns"], media, source, req["gen"], settings.max_video_seconds)
+        def finish() -> None:
+            jobs.done(cancel)
+            cleanup()
 
-        def prepare():
-            if cancel.is_set():  # the client left while the request was queued
-                raise Cancelled()
-            return backend.stream(job, cancel)
+        try:
+            req["wait_s"] = client_wait_s(request.headers, settings.request_timeout_s)
+            job = ChatJob(req["system"], req["turns"], media, source, req["gen"], settings.limits,
+                          _frames_budget(settings))  # fmt: skip
+            prepare = _preparer(backend, job, cancel)
+            cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+            if req["stream"]:
+                return StreamingResponse(
+                    _sse(worker, prepare, request, cancel, settings, cid, created, req, finish, jobs),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            answer = await _run_job(worker, lambda: _drain(prepare, cancel), request, cancel, settings,
+                                    req["wait_s"], jobs)  # fmt: skip
+        except BaseException:
+            finish()
+            raise
+        finish()
+        return _completion(cid, created, settings.model_name, answer)
 
-        if not req["stream"]:
-            try:
-                answer = await _run_job(worker, lambda: _drain(prepare, cancel), request, cancel, settings,
-                                        req["wait_s"])  # fmt: skip
-            finally:
-                cleanup()
-            return _completion(cid, created, settings.model_name, answer)
 
-        return StreamingResponse(
-            _sse(worker, prepare, request, cancel, settings, cid, created, req, cleanup),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+def _preparer(backend, job: ChatJob, cancel: threading.Event):
+    def prepare():
+        if cancel.is_set():  # the client left (or the server is stopping) while the request was queued
+            raise Cancelled()
+        return backend.stream(job, cancel)
+
+    return prepare
+
+
+def _parse_json(raw: bytes) -> Any:
+    """The body as JSON: UTF-8 only; malformed, badly encoded or too deeply nested -> 400."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        raise APIError(400, "the request body is not valid JSON (UTF-8)", code="invalid_json") from None
 
 
 @dataclass
 class ChatJob:
     """What one chat request asks of a model (picklable: it travels to Ray Serve replicas).
 
-    ``source`` is the video's local path, or the image frames' paths (see :class:`Media`).
+    ``source`` is the video's local path, or the image frames' paths (see :class:`Media`);
+    ``limits`` bound its decoding, ``frames_bytes`` the decoded size of image frames.
     """
 
     system: str | None
@@ -349,7 +441,8 @@ class ChatJob:
     media: Media
     source: str | list[str]
     gen: GenerationOptions
-    max_video_seconds: float
+    limits: MediaLimits
+    frames_bytes: int
 
     @property
     def video_key(self) -> str:
@@ -357,14 +450,22 @@ class ChatJob:
         return self.source if isinstance(self.source, str) else "frames:" + "|".join(self.source)
 
 
+def _frames_budget(settings: ServerSettings) -> int:
+    return int(settings.max_image_frames_mb * 1024 * 1024)
+
+
 def run_chat_job(lv: LongVU, job: ChatJob, cancel: threading.Event):
-    """Encode (or read from the cache) the job's video and start its answer: an AnswerStream."""
+    """Encode (or read from the cache) the job's video and start its answer: an AnswerStream.
+
+    The server's :class:`~longvu.video.MediaLimits` apply while decoding (a
+    :class:`~longvu.errors.MediaLimitError` past them), not from the header.
+    """
     media = job.media
     if isinstance(job.source, list):  # image parts: the frames of one video
-        feats = lv.features(frames_from_images(job.source, media), cancel=cancel)
+        clip = frames_from_images(job.source, media, job.limits, job.frames_bytes)
+        feats = lv.features(clip, cancel=cancel, limits=job.limits)
     else:
-        _check_duration(job.source, job.max_video_seconds)
-        feats = lv.features(job.source, media.sampling, cancel=cancel)
+        feats = lv.features(job.source, media.sampling, cancel=cancel, limits=job.limits)
     conv = lv.conversation(job.system, job.turns)
     return lv.generate(feats, conv, generation=job.gen, cancel=cancel)
 
@@ -385,41 +486,48 @@ def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
     """What the web page shows of a video: the file itself (its player) and JPEG thumbnails at timestamps.
 
     ``video`` is a file id or a path under the allowed folder (never a data URL or a remote
-    URL: these endpoints only read what the server already holds).  Behind the API key like
-    all of ``/v1/``.
+    URL: these endpoints only read what the server already holds).  Both open the file
+    through the intake with the server's limits; ``/v1/video`` serves only an accepted
+    video, with the media type of its container as found by content.  Behind the API key.
     """
     from fastapi.responses import FileResponse, Response
 
-    async def held(video: str) -> str:
+    def held(video: str) -> str:
         if video.startswith("data:") or re.match(r"^https?://", video, re.I):
             raise APIError(400, "name a file id or a path under the allowed folder", code="invalid_video")
-        path, _ = await _resolve_video(video, settings, store)
-        return path
+        if video.startswith("file-"):
+            path = store.get(video)
+            if path is None:
+                raise APIError(404, f"no uploaded file {_clip(video)!r}", "not_found_error", "file_not_found")
+            return str(path)
+        local = video[len("file://") :] if video.startswith("file://") else video
+        return str(_allowed_local(local, settings))
 
     @app.get("/v1/thumbnail")
     async def thumbnail(video: str, t: float, w: int = 160):
         from .thumbnails import thumbnail_jpeg
 
-        path = await held(video)
-        try:
-            data = await asyncio.to_thread(thumbnail_jpeg, path, t, w)
-        except LongVUError as e:
-            raise APIError(400, str(e), code="bad_input") from None
+        data = await asyncio.to_thread(thumbnail_jpeg, held(video), t, w, settings.limits)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/v1/video")
     async def video_file(video: str):
-        import mimetypes
+        from .video import probe_video
 
-        path = await held(video)
-        mime = mimetypes.guess_type(path)[0] or ""
-        # only a video type is served inline; anything else (an uploaded .html, say) is a download
-        mime = mime if mime.startswith("video/") else "application/octet-stream"
-        return FileResponse(path, media_type=mime, headers={"X-Content-Type-Options": "nosniff"})
+        path = held(video)
+        info = await asyncio.to_thread(probe_video, path, settings.limits)
+        return FileResponse(path, media_type=VIDEO_TYPES.get(info.format, "application/octet-stream"),
+                            headers={"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline"})  # fmt: skip
+
+
+# Media types of the accepted containers (``longvu.video.CONTAINER_FORMATS``), for the page's player.
+VIDEO_TYPES = {"mov,mp4,m4a,3gp,3g2,mj2": "video/mp4", "matroska,webm": "video/webm", "avi": "video/x-msvideo",
+               "mpegts": "video/mp2t", "mpeg": "video/mpeg", "flv": "video/x-flv", "asf": "video/x-ms-asf",
+               "ogg": "video/ogg"}  # fmt: skip
 
 
 def _page_routes(app) -> None:
-    """The web page and its static files (served by the app: no CDN)."""
+    """The web page and its static files (served by the app: no CDN); a fixed list of files, no paths."""
     from fastapi.responses import FileResponse
 
     @app.get("/")
@@ -428,29 +536,9 @@ def _page_routes(app) -> None:
 
     @app.get("/static/{name}")
     async def static(name: str):
-        path = (STATIC / name).resolve()
-        if path.parent != STATIC.resolve() or not path.is_file():
+        if name not in STATIC_FILES:
             raise APIError(404, "not found", "not_found_error")
-        return FileResponse(path)
-
-
-class APIKeyMiddleware:
-    """Require ``Authorization: Bearer KEY`` on ``/v1/`` (plain ASGI, so the endpoints still see disconnects)."""
-
-    def __init__(self, app, key: str) -> None:
-        self.app, self.expected = app, f"Bearer {key}".encode()
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            header = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(header, self.expected):
-                from fastapi.responses import JSONResponse
-
-                err = APIError(401, "missing or wrong API key (send it as 'Authorization: Bearer KEY')",
-                               "authentication_error", "invalid_api_key")  # fmt: skip
-                await JSONResponse(err.body(), status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
 
 
 def _drain(prepare, cancel: threading.Event):
@@ -461,25 +549,53 @@ def _drain(prepare, cancel: threading.Event):
     return stream.answer
 
 
-def _input_error(e: LongVUError) -> APIError:
-    """The 400 for an error of the request's content (OpenAI's code for a prompt that cannot fit)."""
-    code = "context_length_exceeded" if isinstance(e, ContextOverflowError) else "bad_input"
-    return APIError(400, str(e), code=code, param="messages" if code == "context_length_exceeded" else None)
+def public_error(e: LongVUError) -> APIError:
+    """The 4xx for an error of the request's content, in words that name no server path.
+
+    A video over the server's limits is a 413; another video error a 400 with the error's
+    :attr:`~longvu.errors.VideoError.public_message`; a prompt that cannot fit a 400 with
+    OpenAI's code ``context_length_exceeded``.
+    """
+    if isinstance(e, MediaLimitError):
+        return APIError(413, e.public_message, code="media_too_large", param=e.limit)
+    if isinstance(e, VideoError):
+        return APIError(400, e.public_message, code="invalid_video")
+    if isinstance(e, ContextOverflowError):
+        return APIError(400, str(e), code="context_length_exceeded", param="messages")
+    return APIError(400, str(e), code="bad_input")
 
 
-async def _run_job(worker: Worker, fn, request, cancel: threading.Event, settings: ServerSettings, wait_s: float = 0.0):
+def _quota_error() -> APIError:
+    return APIError(413, "the server's upload storage is full; delete files (DELETE /v1/files/ID) or retry later",
+                    code="upload_quota_exceeded")  # fmt: skip
+
+
+def _ended(jobs: Jobs) -> APIError:
+    """The error for a job stopped by its cancel event: the client left, or the server is stopping."""
+    if jobs.closing.is_set():
+        return APIError(503, "the server is shutting down; retry later", "server_error", "shutting_down")
+    return APIError(499, "the client went away", code="cancelled")
+
+
+def _outcome(fut: asyncio.Future, jobs: Jobs):
+    """The job's result, or the APIError its failure means (an unexpected error propagates: a 500)."""
+    try:
+        return fut.result()
+    except Cancelled:
+        raise _ended(jobs) from None
+    except LongVUError as e:
+        raise public_error(e) from None
+
+
+async def _run_job(worker: Worker, fn, request, cancel: threading.Event, settings: ServerSettings, wait_s: float,
+                   jobs: Jobs):  # fmt: skip
     """Queue ``fn`` (waiting up to ``wait_s`` for a slot); wait for it while watching for a disconnect and the time limit."""
     fut = await worker.submit_waiting(fn, wait_s)
     start = time.monotonic()
     while True:
         done, _ = await asyncio.wait({fut}, timeout=0.25)
         if done:
-            try:
-                return fut.result()
-            except Cancelled:
-                raise APIError(499, "the client went away", code="cancelled") from None
-            except LongVUError as e:
-                raise _input_error(e) from None
+            return _outcome(fut, jobs)
         if await request.is_disconnected():
             cancel.set()
             fut.cancel()
@@ -487,12 +603,22 @@ async def _run_job(worker: Worker, fn, request, cancel: threading.Event, setting
         if time.monotonic() - start > settings.request_timeout_s:
             cancel.set()
             fut.cancel()
-            raise APIError(504, f"the request took longer than {settings.request_timeout_s:g}s", "server_error",
-                           "timeout")  # fmt: skip
+            raise _timed_out(settings)
 
 
-async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cleanup):
-    """Server-Sent Events for ``stream: true``: role chunk, content chunks, finish chunk, [DONE]."""
+def _timed_out(settings: ServerSettings) -> APIError:
+    return APIError(504, f"the request took longer than {settings.request_timeout_s:g}s", "server_error", "timeout")
+
+
+def _event(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cleanup, jobs: Jobs):
+    """Server-Sent Events for ``stream: true``: role chunk, content chunks, finish chunk, [DONE].
+
+    An error after the status line was sent is an event in OpenAI's error shape.
+    """
     pieces: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
@@ -501,13 +627,12 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
         for piece in stream:
             if cancel.is_set():
                 raise Cancelled()
-            loop.call_soon_threadsafe(pieces.put_nowait, ("piece", piece))
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
         return stream.answer
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
-        data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": settings.model_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
-        return f"data: {json.dumps(data)}\n\n"
+        return _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": settings.model_name,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})  # fmt: skip
 
     finished = False
     try:
@@ -515,51 +640,30 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
             fut = await worker.submit_waiting(job, req.get("wait_s", 0.0))
         except APIError as e:
             finished = True
-            yield f"data: {json.dumps(e.body())}\n\n"
+            yield _event(e.body())
             return
         yield chunk({"role": "assistant", "content": ""})
-        start = last_check = time.monotonic()
-        while True:
-            if fut.done() and pieces.empty():
-                break
-            try:
-                _, piece = await asyncio.wait_for(pieces.get(), timeout=0.25)
-                yield chunk({"content": piece})
-            except asyncio.TimeoutError:
-                pass
-            now = time.monotonic()
-            if now - last_check > 0.5:
-                last_check = now
-                if await request.is_disconnected():
-                    return  # the finally block cancels the generation
-            if now - start > settings.request_timeout_s:
-                yield f"data: {json.dumps(APIError(504, 'request timed out', 'server_error', 'timeout').body())}\n\n"
-                return
+        async for piece in _pieces(fut, pieces, request, settings):
+            yield chunk({"content": piece})
         try:
-            answer = fut.result()
-        except Cancelled:
+            answer = _outcome(fut, jobs)
+        except APIError as e:  # the request's fault, a cancel, or a Ray Serve replica that failed mid-answer
             finished = True
-            yield f"data: {json.dumps(APIError(499, 'cancelled', code='cancelled').body())}\n\n"
-            return
-        except LongVUError as e:
-            finished = True
-            yield f"data: {json.dumps(_input_error(e).body())}\n\n"
-            return
-        except APIError as e:  # e.g. a Ray Serve replica that failed mid-answer
-            finished = True
-            yield f"data: {json.dumps(e.body())}\n\n"
+            yield _event(e.body())
             return
         except Exception as e:  # reported in-stream: the status line was sent already
             finished = True
-            yield f"data: {json.dumps(APIError(500, f'internal error: {type(e).__name__}', 'server_error').body())}\n\n"
+            yield _event(APIError(500, f"internal error: {type(e).__name__}", "server_error").body())
             return
-        finish = "stop" if answer.trace.data["generation"]["stopped_by"] != "max_new_tokens" else "length"
         extra = {"longvu": _trace_summary(answer.trace.data)}
         if req.get("include_usage"):
             extra["usage"] = _usage(answer)
         finished = True
-        yield chunk({}, finish, **extra)
-        yield "data: [DONE]\n\n"
+        yield chunk({}, _finish_reason(answer), **extra)
+        yield _event("[DONE]")
+    except _Abandoned as e:
+        if e.error is not None:
+            yield _event(e.error.body())
     finally:
         # A client that disconnects ends this generator early (Starlette cancels it at a
         # yield): stop the generation so the worker is free for the next request.
@@ -568,14 +672,44 @@ async def _sse(worker, prepare, request, cancel, settings, cid, created, req, cl
         cleanup()
 
 
+class _Abandoned(Exception):
+    """The stream stops before the job ends: the client left (``error`` None) or the time ran out."""
+
+    def __init__(self, error: APIError | None = None) -> None:
+        self.error = error
+
+
+async def _pieces(fut: asyncio.Future, pieces: asyncio.Queue, request, settings: ServerSettings):
+    """The job's text pieces as they come, until it ends; raises :class:`_Abandoned` on a disconnect or timeout."""
+    start = last_check = time.monotonic()
+    while not (fut.done() and pieces.empty()):
+        try:
+            yield await asyncio.wait_for(pieces.get(), timeout=0.25)
+        except asyncio.TimeoutError:
+            pass
+        now = time.monotonic()
+        if now - last_check > 0.5:
+            last_check = now
+            if await request.is_disconnected():
+                raise _Abandoned()
+        if now - start > settings.request_timeout_s:
+            raise _Abandoned(_timed_out(settings))
+
+
+def _finish_reason(answer) -> str:
+    return "stop" if answer.trace.data["generation"]["stopped_by"] != "max_new_tokens" else "length"
+
+
 def _parse_chat_request(body: Any, settings: ServerSettings) -> dict:
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise APIError(400, "'model' must be a string", param="model")
     if model is not None and model != settings.model_name:
-        raise APIError(404, f"the model {model!r} does not exist; this server serves {settings.model_name!r}",
+        raise APIError(404, f"the model {_clip(model)!r} does not exist; this server serves {settings.model_name!r}",
                        "not_found_error", "model_not_found", "model")  # fmt: skip
-    system, turns, media = _parse_messages(body.get("messages"))
+    system, turns, media = _parse_messages(body.get("messages"), settings)
     parse_media_io_kwargs(body, media, _media_error)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -585,10 +719,13 @@ def _parse_chat_request(body: Any, settings: ServerSettings) -> dict:
             "stream": stream, "include_usage": bool(isinstance(opts, dict) and opts.get("include_usage"))}  # fmt: skip
 
 
-def _parse_messages(messages: Any) -> tuple[str | None, list[tuple[str, str]], Media]:
+def _parse_messages(messages: Any, settings: ServerSettings) -> tuple[str | None, list[tuple[str, str]], Media]:
     """The system prompt, the user/assistant turns and the one video (:class:`Media`) of ``messages``."""
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
+    if len(messages) > settings.max_messages:
+        raise APIError(400, f"at most {settings.max_messages} messages per request", code="too_many_messages",
+                       param="messages")  # fmt: skip
     system = None
     turns: list[tuple[str, str]] = []
     media = Media()
@@ -603,6 +740,7 @@ def _parse_messages(messages: Any) -> tuple[str | None, list[tuple[str, str]], M
             system = text
         else:
             turns.append((msg["role"], text))
+    _check_text(system, turns, settings)
     if media.empty:
         raise APIError(400, "no video: add a content part {'type': 'video_url', 'video_url': {'url': ...}} "
                        "(or image_url parts: a video's frames)", code="no_video", param="messages")  # fmt: skip
@@ -613,9 +751,28 @@ def _parse_messages(messages: Any) -> tuple[str | None, list[tuple[str, str]], M
     return system, turns, media
 
 
+def _check_text(system: str | None, turns: list[tuple[str, str]], settings: ServerSettings) -> None:
+    """At most ``max_text_chars`` in all, and valid Unicode (a lone surrogate cannot be tokenised)."""
+    texts = [system or ""] + [t for _, t in turns]
+    if sum(map(len, texts)) > settings.max_text_chars:
+        raise APIError(400, f"the messages hold more than {settings.max_text_chars} characters of text",
+                       code="too_much_text", param="messages")  # fmt: skip
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "the messages hold invalid Unicode (a lone surrogate)", param="messages") from None
+
+
 def _parse_generation(body: dict, settings: ServerSettings) -> GenerationOptions:
     """Decoding options from OpenAI's fields; ``max_tokens`` above the server's limit is refused."""
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", settings.max_new_tokens))
+    max_tokens = body.get("max_completion_tokens")
+    max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
+    max_tokens = settings.max_new_tokens if max_tokens is None else max_tokens  # null: the default, as OpenAI's
+    if isinstance(max_tokens, float) and max_tokens.is_integer():
+        max_tokens = int(max_tokens)
+    if isinstance(max_tokens, float):
+        raise APIError(400, "'max_tokens' must be a whole number", param="max_tokens")
     temperature, top_p, seed = body.get("temperature"), body.get("top_p"), body.get("seed")
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > settings.max_tokens_limit:
         raise APIError(400, f"'max_tokens' is {max_tokens}; this server allows at most {settings.max_tokens_limit}",
@@ -626,8 +783,8 @@ def _parse_generation(body: dict, settings: ServerSettings) -> GenerationOptions
             raise APIError(400, f"'{name}' must be a number in [{lo}, {hi}]", param=name)
     if top_p == 0:
         raise APIError(400, "'top_p' must be greater than 0", param="top_p")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise APIError(400, "'seed' must be an integer", param="seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise APIError(400, "'seed' must be an integer in [0, 2^63)", param="seed")
     greedy = temperature == 0
     return GenerationOptions(max_new_tokens=int(max_tokens), greedy=greedy, temperature=None if greedy else temperature,
                              top_p=None if greedy else top_p, seed=seed)  # fmt: skip
@@ -655,15 +812,30 @@ def _media_error(message: str, code: str) -> APIError:
     return APIError(400, message, code=code, param="messages")
 
 
-async def _resolve_media(media: Media, settings: ServerSettings, store: MediaStore):
+class _Budget:
+    """Bytes one request may bring with it (data: URLs, downloads): ``max_upload_mb`` for all its files together."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit, self.left, self.what = limit, limit, what
+
+    def take(self, n: int) -> None:
+        if n > self.left:
+            raise APIError(413, f"{self.what} is larger than this server's limit ({self.limit / 2**20:.3g} MB)",
+                           code="file_too_large")  # fmt: skip
+        self.left -= n
+
+
+async def _resolve_media(media: Media, settings: ServerSettings, store: MediaStore, downloader):
     """A local video path, or a list of local image paths (the frames), and one cleanup function."""
     if media.video_url is not None:
         accept = ("video/", "audio/") if media.from_audio_part else ("video/",)
-        return await _resolve_video(media.video_url, settings, store, accept=accept)
+        budget = _Budget(settings.max_upload_bytes, "the video")
+        return await _resolve_video(media.video_url, settings, store, downloader, budget, accept)
+    budget = _Budget(settings.max_upload_bytes, "the request's image frames together")
     paths, cleanups = [], []
     try:
         for url in media.image_urls:
-            path, cleanup = await _resolve_video(url, settings, store, accept=("image/",))
+            path, cleanup = await _resolve_video(url, settings, store, downloader, budget, ("image/",))
             paths.append(path)
             cleanups.append(cleanup)
     except BaseException:
@@ -673,93 +845,124 @@ async def _resolve_media(media: Media, settings: ServerSettings, store: MediaSto
     return paths, lambda: [c() for c in cleanups]
 
 
-async def _resolve_video(url: str, settings: ServerSettings, store: MediaStore, accept: tuple[str, ...] = ("video/",)):
-    """A local file path for the request's video (or image: ``accept``), and a cleanup function."""
+async def _resolve_video(url: str, settings: ServerSettings, store: MediaStore, downloader, budget: _Budget,
+                         accept: tuple[str, ...] = ("video/",)):  # fmt: skip
+    """A local file path for the request's video (or image: ``accept``), and a cleanup function.
+
+    Files the request brings are stored under the server's own names (``longvu.server_store``).
+    """
     noop = lambda: None  # noqa: E731
     m = _DATA_URL.match(url)
     if m:
-        mime = (m.group("mime") or "").lower()
-        if mime and not (mime.startswith(accept) or mime == "application/octet-stream"):
-            what = "an image" if accept == ("image/",) else "a video"
-            raise APIError(415, f"unsupported media type {mime!r}: send {what}", code="unsupported_media_type")
-        if not m.group("b64"):
-            raise APIError(400, "data URLs must be base64-encoded", code="invalid_data_url")
-        payload = url[m.end() :]
-        _check_size(len(payload) * 3 // 4, settings)
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise APIError(400, "the data URL is not valid base64", code="invalid_data_url") from None
-        if not data:
-            raise APIError(400, "the data URL holds no data", code="invalid_data_url")
-        _, path = store.new_path(".video")
-        path.write_bytes(data)
-        return str(path), lambda: path.unlink(missing_ok=True)
+        _check_data_url(m, accept)
+        path, cleanup = await asyncio.to_thread(_store_data_url, url, m.end(), budget, store)
+        return str(path), cleanup
     if url.startswith("file-"):
         path = store.get(url)
         if path is None:
-            raise APIError(404, f"no uploaded file {url!r}", "not_found_error", "file_not_found")
+            raise APIError(404, f"no uploaded file {_clip(url)!r}", "not_found_error", "file_not_found")
         return str(path), noop
     if re.match(r"^https?://", url, re.I):
         if not settings.allow_remote_urls:
             raise APIError(400, "remote URLs are disabled on this server (start it with --allow-remote-urls)",
                            code="remote_urls_disabled")  # fmt: skip
-        path = await asyncio.to_thread(_download, url, settings, store)
-        return str(path), lambda: path.unlink(missing_ok=True)
+        return await _download(url, settings, store, downloader, budget)
     local = url[len("file://") :] if url.startswith("file://") else url
     return str(_allowed_local(local, settings)), noop
 
 
+def _check_data_url(m: re.Match, accept: tuple[str, ...]) -> None:
+    mime = (m.group("mime") or "").lower()
+    if mime and not (mime.startswith(accept) or mime == "application/octet-stream"):
+        what = "an image" if accept == ("image/",) else "a video"
+        raise APIError(415, f"unsupported media type {_clip(mime)!r}: send {what}", code="unsupported_media_type")
+    if not m.group("b64"):
+        raise APIError(400, "data URLs must be base64-encoded", code="invalid_data_url")
+
+
+def _store_data_url(url: str, start: int, budget: _Budget, store: MediaStore):
+    """Decode a data: URL's payload (``url[start:]``) into a store file (blocking: run off the event loop)."""
+    budget.take((len(url) - start) * 3 // 4)
+    try:
+        data = base64.b64decode(url[start:], validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, "the data URL is not valid base64", code="invalid_data_url") from None
+    if not data:
+        raise APIError(400, "the data URL holds no data", code="invalid_data_url")
+    return store.write_temp(data)
+
+
+class _Reserving:
+    """A store file that reserves every chunk against the store's quota and the request's budget."""
+
+    def __init__(self, out, store: MediaStore, budget: _Budget) -> None:
+        self.out, self.store, self.budget, self.reserved = out, store, budget, 0
+
+    def write(self, chunk: bytes) -> None:
+        self.budget.take(len(chunk))
+        self.store.reserve(len(chunk))
+        self.reserved += len(chunk)
+        self.out.write(chunk)
+
+
+async def _download(url: str, settings: ServerSettings, store: MediaStore, downloader, budget: _Budget):
+    """Fetch ``url`` on the downloader's threads into a store file (see :mod:`longvu.remote`)."""
+    from .remote import RemoteRefused, RemoteTooLarge
+
+    _, path = store.new_path("tmp")
+    with open(path, "xb") as out:
+        sink = _Reserving(out, store, budget)
+        try:
+            await asyncio.wrap_future(downloader.submit(url, sink, settings.max_upload_bytes))
+        except BaseException as e:
+            path.unlink(missing_ok=True)
+            store.release(sink.reserved)
+            if isinstance(e, RemoteTooLarge):
+                raise _too_large(settings) from None
+            if isinstance(e, RemoteRefused):  # one message for every reason: no oracle of what is reachable
+                raise APIError(400, "could not download the video from that URL", code="download_failed") from None
+            raise
+
+    def cleanup() -> None:
+        path.unlink(missing_ok=True)
+        store.release(sink.reserved)
+
+    return str(path), cleanup
+
+
 def _allowed_local(path: str, settings: ServerSettings) -> Path:
-    """Resolve ``path`` (symlinks and ``..`` included) and require it inside the allowed folder."""
+    """Resolve ``path`` (symlinks and ``..`` included) and require it inside the allowed folder.
+
+    Outside the folder (by its name, then by where it leads) is a 403 whether it exists or
+    not; a path that cannot be resolved (a NUL byte, a symlink loop, a name too long) a 400.
+    """
     if not settings.allowed_local_media_path:
         raise APIError(400, "local paths are disabled on this server (start it with --allowed-local-media-path DIR)",
                        code="local_paths_disabled")  # fmt: skip
+    outside = APIError(403, "the path is outside the allowed media folder", "permission_error", "path_not_allowed")
     root = Path(settings.allowed_local_media_path).resolve()
-    p = Path(path)
-    if not p.is_absolute():
-        p = root / p
-    real = p.resolve()
-    if real != root and root not in real.parents:
-        raise APIError(403, "the path is outside the allowed media folder", "permission_error", "path_not_allowed")
-    if not real.is_file():
+    if "\0" in path:
+        raise APIError(400, "the path contains a NUL byte", code="invalid_path")
+    lexical = Path(os.path.normpath(root / path))  # no file system access yet
+    if lexical != root and root not in lexical.parents:
+        raise outside
+    try:
+        real = lexical.resolve()
+        inside = real == root or root in real.parents
+        is_file = inside and real.is_file()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop (RuntimeError before Python 3.13), ENAMETOOLONG
+        raise APIError(400, "the path cannot be resolved (a symlink loop, or a name too long)",
+                       code="invalid_path") from None  # fmt: skip
+    if not inside:
+        raise outside
+    if not is_file:
         raise APIError(404, "no such file in the allowed media folder", "not_found_error", "file_not_found")
     return real
 
 
-def _check_size(size: int, settings: ServerSettings) -> None:
-    if size > settings.max_upload_bytes:
-        raise APIError(413, f"the video is larger than the {settings.max_upload_mb:g} MB limit", code="file_too_large")
-
-
-def _download(url: str, settings: ServerSettings, store: MediaStore) -> Path:
-    import urllib.request
-
-    _, path = store.new_path(".video")
-    size = 0
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(path, "wb") as out:  # noqa: S310 (opt-in)
-            while chunk := r.read(1 << 20):
-                size += len(chunk)
-                _check_size(size, settings)
-                out.write(chunk)
-    except APIError:
-        path.unlink(missing_ok=True)
-        raise
-    except Exception as e:  # network errors become a 400 for the client
-        path.unlink(missing_ok=True)
-        raise APIError(400, f"could not download the video ({type(e).__name__})", code="download_failed") from None
-    return path
-
-
-def _check_duration(path: str, max_video_seconds: float) -> None:
-    """Refuse a video longer than the limit, counting its frames (a header's duration can lie)."""
-    from .video import count_frames
-
-    frames, fps = count_frames(path)
-    seconds = frames / fps
-    if seconds > max_video_seconds:
-        raise LongVUError(f"the video lasts {seconds:.0f}s, more than this server's {max_video_seconds:g}s limit")
+def _too_large(settings: ServerSettings) -> APIError:
+    return APIError(413, f"the file is larger than this server's {settings.max_upload_mb:g} MB limit",
+                    code="file_too_large")  # fmt: skip
 
 
 def _usage(answer) -> dict:
@@ -787,13 +990,18 @@ def _trace_summary(t: dict) -> dict:
 
 
 def _completion(cid: str, created: int, model: str, answer) -> dict:
-    finish = "stop" if answer.trace.data["generation"]["stopped_by"] != "max_new_tokens" else "length"
     return {
         "id": cid,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": finish}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": _finish_reason(answer),
+            }
+        ],
         "usage": _usage(answer),
         "longvu": _trace_summary(answer.trace.data),
     }
@@ -806,6 +1014,19 @@ def _version() -> str:
 
 
 def serve(lv: LongVU, settings: ServerSettings, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT.  Either cancels every running and queued job at once
+    (encoding stops within a frame, generation within a token), so the requests end and
+    uvicorn's graceful shutdown has nothing long to wait for; ``shutdown_timeout_s`` bounds
+    the wait all the same."""
     import uvicorn
 
-    uvicorn.run(create_app(lv, settings), host=host, port=port, log_level="info")
+    app = create_app(lv, settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.jobs.cancel_all()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)))  # fmt: skip
+    Server(config).run()

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .video import Sampling, VideoClip
+from .errors import MediaLimitError, VideoError
+from .video import NO_LIMITS, MediaLimits, Sampling, VideoClip
 
 # Image frames one request may carry at most (each is decoded to RGB in memory).
 MAX_IMAGE_FRAMES = 1024
@@ -97,30 +98,55 @@ def parse_media_io_kwargs(body: dict, media: Media, error) -> None:
     media.frames_fps = float(fps or 1.0)
 
 
-def frames_from_images(paths: list[str], media: Media) -> VideoClip:
+# Image formats an image frame may be in (Pillow's names).  Not every format Pillow opens:
+# some hand the file to other programs (EPS to Ghostscript) or are rarely fuzzed.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+
+
+def frames_from_images(paths: list[str], media: Media, limits: MediaLimits | None = None,
+                       max_bytes: int | None = None) -> VideoClip:  # fmt: skip
     """Image files as one video's frames (in order, ``frames_fps`` apart, thinned to ``num_frames``).
 
-    Raises :class:`~longvu.errors.VideoError` for a file that is not a readable image.
+    Each frame must be within ``limits.max_pixels``, and the frames, decoded and resized to
+    the first one's size, at most ``max_bytes`` together (they are held in memory at once):
+    a :class:`~longvu.errors.MediaLimitError` otherwise.  Raises
+    :class:`~longvu.errors.VideoError` for a file that is not a readable image.
     """
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
-    from .errors import VideoError
-
+    limits = limits or NO_LIMITS
     keep = list(range(len(paths)))
     if media.sampling.max_frames is not None and len(keep) > media.sampling.max_frames:
         keep = np.linspace(0, len(paths), media.sampling.max_frames, endpoint=False).astype(int).tolist()
     frames, size = [], None
     for k in keep:
-        try:
-            with Image.open(paths[k]) as im:
-                im = im.convert("RGB")
-                size = size or im.size
-                frames.append(np.asarray(im if im.size == size else im.resize(size, Image.BICUBIC)))
-        except (UnidentifiedImageError, OSError) as e:
-            raise VideoError(f"image frame {k + 1} is not a readable image ({type(e).__name__})") from None
+        frame = _image_frame(paths[k], k, limits, size)
+        if size is None:
+            size = (frame.shape[1], frame.shape[0])
+            if max_bytes is not None and len(keep) * frame.nbytes > max_bytes:
+                raise MediaLimitError(f"{len(keep)} image frames of {size[0]}x{size[1]} take more than this "
+                                      f"server's {max_bytes / 2**20:g} MB", limit="max_image_frames_mb")  # fmt: skip
+        frames.append(frame)
     fps = media.frames_fps
     return VideoClip("<image frames>", np.stack(frames), keep, [k / fps for k in keep], fps, 1, len(paths))
+
+
+def _image_frame(path: str, k: int, limits: MediaLimits, size: tuple[int, int] | None):
+    """``[H, W, 3]`` uint8 RGB of image frame ``k`` (resized to ``size`` if given)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
+            limits.check_size(im.width, im.height, f"image frame {k + 1}")  # before decoding a pixel
+            im = im.convert("RGB")
+            return np.asarray(im if size is None or im.size == size else im.resize(size, Image.BICUBIC))
+    except MediaLimitError:
+        raise
+    except Image.DecompressionBombError:
+        raise MediaLimitError(f"image frame {k + 1} is larger than the limit", limit="max_pixels") from None
+    except Exception as e:  # Pillow's decoders raise many kinds of error on malformed files
+        raise VideoError(f"image frame {k + 1} is not a readable image ({type(e).__name__})") from None
 
 
 def client_wait_s(headers: Any, cap_s: float) -> float:

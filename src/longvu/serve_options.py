@@ -1,0 +1,109 @@
+"""``longvu serve``'s security and limit options, and their :class:`~longvu.server.ServerSettings` fields.
+
+Kept apart from ``cli.py`` so that the server's policy lives in one place; importing this
+module is cheap (no FastAPI).  README "Security model" describes each option.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .server_guard import default_allowed_hosts
+
+
+def _number(kind, minimum: float = 0.0, name: str = "a number"):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not value > minimum:
+            raise argparse.ArgumentTypeError(f"expected {name} above {minimum:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return names
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Add the security and limit options to the ``serve`` subcommand's parser."""
+    positive, count = _number(float), _number(int, name="a whole number")
+    g = parser.add_argument_group("security and limits (see README, Security model)")
+    g.add_argument("--allowed-hosts", type=_names, metavar="NAMES",
+                   help="Host header names the server answers, comma-separated ('*' any, '.example.com' a domain); "
+                        "default: localhost, 127.0.0.1, [::1] and the --host address")  # fmt: skip
+    g.add_argument(
+        "--cors-origins",
+        type=_names,
+        default=(),
+        metavar="ORIGINS",
+        help="origins whose web pages may call the API (e.g. https://app.example.com); default none",
+    )
+    g.add_argument("--docs", action="store_true", help="serve /docs, /redoc and /openapi.json (behind the key)")
+    g.add_argument("--max-pixels", type=count, default=4096 * 2160,
+                   help="largest frame, width x height (default 8847360: 4096x2160); above it, 413")  # fmt: skip
+    g.add_argument("--max-video-frames", type=count, default=4 * 3600 * 60,
+                   help="most decoded frames per video (default 864000: 4 hours at 60 fps); above it, 413")  # fmt: skip
+    g.add_argument(
+        "--max-json-mb",
+        type=positive,
+        default=256.0,
+        help="largest JSON request body, data: URLs included (default 256)",
+    )
+    g.add_argument(
+        "--max-upload-total-mb",
+        type=positive,
+        default=10240.0,
+        help="all stored uploads together, with data: URLs and downloads in flight (default 10240)",
+    )
+    g.add_argument(
+        "--max-image-frames-mb",
+        type=positive,
+        default=2048.0,
+        help="one request's image frames, decoded to RGB (default 2048)",
+    )
+    g.add_argument(
+        "--upload-ttl",
+        type=positive,
+        default=24 * 3600.0,
+        metavar="SECONDS",
+        help="uploads older than this are removed (default 86400)",
+    )
+    g.add_argument(
+        "--remote-timeout",
+        type=positive,
+        default=120.0,
+        metavar="SECONDS",
+        help="deadline of one --allow-remote-urls download, redirects included (default 120)",
+    )
+
+
+def settings_kwargs(args: argparse.Namespace) -> dict:
+    """The :class:`~longvu.server.ServerSettings` fields these options set."""
+    hosts = args.allowed_hosts or default_allowed_hosts(args.host, bool(args.api_key))
+    return {"allowed_hosts": hosts, "cors_origins": args.cors_origins, "docs": args.docs,
+            "max_pixels": args.max_pixels, "max_video_frames": args.max_video_frames,
+            "max_json_mb": args.max_json_mb, "max_upload_total_mb": args.max_upload_total_mb,
+            "max_image_frames_mb": args.max_image_frames_mb, "upload_ttl_s": args.upload_ttl,
+            "remote_timeout_s": args.remote_timeout}  # fmt: skip
+
+
+def warnings(args: argparse.Namespace, hosts: tuple[str, ...]) -> list[str]:
+    """What an operator should hear about these settings at start-up."""
+    out = []
+    if (
+        args.allowed_hosts is None
+        and hosts == default_allowed_hosts("0.0.0.0", False)
+        and args.host in ("0.0.0.0", "::")
+    ):
+        out.append(f"warning: listening on {args.host} without --api-key: only the host names "
+                   f"{', '.join(hosts)} are answered; pass --allowed-hosts NAMES for others")  # fmt: skip
+    if "*" in args.cors_origins:
+        out.append("warning: --cors-origins '*' lets every web page call this server")
+    return out
