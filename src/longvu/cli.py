@@ -41,6 +41,7 @@ def _add_model(p: argparse.ArgumentParser):
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder or hub id (default {DEFAULT_MODEL})")
     g.add_argument("--siglip", help="local folder of the SigLIP tower (default: <model>/vision_towers/siglip)")
     g.add_argument("--dinov2", help="local folder of the DINOv2 tower (default: <model>/vision_towers/dinov2)")
+    g.add_argument("--adapter", help="a folder written by `longvu train` (LoRA / trained connector) to apply")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="the benchmark's folder, in its published layout")
     ev.add_argument("--out", required=True, help="results folder (a re-run resumes)")
     ev.add_argument("--model", default=None, help="checkpoint folder or hub id")
+    ev.add_argument("--adapter", help="a folder written by `longvu train` to apply to --model")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     ev.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .synth_cli import add_parsers as add_data_parsers
 
     add_data_parsers(sub)
+    from .train_cli import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)
     cache = sub.add_parser("cache", help="inspect or empty the feature cache")
     cache.add_argument("action", choices=["info", "clear"])
     cache.add_argument("--cache-dir", help="cache folder (default $LONGVU_CACHE_DIR or ~/.cache/longvu)")
@@ -182,7 +187,7 @@ def _load_model(args, overrides: dict, progress: bool):
     lv = LongVU.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
         overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir), progress=progress,
-        options=load_options(args),
+        options=load_options(args), adapter=args.adapter,
     )  # fmt: skip
     dtype = str(lv.dtype).removeprefix("torch.")
     if lv.model.options.quantize:
@@ -313,7 +318,7 @@ def run_serve(args) -> int:
         from . import serve_ray
 
         load = {"device": args.device, "dtype": args.dtype, "siglip": args.siglip, "dinov2": args.dinov2,
-                "overrides": overrides}  # fmt: skip
+                "overrides": overrides, "adapter": args.adapter}  # fmt: skip
         serve_ray.run(args.model, load, settings, host=args.host, port=args.port, replicas=args.replicas,
                       address=args.ray, cache_dir="" if args.no_cache else args.cache_dir)  # fmt: skip
         return 0
@@ -332,7 +337,7 @@ def run_eval(args) -> int:
         from .eval.vniah import run_vniah
 
         summary = run_vniah(args.data, args.out, model=model, mode=args.mode, device=args.device,
-                            dtype=args.dtype, overrides=overrides)  # fmt: skip
+                            dtype=args.dtype, overrides=overrides, adapter=args.adapter)  # fmt: skip
         print(f"V-NIAH ({summary['mode']}): {summary['accuracy']}% of {summary['items']} items; "
               f"needle frame kept in {summary['needle_kept_rate']}%; heatmap {args.out}/heatmap.png")  # fmt: skip
         return 0
@@ -356,7 +361,7 @@ def run_eval(args) -> int:
     summary = run_benchmark(
         args.benchmark, items, args.out, model=model, device=args.device, dtype=args.dtype, overrides=overrides,
         workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, progress=not args.quiet, preset=preset,
-        subtitles=args.subtitles, force=args.force,
+        subtitles=args.subtitles, force=args.force, adapter=args.adapter,
     )  # fmt: skip
     print(open(os.path.join(args.out, "summary.md")).read(), end="")
     if summary["unparseable"]:
@@ -431,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             from .plan_cli import run_plan
 
             return run_plan(args)
+        if args.command in ("train", "merge"):
+            from .train_cli import run as run_train
+
+            return run_train(args)
         if args.command in ("synth", "data"):
             from .synth_cli import run as run_data
 

@@ -125,7 +125,7 @@ def heatmap(results: list[dict], path: str | Path, title: str = "V-NIAH") -> Non
 
 
 def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = "teacher", device: str = "auto",
-              dtype: str = "auto", overrides: dict | None = None) -> dict:  # fmt: skip
+              dtype: str = "auto", overrides: dict | None = None, adapter: str | None = None) -> dict:  # fmt: skip
     """Score every item of ``data/vniah.json`` (resumable) and draw the heatmap."""
     from ..errors import LongVUError
     from ..pipeline import LongVU
@@ -141,7 +141,8 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
     done = read_results(out / RESULTS)
     todo = [it for it in items if it["id"] not in done]
     if todo:
-        lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False)
+        lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False,
+                                    adapter=adapter)  # fmt: skip
         writer = ResultWriter(out / RESULTS)
         try:
             for it in todo:
