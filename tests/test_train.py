@@ -222,3 +222,37 @@ def test_adapter_errors_are_one_line(trained, data, tmp_path, capsys):
     assert "trained on another base" in err
     err = _one_line_error(capsys, ask + ["--model", str(QWEN), "--adapter", str(tmp_path)])
     assert "not an adapter folder" in err
+
+
+@pytest.mark.parametrize("checkpoint", [QWEN, LLAMA])
+def test_labels_are_the_answers_of_every_turn(checkpoint, tmp_path):
+    from longvu.data import Example
+    from longvu.train import IGNORE_INDEX, example_tokens
+
+    lv = _load(checkpoint)
+    turns = [("human", "<image>\nWhat is shown?"), ("gpt", "A red circle."), ("human", "Then?"), ("gpt", "It moves.")]
+    sample = example_tokens(lv, Example(1, "x", tmp_path / "v.mp4", turns))
+    conv = lv.conversation(turns=[("user", "What is shown?")])
+    assert sample.prompt_ids == lv.prompt_ids(conv)[0]  # the first question exactly as inference builds it
+    learned = [t for t, lab in zip(sample.rest_ids, sample.rest_labels) if lab != IGNORE_INDEX]
+    stop = conv.stop_str
+    assert lv.tokenizer.decode(learned) == f"A red circle.{stop}It moves.{stop}"
+    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(sample.rest_ids, sample.rest_labels))
+    conv.add_assistant("A red circle.")
+    conv.add_user("Then?")
+    whole = lv.tokenizer.decode([t for t in sample.prompt_ids if t >= 0] + sample.rest_ids)
+    assert whole.startswith(lv.tokenizer.decode([t for t in lv.prompt_ids(conv)[0] if t >= 0]))
+
+
+def test_full_llm_training_writes_loadable_weights(data, tmp_path):
+    out = train(config(data, tmp_path / "full", lora=False, train=("llm", "projector"), max_steps=1, save_steps=5))
+    info = json.loads((out / "longvu_adapter.json").read_text())
+    assert not info["lora"] and set(info["files"]) == {"llm.safetensors", "connector.safetensors"}
+    trained = load_file(str(out / "llm.safetensors"))
+    lv = _load(adapter=out)
+    for name, value in lv.model.llm.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+    assert not (out / "connector.safetensors").exists() or all(
+        k.startswith(("model.mm_projector.", "model.image_newline"))
+        for k in load_file(str(out / "connector.safetensors"))
+    )

@@ -46,8 +46,11 @@ def base_id(folder: str | os.PathLike) -> str:
     return h.hexdigest()[:32]
 
 
-def write_manifest(out: Path, model, *, lora: bool, trained: list[str], files: list[str]) -> None:
-    """``longvu_adapter.json``: which base (``base_id``, its folder and shapes) and what was trained."""
+def write_manifest(
+    out: Path, model, *, lora: bool, trained: list[str], files: list[str], overrides: dict | None = None
+) -> None:
+    """``longvu_adapter.json``: which base (``base_id``, its folder and shapes), what was trained, and the
+    config overrides (``--set``) training ran with: pass the same ones when using the adapter."""
     cfg = model.cfg
     info = {
         "format": FORMAT,
@@ -59,6 +62,7 @@ def write_manifest(out: Path, model, *, lora: bool, trained: list[str], files: l
         "lora": lora,
         "trained": trained,
         "files": sorted(files),
+        "overrides": dict(overrides or {}),
     }
     atomic_write_text(out / MANIFEST, json.dumps(info, indent=1) + "\n")
 

@@ -489,7 +489,9 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     set_seed(cfg.seed)  # LoRA's initial weights
     peft_model = mark_trainable(lv, parts, cfg)
     store = FeatureStore(lv, sva="sva" in parts)
-    store.prepare(dataset.samples, [f"{source}:{ex.line}" for ex in examples], cfg.progress)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    lines = [f"{source}:{ex.line}" for ex in examples]  # under DDP each process encodes its share up front
+    store.prepare(dataset.samples[rank::world], lines[rank::world], cfg.progress and rank == 0)
     wrapper = LongVUForTraining(lv, store)
     out.mkdir(parents=True, exist_ok=True)
     trainer_cls, log_cb, bar_cb, default_cbs = _trainer_classes()
@@ -502,11 +504,13 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     resume = last_checkpoint(out / "checkpoints") if cfg.resume else None
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
-        save_outputs(lv, wrapper, peft_model, out, lora=cfg.lora, parts=parts)
+        save_outputs(lv, wrapper, peft_model, out, parts=parts, overrides=cfg.overrides)
     return out
 
 
-def save_outputs(lv, wrapper: LongVUForTraining, peft_model, out: Path, *, lora: bool, parts: set[str]) -> None:
+def save_outputs(
+    lv, wrapper: LongVUForTraining, peft_model, out: Path, *, parts: set[str], overrides: dict | None = None
+) -> None:
     """Write the adapter folder: peft's LoRA files, ``connector.safetensors`` / ``llm.safetensors``, manifest last."""
     import shutil
     import tempfile
@@ -529,4 +533,5 @@ def save_outputs(lv, wrapper: LongVUForTraining, peft_model, out: Path, *, lora:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_manifest(out, lv.model, lora=peft_model is not None, trained=sorted(parts), files=files)
+    write_manifest(out, lv.model, lora=peft_model is not None, trained=sorted(parts), files=files,
+                   overrides=overrides)  # fmt: skip

@@ -6,6 +6,7 @@ Kept apart from :mod:`longvu.cli`, which only registers these parsers and dispat
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 COMMANDS = ("train", "merge")
@@ -83,7 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.quiet and sys.stderr.isatty(),
     )  # fmt: skip
     out = train(cfg)
-    print(f"trained: {out} (log {out / 'train_log.jsonl'})")
+    if os.environ.get("RANK", "0") == "0":  # torchrun / accelerate launch: one report
+        print(f"trained: {out} (log {out / 'train_log.jsonl'})")
     return 0
 
 
