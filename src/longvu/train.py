@@ -242,9 +242,16 @@ class LongVUForTraining(nn.Module):
         self.lv, self.store = lv, store
         self.truncated = 0
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kw) -> None:
+        """Recompute the decoder's activations in the backward pass (the Trainer's ``activation_checkpointing``)."""
+        args = activation_checkpointing_kwargs or {"use_reentrant": False}
+        if hasattr(self.llm, "activation_checkpointing_enable"):
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=args, **kw)
+        else:  # transformers before the rename
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args)
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        kw = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     def sample_inputs(self, s: Sample) -> tuple[torch.Tensor, list[int]]:
         """``[L, H]`` input embeddings (the same composition as inference) and the ``[L]`` labels."""
