@@ -2,7 +2,7 @@
 # Create .venv and install longvu.
 #
 #   bash scripts/setup.sh           # the package and its dev tools (enough for `longvu ask`)
-#   bash scripts/setup.sh --tests   # also what the whole test suite exercises: lmms-eval, Ray Serve
+#   bash scripts/setup.sh --tests   # also what the whole test suite exercises: lmms-eval, Ray Serve, peft
 #
 # torch is installed first, pinned to 2.13.0: on machines that carry that wheel locally
 # (CPU build) pip takes it from disk; elsewhere pip fetches 2.13.0 from PyPI.  Set
@@ -21,7 +21,7 @@ if [ "${1:-}" = "--tests" ]; then
   # from replacing torch.  PyPI's Linux torchvision is a CUDA build whose ops cannot load beside the CPU
   # torch, and transformers imports any torchvision it finds: where it cannot load it is removed again
   # (nothing here needs it).  lmms-eval 0.7.3 needs filelock<4 (the lmms extra pins it).
-  .venv/bin/python -m pip install -q -e ".[dev,lmms,serve-ray]" "$TORCH" "torchvision==0.28.0"
+  .venv/bin/python -m pip install -q -e ".[dev,lmms,serve-ray,train]" "$TORCH" "torchvision==0.28.0"
   if ! .venv/bin/python -c "import torchvision" >/dev/null 2>&1; then
     .venv/bin/python -m pip uninstall -y -q torchvision
   fi

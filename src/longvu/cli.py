@@ -34,7 +34,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head`
 
-COMMAND_MODULES = ("ask_cli", "chat_cli", "serve_cli", "eval_cli", "plan_cli", "synth_cli", "cache_cli")
+COMMAND_MODULES = ("ask_cli", "chat_cli", "serve_cli", "eval_cli", "plan_cli", "synth_cli", "train_cli", "cache_cli")
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -143,6 +143,7 @@ def add_model_options(p: argparse.ArgumentParser, *, runtime_set: bool = True) -
     g.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
     g.add_argument("--siglip", metavar="DIR", help="local folder of the SigLIP tower (default: <model>/vision_towers/siglip, then the hub)")  # fmt: skip
     g.add_argument("--dinov2", metavar="DIR", help="local folder of the DINOv2 tower (default: <model>/vision_towers/dinov2, then the hub)")  # fmt: skip
+    add_adapter_option(g)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto: cuda, then mps, then cpu")  # fmt: skip
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
@@ -150,6 +151,11 @@ def add_model_options(p: argparse.ArgumentParser, *, runtime_set: bool = True) -
     add_set_option(g)
     add_placement_options(p.add_argument_group("quantization and placement (see `longvu plan`)"))
     add_cache_options(p)
+
+
+def add_adapter_option(g) -> None:
+    g.add_argument("--adapter", metavar="DIR",
+                   help="a folder written by `longvu train` (LoRA and/or trained connector) to apply (default: none)")  # fmt: skip
 
 
 def add_set_option(g, what: str = "a run-time config field") -> None:
@@ -299,7 +305,7 @@ def load_model(args, overrides: dict, progress: bool):
     lv = LongVU.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
         overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir), progress=progress,
-        options=load_options(args),
+        options=load_options(args), adapter=args.adapter,
     )  # fmt: skip
     dtype = str(lv.dtype).removeprefix("torch.")
     if lv.model.options.quantize:

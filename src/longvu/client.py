@@ -30,7 +30,7 @@ LOCAL_ONLY = {
     "siglip": "--siglip", "dinov2": "--dinov2", "overrides": "--set", "quantize": "--quantize",
     "vision_device": "--vision-device", "vision_dtype": "--vision-dtype", "llm_gpu_memory": "--llm-gpu-memory",
     "no_cache": "--no-cache", "cache_dir": "--cache-dir", "trace": "--trace", "trace_arrays": "--trace-arrays",
-    "top_k": "--top-k",
+    "top_k": "--top-k", "adapter": "--adapter",
 }  # fmt: skip
 PATH_REFUSED = ("local_paths_disabled", "path_not_allowed", "file_not_found")
 

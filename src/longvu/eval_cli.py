@@ -86,6 +86,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=c.positive_int, metavar="N", help="only the first N questions (default: all)")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
+    c.add_adapter_option(m)
     m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, then mps, then cpu")  # fmt: skip
     m.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="auto: bfloat16 on cuda, float16 on mps, float32 on cpu; the original scripts use float16")  # fmt: skip
@@ -151,7 +152,8 @@ def _run_vniah(args, overrides: dict) -> int:
 
     summary = run_vniah(args.data, args.out, model=args.model, mode=args.mode, device=args.device, dtype=args.dtype,
                         overrides=overrides, limit=args.limit, sample_fps=args.sample_fps, max_frames=args.max_frames,
-                        workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, force=args.force)  # fmt: skip
+                        workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, force=args.force,
+                        adapter=args.adapter)  # fmt: skip
     print(f"V-NIAH ({summary['mode']}): {summary['accuracy']}% of {summary['items']} items; "
           f"needle frame kept in {summary['needle_kept_rate']}%; heatmap {args.out}/heatmap.png")  # fmt: skip
     if summary["errors"]:
@@ -181,7 +183,7 @@ def _run_benchmark(args, overrides: dict) -> int:
     summary = run_benchmark(
         args.benchmark, items, args.out, model=args.model, device=args.device, dtype=args.dtype, overrides=overrides,
         workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, progress=not args.quiet, preset=preset,
-        subtitles=subtitles, force=args.force,
+        subtitles=subtitles, force=args.force, adapter=args.adapter,
     )  # fmt: skip
     with open(os.path.join(args.out, "summary.md")) as f:
         print(f.read(), end="")

@@ -111,6 +111,7 @@ class LongVU:
         progress: bool = False,
         quantize: str | None = None,
         options: LoadOptions | None = None,
+        adapter: str | os.PathLike | None = None,
     ) -> LongVU:
         """Load a checkpoint folder or hub id.
 
@@ -122,11 +123,17 @@ class LongVU:
             cache: ``True`` for the default feature cache (``$LONGVU_CACHE_DIR`` or
                 ``~/.cache/longvu``), a folder, a :class:`FeatureCache`, or ``False``.
             progress: show a progress bar on stderr while encoding videos.
+            adapter: a folder written by ``longvu train`` (LoRA and/or trained connector), applied on
+                load; one made for another base is a :class:`~longvu.errors.CheckpointError`.
         """
         if quantize is not None:
             options = dataclasses.replace(options or LoadOptions(), quantize=quantize)
         m = load_model(model, device=device, dtype=dtype, siglip=siglip, dinov2=dinov2, overrides=overrides,
                        options=options)  # fmt: skip
+        if adapter is not None:
+            from .adapter import apply_adapter
+
+            apply_adapter(m, adapter)
         if cache is True:
             fc = FeatureCache()
         elif cache is False or cache is None:

@@ -112,7 +112,8 @@ def tokenize_with_image(prompt: str, tokenizer, *, drop_first: bool = False) -> 
     the pieces is kept once at the very start (the reference's ``tokenizer_image_token``).
     ``drop_first`` removes the first id afterwards (the reference's Llama "remove bos").
     """
-    chunks = [tokenizer(piece).input_ids for piece in prompt.split(IMAGE_MARKER)]
+    # verbose=False: no "longer than the maximum" note; the context policy checks the length (context.py)
+    chunks = [tokenizer(piece, verbose=False).input_ids for piece in prompt.split(IMAGE_MARKER)]
     bos = getattr(tokenizer, "bos_token_id", None)
     ids: list[int] = []
     offset = 0

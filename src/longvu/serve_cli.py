@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         from . import serve_ray
 
         load = {"device": args.device, "dtype": args.dtype, "siglip": args.siglip, "dinov2": args.dinov2,
-                "overrides": overrides, "options": load_options(args)}  # fmt: skip
+                "overrides": overrides, "options": load_options(args), "adapter": args.adapter}  # fmt: skip
         serve_ray.run(args.model, load, settings, host=args.host, port=args.port, replicas=args.replicas,
                       address=args.ray, cache_dir="" if args.no_cache else args.cache_dir)  # fmt: skip
         return 0

@@ -80,10 +80,11 @@ class Evaluator:
     """One model answering groups of questions (one video per group)."""
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto", overrides: dict | None = None,
-                 max_new_tokens: int = 5) -> None:  # fmt: skip
+                 max_new_tokens: int = 5, adapter: str | None = None) -> None:  # fmt: skip
         from ..pipeline import LongVU
 
-        self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False)
+        self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False,
+                                         adapter=adapter)  # fmt: skip
         self.max_new_tokens = max_new_tokens
 
     def run_group(self, group: list[dict], preset: Preset) -> list[dict]:
@@ -187,6 +188,7 @@ def run_benchmark(
     subtitles: bool = False,
     force: bool = False,
     evaluator: Callable[..., Any] = Evaluator,
+    adapter: str | None = None,
 ) -> dict:
     """Answer every item not already answered in ``out_dir/results.jsonl``, then write the summary.
 
@@ -201,6 +203,8 @@ def run_benchmark(
     cfg.update(LongVUConfig.coerce_overrides(overrides or {}))
     settings = run_settings(benchmark, model, device, dtype, cfg, preset, subtitles)
     kw = {"model": model, "device": device, "dtype": dtype, "overrides": cfg, "max_new_tokens": preset.max_new_tokens}
+    if adapter is not None:  # part of the settings a resumed run must match
+        kw["adapter"] = settings["adapter"] = str(Path(adapter).resolve())
     with exclusive(out):
         mixed = check_settings(out, settings, force=force)
         done = read_results(out / RESULTS)

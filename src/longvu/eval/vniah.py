@@ -116,10 +116,11 @@ class VniahEvaluator:
     """
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto", overrides: dict | None = None,
-                 mode: str = "teacher") -> None:  # fmt: skip
+                 mode: str = "teacher", adapter: str | None = None) -> None:  # fmt: skip
         from ..pipeline import LongVU
 
-        self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False)
+        self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False,
+                                         adapter=adapter)  # fmt: skip
         self.mode = mode
 
     def run_group(self, group: list[dict], preset) -> list[dict]:
@@ -163,7 +164,7 @@ def heatmap(results: list[dict], path: str | Path, title: str = "V-NIAH") -> Non
 def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = "teacher", device: str = "auto",
               dtype: str = "auto", overrides: dict | None = None, limit: int | None = None, sample_fps: float = 1.0,
               max_frames: int | None = None, workers: int = 1, ray_address: str | None = None,
-              ray_gpus: float | None = None, force: bool = False) -> dict:  # fmt: skip
+              ray_gpus: float | None = None, force: bool = False, adapter: str | None = None) -> dict:  # fmt: skip
     """Score the items of ``data/vniah.json`` (the first ``limit``) and draw the heatmap.
 
     Resumable like the other benchmarks: answered items are skipped, failed ones asked again,
@@ -187,6 +188,8 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
     settings = {**run_settings("vniah", model, device, dtype, dict(sorted((overrides or {}).items())), preset, False),
                 "mode": mode}  # fmt: skip
     kw = {"model": model, "device": device, "dtype": dtype, "overrides": overrides, "mode": mode}
+    if adapter is not None:  # part of the settings a resumed run must match
+        kw["adapter"] = settings["adapter"] = str(Path(adapter).resolve())
     with exclusive(out):
         check_settings(out, settings, force=force)
         done = read_results(out / RESULTS)
