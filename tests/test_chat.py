@@ -6,6 +6,7 @@ import io
 import sys
 
 from conftest import FIXTURES, QWEN
+from test_generation import CountdownEvent  # a cancel event set after n checks
 
 from longvu import GenerationOptions
 from longvu.cli import main
@@ -40,6 +41,17 @@ def test_failed_turn_leaves_history_clean(qwen_model):
     assert len(session.history) == 2
     session.reset()
     assert session.history == []
+
+
+def test_ask_passes_cancel_through(qwen_model):
+    session = qwen_model.chat(VIDEO)
+    long = GenerationOptions(max_new_tokens=300, greedy=True)
+    answer = session.ask("What is shown?", long, cancel=CountdownEvent(3))
+    generation = answer.trace.data["generation"]
+    assert generation["stopped_by"] == "cancelled" and 1 <= len(answer.token_ids) <= 4
+    assert session.history == [("user", "What is shown?"), ("assistant", answer.text)]  # as ask_stream keeps it
+    full = session.ask("And then?", GREEDY, cancel=CountdownEvent(10**6))  # an event never set changes nothing
+    assert full.trace.data["generation"]["stopped_by"] != "cancelled" and len(session.history) == 4
 
 
 def test_cli_chat_reads_questions_from_stdin(monkeypatch, capsys):

@@ -137,7 +137,8 @@ def test_times_in_seconds_mm_ss_and_hh_mm_ss():
 def test_checked_before_loading(capsys, tmp_path, extra, needle):
     rc, _, err = run_cli(capsys, "ask", VIDEO, "q", "--model", tmp_path / "no-checkpoint", *extra)
     line = one_line(err)
-    assert rc == 2 and line.startswith("longvu: error: ") and needle in line
+    assert rc == 2 and line.startswith("longvu ask: error: ") and needle in line
+    assert line.endswith(" (see `longvu ask --help`)")
 
 
 def test_url_says_only_serve_fetches(capsys):

@@ -31,7 +31,7 @@ def assert_one_line_error(rc, err, needle):
     assert rc == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("longvu: error: ")
+    assert lines[0].startswith("longvu ask: error: ") and lines[0].endswith(" (see `longvu ask --help`)")
     assert needle in lines[0]
     assert "Traceback" not in err
 

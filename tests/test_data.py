@@ -119,4 +119,4 @@ def test_data_check_cli(folder, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"{folder / 'data.jsonl'}:2: not valid JSON")
     assert err[1] == f"{folder / 'data.jsonl'}:3: the last turn is from 'human': nothing to learn from it"
-    assert err[2] == "longvu: error: 2 malformed line(s)"
+    assert err[2] == "longvu data: error: 2 malformed line(s) (see `longvu data --help`)"

@@ -393,7 +393,7 @@ def test_resume_with_other_settings_is_refused_unless_forced(tmp_path, capsys):
         capsys.readouterr()
         assert main(eval_args("egoschema", data, out, *extra)) == 2
         err = capsys.readouterr().err
-        assert err.startswith("longvu: error: ") and err.count("\n") == 1, err
+        assert err.startswith("longvu eval egoschema: error: ") and err.count("\n") == 1, err
         assert f"other settings ({change}); use another --out, or --force" in err
     assert (out / RESULTS).read_text() == before
     assert main(eval_args("egoschema", data, out, "--limit", "1")) == 0  # --limit is not a setting
@@ -467,7 +467,8 @@ def test_a_failed_rewrite_loses_no_answer(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == (
-        f"longvu: error: {out}: could not write the results (File too large); the answers in {RESULTS} are kept as they were"
+        f"longvu eval egoschema: error: {out}: could not write the results (File too large); the answers in {RESULTS} "
+        "are kept as they were (see `longvu eval egoschema --help`)"
     )
     assert (out / RESULTS).read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []

@@ -1,6 +1,6 @@
 """Fuzz: damaged variants of the example videos through the decoder and through ``longvu ask``.
 
-Every variant must end in success or a one-line :class:`VideoError` (``longvu: error:``
+Every variant must end in success or a one-line :class:`VideoError` (``longvu ask: error:``
 and exit 2 on the CLI): no other exception, no traceback, no crash, and the process
 stays under a fixed memory bound.  The default run takes a few hundred variants through
 the decoding functions and a handful through the CLI; ``-m slow`` runs thousands, and a
@@ -87,7 +87,7 @@ def check_cli_result(r: dict) -> bool:
         assert r["stdout"].strip(), r
         return True
     lines = [ln for ln in r["stderr"].splitlines() if ln.strip()]
-    assert r["rc"] == 2 and len(lines) == 1 and lines[0].startswith("longvu: error: "), r
+    assert r["rc"] == 2 and len(lines) == 1 and lines[0].startswith("longvu ask: error: "), r
     return False
 
 

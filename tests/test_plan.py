@@ -182,13 +182,15 @@ def test_plan_cli_text_names_the_quantization_for_12gb(capsys):
         (["--model", "/no/such/folder"], "not a checkpoint folder"),
         (["--device", "cpu", "--llm-gpu-memory", "4GB"], "needs --device cuda"),
         (["--video", "/no/such.mp4"], "no such file"),
+        (["--device", "mps", "--quantize", "int8"], "--quantize is not supported on mps"),
+        (["--device", "cuda", "--vision-device", "mps"], "cuda and mps cannot be combined"),
     ],
 )
 def test_plan_cli_errors(capsys, argv, needle):
     rc = main(["plan", *argv])
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("longvu: error: ") and needle in lines[0], err
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("longvu plan: error: ") and needle in lines[0], err
 
 
 def test_plan_cli_reads_the_video(capsys):
@@ -200,3 +202,52 @@ def test_plan_cli_reads_the_video(capsys):
     assert rc == 0
     assert 0 < out["settings"]["minutes"] < 5 and out["frames"] >= 1
     assert out["peak_bytes"]["cuda"] == 0 and out["peak_bytes"]["cpu"] > 0
+
+
+def test_plan_device_auto_is_the_device_ask_would_pick(monkeypatch, capsys):
+    from longvu import plan_cli
+
+    monkeypatch.setattr(plan_cli, "_may_have_gpu", lambda: True)
+    for cuda, expected in ((True, ("cuda", "bfloat16")), (False, ("cpu", "float32"))):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+        assert main(["plan", "--model", "qwen2-7b", "--device", "auto", "--json"]) == 0
+        st = json.loads(capsys.readouterr().out)["settings"]
+        assert (st["device"], st["dtype"]) == expected
+
+
+def test_plan_device_auto_without_a_gpu_imports_no_torch():
+    import subprocess
+    import sys
+
+    from longvu.plan_cli import _may_have_gpu
+
+    code = ("import json, sys\nfrom longvu.cli import main\n"
+            "main(['plan', '--model', 'qwen2-7b', '--device', 'auto', '--json'])\n"
+            "print('torch' in sys.modules)")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    *out, torch_imported = res.stdout.strip().splitlines()
+    device = json.loads("\n".join(out))["settings"]["device"]
+    if not _may_have_gpu():  # this machine: decided from /proc and /dev alone
+        assert device == "cpu" and torch_imported == "False", res.stderr
+    else:
+        from longvu.model import pick_device
+
+        assert device == pick_device("auto").type, res.stderr
+
+
+def test_plan_mps_is_cuda_arithmetic_in_unified_memory(capsys):
+    shapes = load_shapes("qwen2-7b")
+    mps = plan(shapes, Settings(device="mps", dtype="float16", minutes=60))
+    cuda = plan(shapes, Settings(device="cuda", dtype="float16", minutes=60))
+    assert set(mps.peak_bytes) == {"mps", "cpu"}
+    assert {k: v["mps"] for k, v in mps.stages.items()} == {k: v["cuda"] for k, v in cuda.stages.items()}
+    assert fit(shapes, Settings(device="mps", dtype="float16", minutes=60), 24 * GiB)["fits"]  # no CUDA context
+    assert not fit(shapes, Settings(device="mps", dtype="float16", minutes=60), 16 * GiB)["fits"]  # nothing to quantize
+    assert main(["plan", "--device", "mps", "--minutes", "60", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["dtype"] == "float16" and set(out["peak_bytes"]) == {"mps", "cpu"}
+    assert out["unified_memory_peak_bytes"] >= out["peak_bytes"]["mps"] + 300 * 1024**2  # the process's RAM too
+    assert main(["plan", "--device", "mps", "--minutes", "60"]) == 0
+    text = capsys.readouterr().out
+    assert "peak: mps " in text and "unified memory: the GPU's memory is the host's RAM" in text

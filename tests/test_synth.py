@@ -122,7 +122,7 @@ def test_synth_cli_and_bad_settings(tmp_path, capsys):
     ]:
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("longvu: error: ") and message in err and err.count("\n") == 1, err
+        assert err.startswith("longvu synth: error: ") and message in err and err.count("\n") == 1, err
     assert main(["synth", "--out", str(tmp_path / "e"), "--n", "0"]) == 2
     assert "--n must be at least 1" in capsys.readouterr().err
 
@@ -157,4 +157,7 @@ def test_eval_synthetic_refuses_lines_without_choices(tmp_path, short_set, capsy
     argv = ["eval", "synthetic", "--data", str(data), "--out", str(tmp_path / "o"), "--model", str(QWEN)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err == f"longvu: error: {data / 'data.jsonl'}:2: 'options' must be a list of 2 to 26 strings\n"
+    assert err == (
+        f"longvu eval synthetic: error: {data / 'data.jsonl'}:2: 'options' must be a list of 2 to 26 strings "
+        "(see `longvu eval synthetic --help`)\n"
+    )

@@ -174,7 +174,8 @@ def test_resumed_run_ends_where_an_uninterrupted_one_ends(data, trained, tmp_pat
 def _one_line_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("longvu: error: ") and "\n" not in err, err
+    prog = f"longvu {argv[0]}"
+    assert err.startswith(f"{prog}: error: ") and err.endswith(f" (see `{prog} --help`)") and "\n" not in err, err
     return err
 
 

@@ -37,7 +37,7 @@ LLM_FILE = "llm.safetensors"
 def base_id(folder: str | os.PathLike) -> str:
     """Identity of a checkpoint's own weights and config (not its path): what an adapter belongs to."""
     from .cache import weights_fingerprint
-    from .model import weight_index
+    from .checkpoint import weight_index
 
     folder = Path(folder)
     files = sorted({folder / f for f in weight_index(folder).values()})
@@ -217,7 +217,7 @@ def _write_merged(base: Path, tensors: dict[str, torch.Tensor], tmp: Path, dtype
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from .model import weight_index
+    from .checkpoint import weight_index
 
     index = weight_index(base)
     shards = sorted(set(index.values()))

@@ -1,8 +1,8 @@
 """``longvu ask VIDEO QUESTION`` and ``longvu describe VIDEO``: one answer on stdout.
 
 Everything the arguments can get wrong (options, ``--set``, output paths, the video and
-its time range, a question that cannot fit) is checked before the model loads; progress
-and the stage summary go to stderr.
+its time range, the checkpoint folder, a question that cannot fit) is checked before the
+model loads; progress and the stage summary go to stderr.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
         return ask_server(args, question)
     run_settings = prepare(args)
-    lv = c.load_model(args, run_settings.overrides, progress=not args.quiet and sys.stderr.isatty())
+    # a question that cannot fit the context fails before the model loads (tokenizer and config only)
+    lv = c.load_model(args, run_settings.overrides, progress=not args.quiet and sys.stderr.isatty(), question=question)
     conv = lv.conversation()
     conv.add_user(question)
-    lv.prompt_ids(conv)  # a question that cannot fit fails here, before the video is encoded
     observer = _observer(args)
     feats = encode(args, lv, run_settings.sampling, observer)
     t1 = time.perf_counter()

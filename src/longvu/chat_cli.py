@@ -92,7 +92,7 @@ def _turn(args, session, question: str, generation, live: bool) -> None:
         sys.stdout.flush()
         c.log(args, "(answer stopped; it is not kept in the conversation)")
     except LongVUError as e:
-        print(f"longvu: error: {e}", file=sys.stderr, flush=True)
+        c.print_error(args, str(e))
 
 
 def history_file(cache_dir: str | None) -> Path:

@@ -13,8 +13,11 @@ To add ``longvu train``: write ``train_cli.py`` with those three names and add `
 below.  Module-level imports must stay light (the standard library, ``cli_common``, ``errors``,
 ``config``): importing every registered module is what ``longvu --help`` costs, so torch and
 transformers are imported inside ``run``.  Report the user's mistakes by raising
-:class:`~longvu.errors.LongVUError`: :func:`main` prints it on one line and exits 2.  It
-also turns Ctrl-C into one line and exit 130, and a closed stdout into a quiet exit 141.
+:class:`~longvu.errors.LongVUError`: :func:`main` prints it on one line and exits 2, in the
+argument parser's format, ``longvu ask: error: ... (see `longvu ask --help`)`` (``args.prog``
+is the subcommand's name; :func:`cli_common.print_error` writes such a line for a command
+that goes on after an error).  It also turns Ctrl-C into one line and exit 130, and a
+closed stdout into a quiet exit 141.
 
 The answer goes to stdout; progress and diagnostics go to stderr.
 """
@@ -72,9 +75,10 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
+        from .cli_common import error_line
+
         message = " ".join(message.split())
-        hint = _did_you_mean(self, message)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{hint} (see `{self.prog} --help`)\n")
+        self.exit(EXIT_USAGE, error_line(self.prog, message + _did_you_mean(self, message)) + "\n")
 
     def unknown(self, extras: list[str]) -> None:
         """Refuse arguments no option took, naming the nearest option or the subcommand that has it."""
@@ -158,6 +162,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, object]:
     if args.command is None:
         parser.print_help()
         raise SystemExit(0)
+    args.prog = _deepest(parser, args).prog  # "longvu ask", "longvu eval videomme": what its errors name
     return args, owners[args.command]
 
 
@@ -173,7 +178,7 @@ def _deepest(parser: Parser, args: argparse.Namespace) -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``longvu`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    from .cli_common import SIGINT
+    from .cli_common import SIGINT, print_error
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return module.run(args)
     except LongVUError as e:
-        print(f"longvu: error: {e}", file=sys.stderr, flush=True)
+        print_error(args, str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:  # the generation thread was cancelled and joined on the way here
         newline = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
@@ -197,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal error: one line, traceback on request
         if os.environ.get("LONGVU_DEBUG"):
             raise
-        print(f"longvu: internal error: {type(e).__name__}: {e} (set LONGVU_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"{args.prog}: internal error: {type(e).__name__}: {e} (set LONGVU_DEBUG=1 for a traceback)",
+              file=sys.stderr)  # fmt: skip
         return 1
     finally:
         SIGINT.restore()

@@ -289,13 +289,38 @@ def _check_writable_folder(folder: Path, option: str, path: str) -> None:
 # ------------------------------------------------------------------ running
 
 
+def error_line(prog: str, message: str) -> str:
+    """A user's mistake on one line: the (sub)command, the message, and where its options are explained."""
+    return f"{prog}: error: {message} (see `{prog} --help`)"
+
+
+def print_error(args, message: str) -> None:
+    """:func:`error_line` on stderr, for the subcommand ``args`` were parsed for (``args.prog``)."""
+    prog = getattr(args, "prog", None) or f"longvu {getattr(args, 'command', None) or ''}".strip()
+    print(error_line(prog, message), file=sys.stderr, flush=True)
+
+
 def log(args, msg: str) -> None:
     if not getattr(args, "quiet", False):
         print(msg, file=sys.stderr, flush=True)
 
 
-def load_model(args, overrides: dict, progress: bool):
-    """The :class:`~longvu.LongVU` the arguments name (the slow step: every check comes before it)."""
+def open_checkpoint(args, overrides: dict, question: str | None = None):
+    """The checkpoint ``--model`` names, opened without torch (:mod:`longvu.checkpoint`): a missing or
+    malformed folder, and a ``question`` that cannot fit its context, fail here in about a second."""
+    from .checkpoint import open_checkpoint as open_light
+    from .context import check_question
+
+    ckpt = open_light(args.model, overrides)
+    if question is not None:
+        check_question(question, ckpt.tokenizer, ckpt.cfg)
+    return ckpt
+
+
+def load_model(args, overrides: dict, progress: bool, question: str | None = None):
+    """The :class:`~longvu.LongVU` the arguments name (the slow step: every check comes before it,
+    :func:`open_checkpoint` included, with ``question`` when one is known)."""
+    ckpt = open_checkpoint(args, overrides, question)
     from .cache import FeatureCache
     from .pipeline import LongVU
     from .plan_cli import load_options
@@ -303,7 +328,7 @@ def load_model(args, overrides: dict, progress: bool):
     t0 = time.perf_counter()
     log(args, f"loading {args.model} ...")
     lv = LongVU.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
+        ckpt.folder, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
         overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir), progress=progress,
         options=load_options(args), adapter=args.adapter,
     )  # fmt: skip

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import quiet_transformers
 from .devices import bicubic_on_host, upload
 from .errors import CheckpointError
 from .preprocess import ImageSpec
@@ -195,29 +194,6 @@ def load_tower(
         hidden = cfg.hidden_size
     model.to(device).eval()
     return VisionTower(kind=kind, model=model, spec=spec, hidden_size=hidden, folder=str(folder))
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars inside the block, then restore them.
-
-    We report loading problems ourselves; the user's own transformers logging settings
-    are left as they were.
-    """
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    from .quantize import quiet_quantizers
-
-    try:
-        with quiet_quantizers():  # transformers may import torchao, which notes missing CUDA kernels
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _load_strict(cls, folder: Path, cfg, dtype: torch.dtype, ignore_prefixes: tuple[str, ...]) -> nn.Module:

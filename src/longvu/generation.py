@@ -15,11 +15,12 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ContextOverflowError
+
+if TYPE_CHECKING:  # imported where decoding runs: the CLI checks its options before torch is needed
+    import torch
 
 
 @dataclass
@@ -87,6 +88,8 @@ class _StopOnSequence:
         self.stop_ids: torch.Tensor | None = None  # made on the generating device at the first step
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        import torch
+
         n = len(self.ids)
         if not n or input_ids.shape[1] < n:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -102,6 +105,8 @@ class _StopOnEvent:
         self.event = event
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        import torch
+
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
@@ -134,6 +139,7 @@ def generate_ids(
         observer: an :class:`~longvu.observe.Observer`; if it ``needs_step0_logits``, the
             first step's logits are kept for it (otherwise no logits are kept).
     """
+    import torch
     from transformers import StoppingCriteriaList
 
     gen = copy.deepcopy(model.generation_config)

@@ -19,10 +19,18 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import (  # noqa: F401 (longvu.model names, kept)
+    load_tokenizer,
+    offline_mode,
+    open_checkpoint,
+    quiet_transformers,
+    resolve_checkpoint,
+    weight_index,
+)
 from .config import DEFAULT_MODEL, LongVUConfig
 from .connector import SVAConnector
 from .devices import configure_precision
-from .encoders import VisionTower, load_tower, quiet_transformers, resolve_tower_folder
+from .encoders import VisionTower, load_tower, resolve_tower_folder
 from .errors import CheckpointError, LongVUError
 from .quantize import check_scheme, quantization_config
 
@@ -56,74 +64,6 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in table:
         raise CheckpointError(f"unknown dtype {dtype!r} (use auto, float32, float16 or bfloat16)")
     return table[dtype]
-
-
-def offline_mode() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A local checkpoint folder, or a hub id downloaded (or found in the hub cache)."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: a checkpoint must be a folder")
-        return path
-    name = str(name_or_path)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise CheckpointError(f"{name}: no such checkpoint folder")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(
-            snapshot_download(
-                name,
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"],
-                local_files_only=offline_mode(),
-            )
-        )
-    except Exception as e:  # any hub failure becomes one actionable line
-        raise CheckpointError(
-            f"could not get checkpoint {name!r} from the Hugging Face hub ({type(e).__name__}); "
-            "pass --model PATH to a local checkpoint folder"
-        ) from None
-
-
-def weight_index(folder: Path) -> dict[str, str]:
-    """Tensor name -> shard file, from ``model.safetensors.index.json`` or a single file."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{index}: unreadable index ({e})") from None
-        missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
-        if missing:
-            raise CheckpointError(f"{folder}: missing weight shard(s) {', '.join(missing)}")
-        return dict(weight_map)
-    single = folder / "model.safetensors"
-    if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(single), "pt") as f:
-            return {k: single.name for k in f.keys()}
-    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
-
-
-def load_tokenizer(folder: Path):
-    import transformers
-
-    cfg_path = folder / "tokenizer_config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{folder}: no tokenizer_config.json")
-    cls_name = json.loads(cfg_path.read_text()).get("tokenizer_class") or "PreTrainedTokenizerFast"
-    cls = getattr(transformers, cls_name, None) or getattr(transformers, cls_name.removesuffix("Fast"), None)
-    if cls is None:
-        cls = transformers.PreTrainedTokenizerFast
-    try:
-        return cls.from_pretrained(str(folder), local_files_only=True)
-    except Exception as e:  # tokenizers raise many types for bad files
-        raise CheckpointError(f"{folder}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
 
 
 def build_llm_config(cfg: LongVUConfig):
@@ -242,7 +182,9 @@ class LongVUModel:
 
     @property
     def template(self) -> str:
-        return "llama3" if self.cfg.is_llama else "qwen"
+        from .context import chat_template
+
+        return chat_template(self.cfg)
 
     @property
     def max_positions(self) -> int:
@@ -279,13 +221,9 @@ def _load_model(model, device: str, dtype: str, siglip, dinov2, overrides, opts:
     check_scheme(opts.quantize, dev.type)  # before anything is read
     if opts.llm_gpu_memory is not None and dev.type != "cuda":
         raise LongVUError("--llm-gpu-memory (offloading decoder layers to CPU RAM) needs --device cuda")
-    folder = resolve_checkpoint(model)
-    cfg = LongVUConfig.from_checkpoint(folder)
-    if overrides:
-        cfg = cfg.with_overrides(overrides)
+    ckpt = open_checkpoint(model, overrides)  # folder, config, weight index, tokenizer (no weight read)
+    folder, cfg, weights, tokenizer = ckpt.folder, ckpt.cfg, ckpt.weights, ckpt.tokenizer
     configure_precision(dev, dt)  # float32 on CUDA: no TF32 (process-wide flags, see devices.py)
-    weights = weight_index(folder)
-    tokenizer = load_tokenizer(folder)
 
     offline = offline_mode()
     towers = {}
@@ -386,9 +324,10 @@ def _load_llm(
     cfg: LongVUConfig, folder: Path, weights: dict[str, str], dtype: torch.dtype, *, quantization=None,
     device_map=None, max_memory: dict | None = None,
 ):  # fmt: skip
-    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+    import transformers
 
-    cls = Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else LlamaForCausalLM
+    # the one modeling module this checkpoint needs (transformers imports each on first access)
+    cls = transformers.Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else transformers.LlamaForCausalLM
     llm_cfg = build_llm_config(cfg)
     extra = {}
     if quantization is not None:

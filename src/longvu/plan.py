@@ -253,6 +253,12 @@ class Settings:
         return self.vision_device or self.device
 
     @property
+    def accelerator(self) -> str:
+        """The name the plan gives the GPU's memory: ``"mps"`` (Apple's unified memory) when a part
+        runs there, else ``"cuda"`` (0 bytes in a CPU-only plan)."""
+        return "mps" if "mps" in (self.device, self.vdev) else "cuda"
+
+    @property
     def vdtype(self) -> str:
         return self.vision_dtype or self.dtype
 
@@ -425,8 +431,12 @@ class Plan:
     kept_frames: int
 
     @property
+    def devices(self) -> tuple[str, str]:
+        return self.settings.accelerator, "cpu"
+
+    @property
     def peak_bytes(self) -> dict[str, int]:
-        out = {"cuda": 0, "cpu": 0}
+        out = dict.fromkeys(self.devices, 0)
         for devices in self.stages.values():
             for dev, parts in devices.items():
                 out[dev] = max(out[dev], sum(parts.values()))
@@ -435,30 +445,40 @@ class Plan:
     def peak_stage(self, device: str) -> str:
         return max(self.stages, key=lambda k: sum(self.stages[k].get(device, {}).values()))
 
+    @property
+    def unified_peak_bytes(self) -> int:
+        """The largest stage's bytes on both devices together: with ``mps`` both come out of the host's
+        RAM (memory-mapped checkpoint pages included, which the OS can drop under pressure)."""
+        return max(sum(sum(parts.values()) for parts in devices.values()) for devices in self.stages.values())
+
     def to_dict(self) -> dict[str, Any]:
         st = asdict(self.settings)
         st["frame_size"] = list(self.settings.frame_size)
-        return {
+        out = {
             "model": self.model,
             "settings": st,
             "frames": self.frames,
             "kept_frames_max": self.kept_frames,
             "peak_bytes": self.peak_bytes,
-            "peak_stage": {d: self.peak_stage(d) for d in ("cuda", "cpu")},
+            "peak_stage": {d: self.peak_stage(d) for d in self.devices},
             "stages": self.stages,
             "feature_cache_bytes": self.feature_cache_bytes,
         }
+        if self.settings.accelerator == "mps":
+            out["unified_memory_peak_bytes"] = self.unified_peak_bytes  # mps and cpu share the host's RAM
+        return out
 
 
 def plan(shapes: Shapes, st: Settings, cal: Calibration | None = None) -> Plan:
     """Predict a run's memory (see the module docstring for the stages)."""
     cal = cal or Calibration()
-    llm_dev = "cpu" if st.device == "cpu" else "cuda"
-    vis_dev = "cpu" if st.vdev == "cpu" else "cuda"
+    acc = st.accelerator
+    llm_dev = "cpu" if st.device == "cpu" else acc
+    vis_dev = "cpu" if st.vdev == "cpu" else acc
     stages: dict[str, dict[str, dict[str, int]]] = {}
 
     def put(stage: str, dev: str, name: str, nbytes: int) -> None:
-        stages.setdefault(stage, {"cuda": {}, "cpu": {}})[dev][name] = int(nbytes)
+        stages.setdefault(stage, {acc: {}, "cpu": {}})[dev][name] = int(nbytes)
 
     w = llm_weight_bytes(shapes, st)
     llm_w = sum(w.values())
@@ -499,8 +519,11 @@ def plan(shapes: Shapes, st: Settings, cal: Calibration | None = None) -> Plan:
 
 
 def device_need(p: Plan, cal: Calibration | None = None) -> int:
-    """Bytes of device memory a plan needs: the GPU peak plus the CUDA context, or the CPU peak."""
+    """Bytes of device memory a plan needs: the GPU peak plus the CUDA context, the ``mps`` peak (the
+    GPU's share of the host's unified memory; there is no separate context to count), or the CPU peak."""
     cal = cal or Calibration()
+    if p.settings.accelerator == "mps":
+        return p.peak_bytes["mps"]
     if p.settings.device == "cpu":
         return p.peak_bytes["cpu"]
     return p.peak_bytes["cuda"] + cal.cuda_context_bytes
@@ -511,6 +534,8 @@ def candidates(st: Settings) -> list[Settings]:
     if st.device == "cpu":
         return [replace(st, dtype=d, quantize=q) for d, q in
                 (("float32", None), ("bfloat16", None), ("float32", "int8"), ("bfloat16", "int8"))]  # fmt: skip
+    if st.device == "mps":  # no quantization library runs on mps
+        return [st, replace(st, dtype="float16")] if st.dtype == "float32" else [st]
     out = [replace(st, quantize=q) for q in (None, "int8", "nf4")]
     out += [replace(st, quantize=q, vision_device="cpu", vision_dtype="float32") for q in (None, "int8", "nf4")]
     return out
@@ -530,7 +555,7 @@ def fit(shapes: Shapes, st: Settings, device_memory: int, cal: Calibration | Non
         tried.append({"settings": c.describe(), "need_bytes": need, "fits": need <= device_memory})
         if need <= device_memory:
             return {"fits": True, "settings": c.describe(), "plan": p, "tried": tried}
-    if st.device != "cpu":
+    if st.device == "cuda":
         base = replace(candidates(st)[-1])
         p0 = plan(shapes, replace(base, llm_gpu_memory=0), cal)
         room = device_memory - device_need(p0, cal)

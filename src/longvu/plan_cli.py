@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .errors import LongVUError
@@ -29,14 +30,17 @@ def add_placement_options(g) -> None:
 def load_options(args):
     """:class:`longvu.model.LoadOptions` from parsed arguments."""
     from .model import LoadOptions
-    from .plan import parse_size
 
-    gpu = getattr(args, "llm_gpu_memory", None)
+    gpu = getattr(args, "llm_gpu_memory", None) or None
+    if gpu is not None:  # the planner's module only when it is needed (a cached `ask` does not import it)
+        from .plan import parse_size
+
+        gpu = parse_size(gpu)
     return LoadOptions(
         quantize=getattr(args, "quantize", None),
         vision_device=getattr(args, "vision_device", None),
         vision_dtype=getattr(args, "vision_dtype", None),
-        llm_gpu_memory=parse_size(gpu) if gpu else None,
+        llm_gpu_memory=gpu,
     )
 
 
@@ -58,11 +62,15 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint folder or a released model (Vision-CAIR/LongVU_Qwen2_7B, "
                         "Vision-CAIR/LongVU_Llama3_2_3B, or qwen2-7b / llama3.2-3b)")  # fmt: skip
-    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="device planned for")
+    p.add_argument("--device", default="cuda", choices=["auto", "cpu", "cuda", "mps"],
+                   help="device planned for; auto: this machine's, as `longvu ask` picks it (cuda, then mps, then "
+                        "cpu); mps: Apple's unified memory, where the GPU's memory is the host's RAM")  # fmt: skip
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="auto: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+                   help="auto: bfloat16 on cuda, float16 on mps, float32 on cpu")  # fmt: skip
     add_placement_options(p)
-    p.add_argument("--device-memory", metavar="SIZE", help="memory of the device (e.g. 24GB): say which settings fit")
+    p.add_argument("--device-memory", metavar="SIZE",
+                   help="memory of the device (e.g. 24GB; for mps the GPU's share of the RAM, which macOS "
+                        "caps at about 2/3 to 3/4 of it): say which settings fit")  # fmt: skip
     p.add_argument("--video", help="a video: its length and frame size replace --minutes and --frame-size")
     p.add_argument("--minutes", type=c.positive_number, default=60.0, help="video length")
     p.add_argument("--fps", type=c.positive_number, default=1.0, help="frames sampled per second")
@@ -75,7 +83,8 @@ def add_parser(sub) -> None:
 def settings_from_args(args):
     from .plan import Settings, parse_size
 
-    dtype = args.dtype if args.dtype != "auto" else ("float32" if args.device == "cpu" else "bfloat16")
+    args.device = resolve_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else {"cpu": "float32", "mps": "float16"}.get(args.device, "bfloat16")
     if args.video:
         minutes, (w, h) = _probe(args.video)
         args.minutes, args.frame_size = minutes, f"{w}x{h}"
@@ -92,6 +101,25 @@ def settings_from_args(args):
     )  # fmt: skip
     _check(st)
     return st
+
+
+def resolve_device(device: str) -> str:
+    """``--device auto`` as ``longvu ask`` resolves it (:func:`longvu.model.pick_device`); torch is
+    imported for that only on a machine where a GPU may be (see :func:`_may_have_gpu`)."""
+    if device != "auto":
+        return device
+    if not _may_have_gpu():
+        return "cpu"
+    from .model import pick_device
+
+    return pick_device("auto").type
+
+
+def _may_have_gpu() -> bool:
+    """False only where no GPU torch could use can be: Linux without an NVIDIA, ROCm or WSL GPU device."""
+    if not sys.platform.startswith("linux"):
+        return True  # macOS (mps), Windows: let torch say
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg"))
 
 
 def _probe(path: str) -> tuple[float, tuple[int, int]]:
@@ -111,13 +139,14 @@ def _check(st) -> None:
     from .quantize import check_scheme
 
     check_scheme(st.quantize, st.device)
-    if st.vdev == "mps":
-        raise LongVUError("longvu plan covers cpu and cuda devices")
+    if {st.device, st.vdev} == {"cuda", "mps"}:
+        raise LongVUError("cuda and mps cannot be combined in one run")
     if st.llm_gpu_memory is not None and st.device != "cuda":
         raise LongVUError("--llm-gpu-memory (offloading LLM layers to CPU RAM) needs --device cuda")
 
 
 def run(args) -> int:
+    from .cli_common import print_error
     from .config import check_set_options
     from .plan import fit, load_shapes, parse_size, plan
 
@@ -139,7 +168,7 @@ def run(args) -> int:
     else:
         print(render(p, result))
     if result is not None and not result["fits"]:
-        print(f"longvu: error: {result['why']}", file=sys.stderr)
+        print_error(args, result["why"])
         return 2
     return 0
 
@@ -149,17 +178,22 @@ def render(p, result=None) -> str:
     st = p.settings
     lines = [f"{p.model}: {st.describe()}, {st.minutes:g} min at {st.fps:g} fps ({p.frames} frames, "
              f"at most {p.kept_frames} kept)", ""]  # fmt: skip
+    acc = st.accelerator
     for stage, devices in p.stages.items():
         tot = {d: sum(v.values()) for d, v in devices.items()}
-        lines.append(f"{stage:9s} cuda {tot['cuda'] / GiB:6.2f} GiB   cpu {tot['cpu'] / GiB:6.2f} GiB")
+        lines.append(f"{stage:9s} {acc:4s} {tot[acc] / GiB:6.2f} GiB   cpu {tot['cpu'] / GiB:6.2f} GiB")
         for dev, parts in devices.items():
             for name, v in parts.items():
                 if v >= 1024**2:
                     lines.append(f"  {dev:4s} {v / GiB:7.3f}  {name}")
     peak = p.peak_bytes
-    lines += ["", f"peak: cuda {peak['cuda'] / GiB:.2f} GiB ({p.peak_stage('cuda')}), "
-              f"cpu {peak['cpu'] / GiB:.2f} GiB ({p.peak_stage('cpu')})",
-              f"feature cache for this video: {p.feature_cache_bytes / 1024**2:.0f} MiB"]  # fmt: skip
+    lines += ["", f"peak: {acc} {peak[acc] / GiB:.2f} GiB ({p.peak_stage(acc)}), "
+              f"cpu {peak['cpu'] / GiB:.2f} GiB ({p.peak_stage('cpu')})"]  # fmt: skip
+    if acc == "mps":
+        lines.append(f"mps is unified memory: the GPU's memory is the host's RAM, so both columns come out of it "
+                     f"({p.unified_peak_bytes / GiB:.2f} GiB at the largest stage, memory-mapped checkpoint pages "
+                     "included)")  # fmt: skip
+    lines.append(f"feature cache for this video: {p.feature_cache_bytes / 1024**2:.0f} MiB")
     if result is not None:
         lines.append("")
         for t in result["tried"]:

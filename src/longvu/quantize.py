@@ -25,10 +25,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import LongVUError
+
+if TYPE_CHECKING:  # not at run time: the planner and the CLI's checks use this module without torch
+    import torch
 
 SCHEMES = ("int8", "nf4", "int4")
 
@@ -125,6 +127,8 @@ def weight_bytes(module: torch.nn.Module) -> int:
 
 def _tensor_parts(t: torch.Tensor) -> list[torch.Tensor]:
     """The plain tensors behind ``t`` (a torchao tensor subclass keeps its data in attributes)."""
+    import torch
+
     names = getattr(t, "tensor_data_names", None)
     if names is None and hasattr(t, "__tensor_flatten__") and type(t) is not torch.nn.Parameter:
         names = t.__tensor_flatten__()[0]

@@ -71,6 +71,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from .cli_common import print_error
     from .data import DataError, load_examples, resolve_data
 
     try:
@@ -79,7 +80,7 @@ def run_check(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         shown = f" (the first {len(e.errors)} shown)" if e.total > len(e.errors) else ""
-        print(f"longvu: error: {e.total} malformed line(s){shown}", file=sys.stderr)
+        print_error(args, f"{e.total} malformed line(s){shown}")
         return 2
     videos = len({ex.video for ex in examples})
     turns = sum(len(ex.turns) for ex in examples) // 2
