@@ -13,6 +13,15 @@ latency, throughput and error counts as JSON (``--out``).
 ``--replicas 0 1 2`` runs ``longvu serve --replicas N`` (a local Ray cluster, one CPU and one
 torch thread per replica; 0: the plain server) once per N, one after the other in the same
 run, and reports each run and each throughput as a ratio to the 1-replica run's.
+
+``--kill-replica-after S`` (runs with 2 or more replicas) kills one model replica S seconds in,
+with SIGKILL, as a crash would: the replica that gave the latest answer (each answer names its
+replica as ``host:pid``; the server runs on this machine).  The run's ``failover`` section
+counts the requests sent, answered, answered after a retry on another replica, failed (by
+status and error code) and lost (no answer), and how long until throughput recovered and
+until Ray Serve's replacement replica answered::
+
+    python -m benchmarks.load_test --clients 4 --seconds 20 --replicas 2 --kill-replica-after 8
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -59,11 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", action="store_true", help="use stream: true")
     ap.add_argument("--model", default=str(FIXTURES / "checkpoints" / "tiny-longvu-qwen2"))
     ap.add_argument("--replicas", type=int, nargs="+", help="Ray Serve replica counts to run, in turn (0: no Ray)")
-    ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/load_test[_ray].json)")
+    ap.add_argument("--kill-replica-after", type=float, metavar="S",
+                    help="kill one model replica S seconds into each run with 2+ replicas (a failover test)")  # fmt: skip
+    ap.add_argument("--out", default=None,
+                    help="results JSON (default benchmarks/results/load_test[_ray|_failover].json)")  # fmt: skip
     args = ap.parse_args(argv)
-    out = args.out or str(
-        ROOT / "benchmarks" / "results" / ("load_test_ray.json" if args.replicas else "load_test.json")
-    )
+    if args.kill_replica_after is not None and not any(n >= 2 for n in args.replicas or []):
+        ap.error("--kill-replica-after needs --replicas with 2 or more (one must survive)")
+    name = "load_test_ray" if args.replicas else "load_test"
+    name = "load_test_failover" if args.kill_replica_after is not None else name
+    out = args.out or str(ROOT / "benchmarks" / "results" / f"{name}.json")
     command = "python -m benchmarks.load_test " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.replicas:
         result = {"command": command, **run_once(args, None)}
@@ -83,15 +98,19 @@ def main(argv: list[str] | None = None) -> int:
 def run_once(args, replicas: int | None) -> dict:
     """One server (``--replicas`` if given), the clients for ``args.seconds``; the counts and timings."""
     server, url = start_server(args, replicas)
+    kill_after = args.kill_replica_after if replicas and replicas >= 2 else None
     try:
-        sent, records, elapsed = drive(url, args)
+        sent, records, elapsed, kill = drive(url, args, kill_after)
     finally:
         server.terminate()
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
-    return summarize(args, sent, records, elapsed)
+    result = summarize(args, sent, records, elapsed)
+    if kill_after is not None:
+        result["failover"] = failover(sent, records, kill)
+    return result
 
 
 def start_server(args, replicas: int | None) -> tuple[subprocess.Popen, str]:
@@ -119,12 +138,15 @@ def start_server(args, replicas: int | None) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
-def drive(url: str, args) -> tuple[int, list[dict], float]:
-    """``args.clients`` threads asking in a loop until the time is up: (requests sent, records, seconds)."""
+def drive(url: str, args, kill_after: float | None = None) -> tuple[int, list[dict], float, dict]:
+    """``args.clients`` threads asking in a loop until the time is up (a replica killed ``kill_after``
+    seconds in): (requests sent, records, seconds, what was killed when)."""
     lock = threading.Lock()
     sent = 0
     records: list[dict] = []
-    stop_at = time.monotonic() + args.seconds
+    kill: dict = {}
+    t0 = time.monotonic()
+    stop_at = t0 + args.seconds
 
     def client(i: int) -> None:
         nonlocal sent
@@ -136,23 +158,42 @@ def drive(url: str, args) -> tuple[int, list[dict], float]:
                         return
                     sent += 1
                 k += 1
-                status, dt, retry = one_request(http, args, f"Client {i}, question {k}: what happens?")
+                rec = one_request(http, args, f"Client {i}, question {k}: what happens?")
+                rec["t_done"] = time.monotonic() - t0
                 with lock:
-                    records.append({"status": status, "latency_s": dt})
-                if status == 503:
-                    time.sleep(retry / 10)
+                    records.append(rec)
+                if rec["status"] == 503:
+                    time.sleep(rec["retry_after"] / 10)
 
-    t_start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    if kill_after is not None:
+        threads.append(threading.Thread(target=kill_replica, args=(records, lock, t0, kill_after, kill)))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sent, records, time.perf_counter() - t_start
+    return sent, records, time.monotonic() - t0, kill
 
 
-def one_request(http: httpx.Client, args, question: str) -> tuple[int, float, float]:
-    """Status (-1: no answer, -2: a stream cut short), latency, and the Retry-After seconds."""
+def kill_replica(records: list[dict], lock: threading.Lock, t0: float, after: float, kill: dict) -> None:
+    """At ``after`` seconds, SIGKILL the replica process that gave the latest answer (``host:pid``)."""
+    time.sleep(max(0.0, t0 + after - time.monotonic()))
+    with lock:
+        named = [r for r in records if r.get("replica")]
+    if not named:  # a streamed answer does not name its replica: the failover test sends plain requests
+        kill["error"] = f"no answer named its replica in the first {after:g}s (not with --stream): nothing killed"
+        return
+    host, pid = named[-1]["replica"].rsplit(":", 1)
+    if host != os.uname().nodename:
+        kill["error"] = f"the replica runs on {host}, not on this machine: nothing killed"
+        return
+    os.kill(int(pid), signal.SIGKILL)
+    kill.update(replica=named[-1]["replica"], at_s=round(time.monotonic() - t0, 3))
+
+
+def one_request(http: httpx.Client, args, question: str) -> dict:
+    """A record: status (-1: no answer, -2: a stream cut short), latency, Retry-After seconds, the error
+    code, and the replica that answered and how many replicas failed the job before it (Ray Serve)."""
     body = {
         "model": "tiny",
         "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "video3.mp4"}},
@@ -162,15 +203,74 @@ def one_request(http: httpx.Client, args, question: str) -> tuple[int, float, fl
         "stream": args.stream,
     }  # fmt: skip
     t0 = time.perf_counter()
-    retry = 1.0
     try:
         r = http.post("/v1/chat/completions", json=body)
-        status, retry = r.status_code, float(r.headers.get("Retry-After", "1"))
-        if status == 200 and args.stream and not r.text.rstrip().endswith("data: [DONE]"):
-            status = -2
     except httpx.HTTPError:
-        status = -1
-    return status, time.perf_counter() - t0, retry
+        return {"status": -1, "retry_after": 1.0, "latency_s": time.perf_counter() - t0}
+    rec = {"status": r.status_code, "retry_after": float(r.headers.get("Retry-After", "1")),
+           "latency_s": time.perf_counter() - t0}  # fmt: skip
+    if r.status_code == 200 and args.stream:
+        rec["status"] = 200 if r.text.rstrip().endswith("data: [DONE]") else -2
+        return rec
+    try:
+        data = r.json()
+    except ValueError:
+        return {**rec, "status": -3 if r.status_code == 200 else r.status_code, "code": "not_json"}
+    if r.status_code == 200:
+        info = data.get("longvu", {})
+        rec.update(replica=info.get("replica"), retries=info.get("replica_retries", 0))
+    else:
+        rec["code"] = (data.get("error") or {}).get("code")
+    return rec
+
+
+def failover(sent: int, records: list[dict], kill: dict) -> dict:
+    """What killing a replica at ``kill["at_s"]`` cost: every request accounted for, and the recovery."""
+    if "at_s" not in kill:
+        return {"error": kill.get("error", "no replica was killed")}
+    at = kill["at_s"]
+    ok = [r for r in records if r["status"] == 200]
+    in_flight = [r for r in records if r["t_done"] - r["latency_s"] < at <= r["t_done"]]
+    failed: dict[str, int] = {}
+    for r in records:
+        if r["status"] not in (200, -1) and r.get("code") != "queue_full":
+            key = f"{r['status']} {r.get('code') or ''}".strip()
+            failed[key] = failed.get(key, 0) + 1
+    before = {r["replica"] for r in ok if r["t_done"] < at}
+    replacement = [r["t_done"] for r in ok if r["t_done"] > at and r.get("replica") not in before]
+    end = max((r["t_done"] for r in records), default=at)
+    return {
+        "killed_replica": kill["replica"],
+        "killed_at_s": at,
+        "requests_sent": sent,
+        "answered_200": len(ok),
+        "answered_after_retry": sum(1 for r in ok if r.get("retries")),
+        "in_flight_at_kill": len(in_flight),
+        "in_flight_at_kill_answered_200": sum(r["status"] == 200 for r in in_flight),
+        "failed": failed,
+        "queue_full_503": sum(r.get("code") == "queue_full" for r in records),
+        "lost": sent - len(records) + sum(r["status"] == -1 for r in records),
+        **recovery([r["t_done"] for r in ok], at, end),
+        "replacement_first_answer_after_s": round(min(replacement) - at, 2) if replacement else None,
+    }
+
+
+def recovery(done: list[float], at: float, end: float, window: float = 2.0) -> dict:
+    """Throughput around ``at``: answers per second before it (its second half: the first is warm-up),
+    answers in each second of the run, the lowest rate of a ``window``-second span after ``at``, and the
+    seconds after ``at`` until the spans are back at 90% of the rate before, once one fell below (0: none did)."""
+    rate = sum(at / 2 <= t < at for t in done) / (at / 2)
+    spans = [at + 0.25 * i for i in range(int((end - at - window) / 0.25) + 1)]
+    rates = [sum(t <= x < t + window for x in done) / window for t in spans]
+    dip = next((i for i, r in enumerate(rates) if r < 0.9 * rate), None)
+    back = 0.0 if dip is None else next((spans[i] - at for i in range(dip, len(spans)) if rates[i] >= 0.9 * rate),
+                                        None)  # fmt: skip
+    return {
+        "answers_per_second": [sum(s <= t < s + 1 for t in done) for s in range(int(end) + 1)],
+        "throughput_before_rps": round(rate, 3),
+        "lowest_2s_throughput_after_rps": round(min(rates), 3) if rates else None,
+        "throughput_recovered_after_s": round(back, 2) if back is not None else None,
+    }
 
 
 def summarize(args, sent: int, records: list[dict], elapsed: float) -> dict:

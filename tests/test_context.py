@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 
 import pytest
@@ -82,16 +83,34 @@ def test_reserved_markers_are_refused(qwen_model, text):
         qwen_model.prompt_ids(conv)
 
 
-def test_cli_overflow_is_one_line_before_encoding(capsys, monkeypatch):
-    def no_encoding(*a, **k):
-        raise AssertionError("the video was encoded for a question that cannot fit")
+def test_cli_overflow_is_one_line_before_the_model_loads(capsys, monkeypatch):
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded for a question that cannot fit")
 
-    monkeypatch.setattr(LongVU, "features", no_encoding)
-    rc = main(["ask", str(VIDEO), LONG_QUESTION, "--model", str(QWEN), "--device", "cpu", "--quiet"])
+    monkeypatch.setattr(LongVU, "from_pretrained", no_loading)
+    rc = main(["ask", str(VIDEO), LONG_QUESTION, "--model", str(QWEN), "--device", "cpu"])  # progress lines on
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 1, err
-    assert lines[0].startswith("longvu: error: the prompt is ") and "8192" in lines[0] and "16" in lines[0]
+    assert rc == 2 and len(lines) == 1 and "loading" not in err, err
+    assert lines[0].startswith("longvu ask: error: the prompt is ") and "8192" in lines[0] and "16" in lines[0]
+    assert lines[0].endswith(" (see `longvu ask --help`)")
+
+
+def test_cli_refuses_overflow_and_bad_checkpoints_without_torch(tmp_path):
+    """The question and the checkpoint folder are checked with the tokenizer and config.json only."""
+    (tmp_path / "empty").mkdir()
+    code = ("import sys\nfrom longvu.cli import main\n"
+            "video, model, empty = sys.argv[1:]\n"
+            "rcs = [main(['ask', video, 'colour ' * 20000, '--model', model, '-q']),\n"
+            "       main(['ask', video, 'q', '--model', '/no/such/dir', '-q']),\n"
+            "       main(['ask', video, 'q', '--model', empty, '-q'])]\n"
+            "print(rcs, 'torch' in sys.modules)")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, str(VIDEO), str(QWEN), str(tmp_path / "empty")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.stdout.strip() == "[2, 2, 2] False", res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 3 and all(ln.startswith("longvu ask: error: ") for ln in lines), res.stderr
+    assert "the prompt is " in lines[0] and "no such checkpoint folder" in lines[1] and "no config.json" in lines[2]
 
 
 def test_cli_chat_survives_an_overflowing_question(capsys, monkeypatch):
@@ -101,4 +120,4 @@ def test_cli_chat_survives_an_overflowing_question(capsys, monkeypatch):
     cap = capsys.readouterr()
     assert rc == 0
     assert len(cap.out.strip().splitlines()) == 1  # the second question was answered
-    assert cap.err.count("longvu: error: the prompt is ") == 1
+    assert cap.err.count("longvu chat: error: the prompt is ") == 1

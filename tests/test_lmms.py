@@ -115,8 +115,7 @@ def test_video_request_shapes(tmp_path):
 
     with pytest.raises(LongVUError, match="2 visual inputs"):
         video_request(["/v/a.mp4", "/v/b.mp4"])
-    with pytest.raises(LongVUError, match="no video"):
-        video_request([])
+    assert video_request([]) is None and video_request(None) is None  # a text-only question
 
 
 def test_generation_options_and_until():
@@ -145,3 +144,27 @@ def test_presets_follow_the_task_name(tmp_path):
     frames = [Image.new("RGB", (32, 24), (i * 40, 0, 0)) for i in range(3)]
     feats = m._encode(m.lv, video_request(frames), None)
     assert len(feats) == 3 and feats.timestamps == [0.0, 1.0, 2.0]
+
+
+def test_text_only_questions_go_to_the_llm_alone(tmp_path):
+    from lmms_eval.api.instance import Instance
+    from test_pipeline import TEXT_PROMPT, greedy_decode
+
+    from longvu.lmms import LongVULmms
+
+    m = LongVULmms(pretrained=str(QWEN), device="cpu", dtype="float32", cache=str(tmp_path))
+    m.task_dict = {"text_task": {"test": [{"question": "What is two plus two?"}]}}
+    meta = {"task": "text_task", "doc_id": 0, "repeats": 1}
+    no_visual = lambda doc: []  # noqa: E731
+    gen = Instance("generate_until", ("What is two plus two?", {"max_new_tokens": 6, "temperature": 0},
+                                      no_visual, 0, "text_task", "test"), 0, meta)  # fmt: skip
+    ids = m.lv.tokenizer(TEXT_PROMPT).input_ids  # the prompt without a video placeholder
+    expected = m.lv.tokenizer.decode(greedy_decode(m.lv, ids, 6), skip_special_tokens=True).strip()
+    assert expected and m.generate_until([gen]) == [expected]
+    ll = Instance("loglikelihood", ("What is two plus two?", " four", no_visual, 0, "text_task", "test"), 0, meta)
+    nll, exact = m.loglikelihood([ll])[0].text
+    conv = m.lv.conversation(video=False)
+    conv.add_user("What is two plus two?")
+    forced = m.lv.teacher_forced(None, conv, "four")
+    assert forced.decisions is None and nll == pytest.approx(-forced.logprob) and exact == forced.exact_match
+    assert nll != float("inf")  # scored, not the failure value

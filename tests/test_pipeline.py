@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import FIXTURES, LLAMA, scene_frames, write_video
 
 from longvu import GenerationOptions, LongVU, Sampling
+from longvu.compose import compose
 from longvu.config import LongVUConfig
+from longvu.errors import ContextOverflowError
 
 GREEDY = GenerationOptions(max_new_tokens=4, greedy=True)
 VIDEO1 = FIXTURES / "videos" / "video1.mp4"
@@ -128,3 +131,75 @@ def test_dino_single_window_and_cap(qwen, square_video):
     t = lv.ask(square_video, "What?", generation=GREEDY).trace.data
     assert t["dino"]["path"] == "windows" and t["dino"]["cap400_applied"]
     assert t["dino"]["num_kept_before_cap"] == 21 and t["dino"]["kept_indices"] == [0, 7, 14]
+
+
+# ---------------------------------------------------------------- text-only questions
+TEXT_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is two plus two?"
+               "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+
+
+@torch.inference_mode()
+def greedy_decode(lv: LongVU, ids: list[int], n: int) -> list[int]:
+    """A plain greedy loop on the LLM over token ids, the checkpoint's repetition penalty on the answer's tokens."""
+    penalty, out = lv.model.generation_config.repetition_penalty, []
+    for _ in range(n):
+        logits = lv.model.llm(input_ids=torch.tensor([ids + out])).logits[0, -1]
+        for t in set(out):
+            logits[t] = logits[t] / penalty if logits[t] > 0 else logits[t] * penalty
+        out.append(int(logits.argmax()))
+    return out
+
+
+def test_text_only_question_is_the_llm_on_the_text(qwen):
+    conv = qwen.conversation(video=False)
+    conv.add_user("What is two plus two?")
+    ids, dropped = qwen.prompt_ids(conv)
+    assert ids == qwen.tokenizer(TEXT_PROMPT).input_ids and len(ids) == 48 and dropped == 0  # no placeholder
+    with torch.inference_mode():
+        comp = compose(qwen.model, None, ids)
+    assert comp.decisions is None and comp.embeds.shape == (1, 48, 64)  # the text alone: no visual tokens
+    torch.testing.assert_close(comp.embeds[0], qwen.model.embed(ids))
+    gen = GenerationOptions(max_new_tokens=6, greedy=True)
+    stream = qwen.generate(None, conv, generation=gen)
+    pieces = list(stream)
+    ans = stream.answer
+    assert ans.token_ids == greedy_decode(qwen, ids, 6) and "".join(pieces).strip() == ans.text
+    t = ans.trace.data
+    assert t["video"] is None and t["prompt"]["input_ids"] == ids and t["generation"]["stopped_by"] == "max_new_tokens"
+    assert t["counts"] == {"sampled_frames": 0, "frames_after_dino": 0, "visual_tokens_final": 0, "sequence_length": 48}
+    assert ans.trace.summary() == "text only (no video): sequence 48 tokens"
+    assert qwen.ask(None, "What is two plus two?", generation=gen).token_ids == ans.token_ids
+    forced = qwen.teacher_forced(None, conv, " four")
+    with torch.inference_mode():
+        logp = torch.log_softmax(qwen.model.llm(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+    assert forced.decisions is None and forced.greedy_ids[0] == ans.token_ids[0]
+    assert forced.logprobs[0] == pytest.approx(float(logp[forced.target_ids[0]]), abs=1e-4)
+
+
+def test_text_only_and_video_conversations_do_not_mix(qwen):
+    conv = qwen.conversation()  # about a video: its prompt holds the placeholder
+    conv.add_user("What is shown?")
+    with pytest.raises(ValueError, match="video=False"):
+        qwen.generate(None, conv)
+    with pytest.raises(ValueError, match="no video was given"):
+        compose(qwen.model, None, qwen.prompt_ids(conv)[0])
+    text = qwen.conversation(video=False)
+    text.add_user("What is shown?")
+    with pytest.raises(ValueError, match="features=None"):
+        qwen.teacher_forced(qwen.features(VIDEO1), text, "x")
+
+
+def test_text_only_context_policy(qwen):
+    turns = [("user", "tell me a story " * 40), ("assistant", "once upon a time " * 40), ("user", "and then?")]
+    conv = qwen.conversation(turns=turns, video=False)
+    lv = with_overrides(qwen, tokenizer_model_max_length=1000)
+    ids, dropped = lv.prompt_ids(conv)
+    assert dropped == 0 and len(ids) == 695  # no video to protect: the history may take the whole room
+    assert lv.prompt_ids(lv.conversation(turns=turns))[1] == 2  # about a video, it would crowd out the video
+    lv = with_overrides(qwen, tokenizer_model_max_length=200)  # 184 tokens for text beside the answer's 16
+    ids, dropped = lv.prompt_ids(conv)
+    assert dropped == 2 and ids == lv.prompt_ids(conv.newest())[0] and len(ids) < 184
+    ans = lv.generate(None, conv, generation=GREEDY)
+    assert ans.dropped == 2 and ans.embeds.shape[1] == len(ids)
+    with pytest.raises(ContextOverflowError, match="of which 16 are reserved for the answer, which leaves 184"):
+        lv.ask(None, "why " * 200)

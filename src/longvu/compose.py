@@ -4,6 +4,9 @@
     -> stage 2, text-guided selection (Sec. 3.2) -> stage 3, spatial token compression (Sec. 3.3)
     -> splice the visual tokens into the prompt at the video placeholder
 
+A text-only prompt (no placeholder, no video) composes to its text embeddings alone:
+no visual tokens and no stage decisions.
+
 :func:`compose` is that recipe, step by step, on a loaded model.  It returns the
 embeddings and a small :class:`Decisions` record (what each stage kept, no tensors);
 the trace, the server's report and the training code all read that record.  It runs
@@ -90,10 +93,11 @@ class Decisions:
 
 @dataclass
 class Composition:
-    """:func:`compose`'s result: ``embeds [1, L, H]`` and the :class:`Decisions` behind them."""
+    """:func:`compose`'s result: ``embeds [1, L, H]`` and the :class:`Decisions` behind them
+    (None for a text-only prompt: no stage ran)."""
 
     embeds: torch.Tensor
-    decisions: Decisions
+    decisions: Decisions | None
 
 
 def budget_for(ids: list[int], cfg: LongVUConfig) -> Budget:
@@ -110,15 +114,17 @@ def budget_for(ids: list[int], cfg: LongVUConfig) -> Budget:
 
 
 def compose(model, feats, ids: list[int], *, observer: Observer | None = None) -> Composition:
-    """Build the LLM's input embeddings for one prompt about one encoded video.
+    """Build the LLM's input embeddings for one prompt about one encoded video (or none).
 
     Args:
         model: a loaded :class:`longvu.model.LongVUModel`.
-        feats: the video's :class:`longvu.encode.VisualFeatures`.
-        ids: prompt token ids holding exactly one ``IMAGE_TOKEN_INDEX``.
+        feats: the video's :class:`longvu.encode.VisualFeatures`; None for a text-only prompt.
+        ids: prompt token ids holding exactly one ``IMAGE_TOKEN_INDEX`` (none if ``feats`` is None).
         observer: gets the intermediate tensors (parity checksums); None computes nothing extra.
     """
     cfg = model.cfg
+    if feats is None:
+        return compose_text(model, ids, observer=observer)
     if ids.count(IMAGE_TOKEN_INDEX) != 1:
         raise ValueError(f"the prompt must hold exactly one video placeholder, found {ids.count(IMAGE_TOKEN_INDEX)}")
     budget = budget_for(ids, cfg)
@@ -149,6 +155,18 @@ def compose(model, feats, ids: list[int], *, observer: Observer | None = None) -
         tokens_final=int(tokens.shape[0]), sequence_length=int(embeds.shape[1]),
     )  # fmt: skip
     return Composition(embeds, decisions)
+
+
+def compose_text(model, ids: list[int], *, observer: Observer | None = None) -> Composition:
+    """The LLM's input embeddings ``[1, L, H]`` of a text-only prompt: its text, embedded."""
+    if IMAGE_TOKEN_INDEX in ids:
+        raise ValueError("the prompt holds a video placeholder but no video was given")
+    embeds, context = model.embed(ids).unsqueeze(0), model.cfg.tokenizer_model_max_length  # [1, L, H]
+    if embeds.shape[1] > context:  # the context policy keeps this from happening
+        raise ValueError(f"sequence of {embeds.shape[1]} tokens exceeds the context {context}")
+    if observer:
+        observer.on_embeds(embeds=embeds)
+    return Composition(embeds, None)
 
 
 def select_and_compress(high, low, text_after, budget: Budget, cfg: LongVUConfig, observer: Observer | None = None):

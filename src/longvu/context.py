@@ -16,6 +16,10 @@ the sequence's tail: the newest question.  Here instead:
 
 A single question that fits is never changed, so the reference's prompts (and the
 parity goldens) are untouched.
+
+A text-only prompt (no video placeholder: ``Conversation(video=False)``) has no video to
+protect: it must fit beside the answer's reserve, and earlier turns are dropped, oldest
+first, only when they would not.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable
 
 from .config import LongVUConfig
 from .errors import ContextOverflowError
-from .prompt import IMAGE_TOKEN_INDEX, Conversation
+from .prompt import IMAGE_TOKEN_INDEX, Conversation, check_message, reserved_markers, tokenize_with_image
 
 
 def text_tokens(ids: list[int]) -> int:
@@ -47,20 +51,60 @@ def fit_prompt(
         tokenize: renders and tokenises a conversation (placeholder included).
     Raises:
         ContextOverflowError: the system prompt and the newest question alone leave the
-            video fewer than ``cfg.min_visual_tokens`` tokens.
+            video fewer than ``cfg.min_visual_tokens`` tokens (a text-only prompt: do not
+            fit beside the answer's reserve).
     """
     base = tokenize(conv.newest())
+    video = IMAGE_TOKEN_INDEX in base
+    min_visual = cfg.min_visual_tokens if video else 0
+    share = cfg.max_history_share if video else 1.0  # no video: history may take all the room
     room = visual_room(base, cfg)
-    if room < cfg.min_visual_tokens:
-        raise ContextOverflowError(
-            text_tokens(base), cfg.tokenizer_model_max_length, cfg.inference_max_length, cfg.min_visual_tokens
-        )
+    if room < min_visual:
+        raise ContextOverflowError(text_tokens(base), cfg.tokenizer_model_max_length, cfg.inference_max_length,
+                                   min_visual)  # fmt: skip
     dropped = 0
     while True:
         ids = tokenize(conv)
         history = text_tokens(ids) - text_tokens(base)
-        if history <= cfg.max_history_share * room and visual_room(ids, cfg) >= cfg.min_visual_tokens:
+        if history <= share * room and visual_room(ids, cfg) >= min_visual:
             return ids, dropped
         before = len(conv.turns)
         conv = conv.without_oldest_exchange()
         dropped += before - len(conv.turns)
+
+
+def chat_template(cfg: LongVUConfig) -> str:
+    """The chat template of the checkpoint's LLM: ``"llama3"`` or ``"qwen"``."""
+    return "llama3" if cfg.is_llama else "qwen"
+
+
+def tokenize(conversation: Conversation, tokenizer, cfg: LongVUConfig) -> list[int]:
+    """The prompt's token ids as the reference builds them (no context policy)."""
+    return tokenize_with_image(conversation.render(tokenizer), tokenizer, drop_first=cfg.is_llama)
+
+
+def prompt_ids(
+    conversation: Conversation, tokenizer, cfg: LongVUConfig, markers: list[str] | None = None
+) -> tuple[list[int], int]:
+    """Token ids of the prompt under the policy, and the earlier messages it dropped.
+
+    Needs only the tokenizer and the config, so the CLI checks a question with it before the
+    model loads (:func:`check_question`); :meth:`longvu.LongVU.prompt_ids` is this function.
+
+    Raises:
+        PromptError: a message holds a reserved marker (``markers``, default
+            :func:`~longvu.prompt.reserved_markers` of ``tokenizer``).
+        ContextOverflowError: the prompt cannot fit (:func:`fit_prompt`).
+    """
+    markers = reserved_markers(tokenizer) if markers is None else markers
+    check_message(conversation.system, markers, "the system prompt")
+    for i, (role, text) in enumerate(conversation.turns):
+        check_message(text, markers, f"message {i + 1} ({role})")
+    return fit_prompt(conversation, lambda conv: tokenize(conv, tokenizer, cfg), cfg)
+
+
+def check_question(question: str, tokenizer, cfg: LongVUConfig) -> None:
+    """Raise what :func:`prompt_ids` raises for a one-question conversation (the default system prompt)."""
+    conv = Conversation(chat_template(cfg))
+    conv.add_user(question)
+    prompt_ids(conv, tokenizer, cfg)

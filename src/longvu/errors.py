@@ -65,16 +65,17 @@ class ContextOverflowError(LongVUError):
             prompt plus the newest question, template included).
         context: the context budget (``tokenizer_model_max_length``).
         reserved: tokens reserved for the answer (``inference_max_length``).
-        min_visual_tokens: the visual tokens the video must keep at least.
+        min_visual_tokens: the visual tokens the video must keep at least (0: a text-only prompt).
     """
 
     def __init__(self, prompt_tokens: int, context: int, reserved: int, min_visual_tokens: int) -> None:
         self.prompt_tokens, self.context = prompt_tokens, context
         self.reserved, self.min_visual_tokens = reserved, min_visual_tokens
         room = context - reserved - min_visual_tokens
+        video = f" and at least {min_visual_tokens} for the video" if min_visual_tokens else ""
         super().__init__(
             f"the prompt is {prompt_tokens} tokens; the context holds {context}, of which {reserved} are reserved "
-            f"for the answer and at least {min_visual_tokens} for the video, which leaves {room} for text"
+            f"for the answer{video}, which leaves {room} for text"
         )
 
 

@@ -10,6 +10,8 @@ needed.  It is a thin adapter around :class:`longvu.LongVU`:
   strings cut the answer;
 * ``loglikelihood`` (``multiple_choice`` tasks): :meth:`LongVU.teacher_forced` scores the
   continuation as the assistant's reply;
+* a question with no visual is text-only: its prompt has no video placeholder and the
+  LLM reads the text alone (``LongVU.generate(None, conversation)``);
 * frame sampling and run-time thresholds follow our benchmark presets
   (:data:`longvu.eval.benchmarks.PRESETS`: ``videomme*``, ``mlvu*``, ``egoschema*`` and
   ``mvbench*`` tasks pick theirs with ``preset=auto``); other tasks sample at 1 fps
@@ -133,13 +135,13 @@ class LongVULmms(lmms):
         return feats
 
     def _prepare(self, context: str, doc_to_visual, doc_id, task: str, split: str):
-        """The model view, the video's features and the conversation of one request."""
+        """The model view, the video's features (None: a text-only question) and the conversation of one request."""
         doc = self.task_dict[task][split][doc_id]
         req = video_request(doc_to_visual(doc) if doc_to_visual is not None else None)
         preset = self.preset_for(task)
         lv = self._model_for(preset)
-        feats = self._encode(lv, req, preset)
-        conv = lv.conversation()
+        feats = self._encode(lv, req, preset) if req is not None else None
+        conv = lv.conversation(video=feats is not None)
         conv.add_user(context.replace(IMAGE_MARKER, "").strip())
         return lv, feats, conv
 
@@ -154,7 +156,9 @@ class LongVULmms(lmms):
                 lv, feats, conv = self._prepare(context, doc_to_visual, doc_id, task, split)
                 opts, until = generation_options(gen_kwargs, self.max_new_tokens)
                 stream = lv.generate(feats, conv, generation=opts)
-                text = "".join(stream)
+                for _ in stream:
+                    pass
+                text = stream.answer.text  # as the Python API answers: no leading space of the first piece
             except LongVUError as e:  # one bad item must not end the whole run: it is answered empty
                 logger.error(f"longvu: {task} doc {doc_id}: {e}")
                 text, until = "", []
@@ -192,13 +196,14 @@ class LongVULmms(lmms):
         raise NotImplementedError("longvu: multi-round generation is not implemented; use generate_until tasks")
 
 
-def video_request(visuals) -> _VideoRequest:
-    """What a task's ``doc_to_visual`` returned, as one video (several videos are refused)."""
+def video_request(visuals) -> _VideoRequest | None:
+    """What a task's ``doc_to_visual`` returned, as one video (None: none, a text-only question;
+    several videos are refused)."""
     from PIL import Image
 
     items = list(_flatten(visuals))
     if not items:
-        raise LongVUError("the question has no video: LongVU answers questions about a video")
+        return None
     if all(isinstance(v, Image.Image) for v in items):
         return _VideoRequest(frames=tuple(items))
     if all(isinstance(v, str) and v.lower().endswith(IMAGE_EXTS) for v in items):

@@ -9,7 +9,8 @@ wrap.  Its public surface:
 
 * :meth:`LongVU.features` - the question-independent encoding of a video (cached);
 * :meth:`LongVU.generate` - answer a :class:`~longvu.prompt.Conversation` about encoded
-  features, streaming, cancellable, under the context policy (:mod:`longvu.context`);
+  features (or a text-only one, ``features=None``), streaming, cancellable, under the
+  context policy (:mod:`longvu.context`);
 * :meth:`LongVU.ask`, :meth:`LongVU.ask_stream`, :meth:`LongVU.chat` - conveniences on
   top of those two; :meth:`LongVU.teacher_forced` - score a given answer.
 
@@ -31,16 +32,16 @@ import torch
 from .cache import FeatureCache
 from .compose import Decisions, compose
 from .config import LongVUConfig
-from .context import fit_prompt
+from .context import prompt_ids, tokenize
 from .encode import VisualFeatures, encode_video
 from .generation import Generated, GenerationOptions, TokenThread, answer_room, generate_ids
 from .model import DEFAULT_MODEL, LoadOptions, LongVUModel, load_model
 from .observe import Observer, ParityObserver
-from .prompt import DESCRIBE_PROMPT, Conversation, check_message, reserved_markers, tokenize_with_image
+from .prompt import DESCRIBE_PROMPT, Conversation, reserved_markers
 from .trace import Trace
 from .video import MediaLimits, Sampling, VideoClip, probe_video
 
-Video = str | os.PathLike | VideoClip | VisualFeatures
+Video = str | os.PathLike | VideoClip | VisualFeatures  # None where a method takes it: a text-only question
 
 __all__ = ["DESCRIBE_PROMPT", "Answer", "AnswerStream", "ChatSession", "Forced", "GenerationOptions", "LongVU"]
 
@@ -67,13 +68,13 @@ class Forced:
         target_ids: the answer's token ids.
         greedy_ids: the model's greedy choice at each of the answer's positions.
         logprobs: log-probability of each answer token.
-        decisions: what the compression stages kept for this prompt.
+        decisions: what the compression stages kept for this prompt (None: a text-only prompt).
     """
 
     target_ids: list[int]
     greedy_ids: list[int]
     logprobs: list[float]
-    decisions: Decisions
+    decisions: Decisions | None
 
     @property
     def exact_match(self) -> bool:
@@ -171,9 +172,14 @@ class LongVU:
         return self.model.dtype
 
     # ------------------------------------------------------------ conversations
-    def conversation(self, system: str | None = None, turns: Sequence[tuple[str, str]] = ()) -> Conversation:
-        """A conversation in this model's chat template (``system`` None: the template's default)."""
-        conv = Conversation(self.model.template, turns=list(turns))
+    def conversation(
+        self, system: str | None = None, turns: Sequence[tuple[str, str]] = (), *, video: bool = True
+    ) -> Conversation:
+        """A conversation in this model's chat template (``system`` None: the template's default).
+
+        ``video=False``: a text-only conversation (no video placeholder), for ``features=None``.
+        """
+        conv = Conversation(self.model.template, turns=list(turns), video=video)
         if system is not None:
             conv.system = system
         return conv
@@ -184,15 +190,11 @@ class LongVU:
         Raises :class:`~longvu.errors.PromptError` for a message holding a reserved marker and
         :class:`~longvu.errors.ContextOverflowError` for a prompt that cannot fit.
         """
-        check_message(conversation.system, self._markers, "the system prompt")
-        for i, (role, text) in enumerate(conversation.turns):
-            check_message(text, self._markers, f"message {i + 1} ({role})")
-        return fit_prompt(conversation, self._tokenize, self.model.cfg)
+        return prompt_ids(conversation, self.model.tokenizer, self.model.cfg, self._markers)
 
     def _tokenize(self, conversation: Conversation) -> list[int]:
         """The prompt's token ids as the reference builds them (no context policy)."""
-        m = self.model
-        return tokenize_with_image(conversation.render(m.tokenizer), m.tokenizer, drop_first=m.cfg.is_llama)
+        return tokenize(conversation, self.model.tokenizer, self.model.cfg)
 
     # ------------------------------------------------------------------ features
     def features(
@@ -252,8 +254,8 @@ class LongVU:
 
     # ------------------------------------------------------------------ answers
     def generate(
-        self, features: VisualFeatures, conversation: Conversation, *, generation: GenerationOptions | None = None,
-        cancel=None, observer: Observer | None = None,
+        self, features: VisualFeatures | None, conversation: Conversation, *,
+        generation: GenerationOptions | None = None, cancel=None, observer: Observer | None = None,
     ) -> AnswerStream:  # fmt: skip
         """Answer the conversation's last user turn about encoded ``features``.
 
@@ -262,21 +264,24 @@ class LongVU:
         are generated, then read ``.answer``.
 
         Args:
+            features: the video's encoding; None for a text-only question, whose
+                conversation is made with ``video=False`` (the prompt's text alone goes to the LLM).
             generation: decoding options (default: the checkpoint's sampling, 512 tokens).
             cancel: an object with ``is_set()``; generation stops at the next token once set.
             observer: sees the intermediate tensors (:mod:`longvu.observe`).
         """
+        _check_video(features, conversation)
         return AnswerStream(self, features, conversation, generation or GenerationOptions(), cancel, observer)
 
-    def ask(self, video: Video, question: str, **kw) -> Answer:
-        """Answer ``question`` about ``video`` (keywords as :meth:`ask_stream`)."""
+    def ask(self, video: Video | None, question: str, **kw) -> Answer:
+        """Answer ``question`` about ``video`` (None: a text-only question; keywords as :meth:`ask_stream`)."""
         stream = self.ask_stream(video, question, **kw)
         for _ in stream:
             pass
         return stream.answer
 
     def ask_stream(
-        self, video: Video, question: str, *, sampling: Sampling | None = None,
+        self, video: Video | None, question: str, *, sampling: Sampling | None = None,
         generation: GenerationOptions | None = None, arrays: bool = False, observer: Observer | None = None,
         cancel=None,
     ) -> AnswerStream:  # fmt: skip
@@ -288,23 +293,28 @@ class LongVU:
         """
         if arrays and observer is None:
             observer = ParityObserver(arrays=True)
-        feats = video if isinstance(video, VisualFeatures) else self.features(video, sampling, cancel=cancel,
-                                                                              observer=observer)  # fmt: skip
-        conv = self.conversation()
+        feats = video
+        if video is not None and not isinstance(video, VisualFeatures):
+            feats = self.features(video, sampling, cancel=cancel, observer=observer)
+        conv = self.conversation(video=feats is not None)
         conv.add_user(question)
         return self.generate(feats, conv, generation=generation, cancel=cancel, observer=observer)
 
     def describe(self, video: Video, **kw) -> Answer:
         return self.ask(video, DESCRIBE_PROMPT, **kw)
 
-    def chat(self, video: Video, *, sampling: Sampling | None = None, system: str | None = None) -> ChatSession:
-        """A multi-turn conversation about one video; the video is encoded once."""
-        feats = video if isinstance(video, VisualFeatures) else self.features(video, sampling)
-        return ChatSession(self, feats, self.conversation(system))
+    def chat(self, video: Video | None, *, sampling: Sampling | None = None, system: str | None = None) -> ChatSession:
+        """A multi-turn conversation about one video (None: a text-only chat); the video is encoded once."""
+        feats = video if video is None or isinstance(video, VisualFeatures) else self.features(video, sampling)
+        return ChatSession(self, feats, self.conversation(system, video=feats is not None))
 
     @torch.inference_mode()
-    def teacher_forced(self, features: VisualFeatures, conversation: Conversation, answer: str) -> Forced:
-        """Score ``answer`` as the reply to the conversation's last user turn (no sampling)."""
+    def teacher_forced(self, features: VisualFeatures | None, conversation: Conversation, answer: str) -> Forced:
+        """Score ``answer`` as the reply to the conversation's last user turn (no sampling).
+
+        ``features`` None: a text-only question (a conversation made with ``video=False``).
+        """
+        _check_video(features, conversation)
         m = self.model
         ids, _ = self.prompt_ids(conversation)
         target = m.tokenizer(answer, add_special_tokens=False).input_ids
@@ -326,17 +336,17 @@ class AnswerStream:
     early (``break``, Ctrl-C) stops and joins the generation.
     """
 
-    def __init__(self, lv: LongVU, feats: VisualFeatures, conv: Conversation, opts: GenerationOptions, cancel,
+    def __init__(self, lv: LongVU, feats: VisualFeatures | None, conv: Conversation, opts: GenerationOptions, cancel,
                  observer: Observer | None, on_done: Callable[[Answer], None] | None = None) -> None:  # fmt: skip
         self.lv, self.feats, self.conv, self.opts = lv, feats, conv, opts
         self.cancel, self.observer, self.on_done = cancel, observer, on_done
         self.answer: Answer | None = None
         t0 = time.perf_counter()
-        ids, self.dropped = lv.prompt_ids(conv)
+        self.ids, self.dropped = lv.prompt_ids(conv)
         with torch.inference_mode():
-            comp = compose(lv.model, feats, ids, observer=observer)
-        self.embeds, self.decisions = comp.embeds, comp.decisions
-        self.max_new_tokens = answer_room(self.decisions.sequence_length, opts.max_new_tokens, lv.model.max_positions)
+            comp = compose(lv.model, feats, self.ids, observer=observer)
+        self.embeds, self.decisions = comp.embeds, comp.decisions  # decisions: None for a text-only prompt
+        self.max_new_tokens = answer_room(self.embeds.shape[1], opts.max_new_tokens, lv.model.max_positions)
         self.compose_s = time.perf_counter() - t0
 
     def _work(self, on_ids, cancel) -> Generated:
@@ -364,11 +374,16 @@ class AnswerStream:
         self.answer = self._finish(gen, text, time.perf_counter() - t1)
 
     def _finish(self, gen: Generated, text: str, generate_s: float) -> Answer:
-        trace = Trace.from_decisions(self.decisions, self.feats, self.lv.model.cfg, dropped_turns=self.dropped)
+        cfg = self.lv.model.cfg
+        if self.feats is None:
+            trace = Trace.from_text(self.ids, cfg, dropped_turns=self.dropped)
+        else:
+            trace = Trace.from_decisions(self.decisions, self.feats, cfg, dropped_turns=self.dropped)
         trace.record_generation(gen.ids, text, gen.stopped_by, gen.max_new_tokens)
         trace.data["run"] = self._run_record()
+        encode = self.feats.timings if self.feats is not None else {}
         trace.data["timings"] = {
-            **{f"encode_{k}": round(v, 4) for k, v in self.feats.timings.items()},
+            **{f"encode_{k}": round(v, 4) for k, v in encode.items()},
             "compose": round(self.compose_s, 4),
             "generate": round(generate_s, 4),
         }
@@ -386,6 +401,7 @@ class AnswerStream:
 
         m, feats = self.lv.model, self.feats
         users = [text for role, text in self.conv.turns if role == "user"]
+        sampling = feats.sampling if feats is not None else None
         return {
             "question": users[-1] if users else None,
             "model": str(m.folder),
@@ -393,8 +409,8 @@ class AnswerStream:
             "device": m.device.type,
             "dtype": str(m.dtype).removeprefix("torch."),
             "quantize": m.options.quantize,
-            "from_cache": feats.from_cache,
-            "sampling": dataclasses.asdict(feats.sampling) if feats.sampling is not None else None,
+            "from_cache": feats.from_cache if feats is not None else False,
+            "sampling": dataclasses.asdict(sampling) if sampling is not None else None,
             "generation": dataclasses.asdict(self.opts),
             "config": {k: getattr(m.cfg, k) for k in runtime_fields()},
         }
@@ -428,7 +444,7 @@ class ChatSession:
     (budgets, selection, STC) on the same encoded video, with the chat history in the
     prompt (oldest turns dropped first when it would crowd out the video)."""
 
-    def __init__(self, lv: LongVU, feats: VisualFeatures, conversation: Conversation | None = None) -> None:
+    def __init__(self, lv: LongVU, feats: VisualFeatures | None, conversation: Conversation | None = None) -> None:
         self.lv = lv
         self.features = feats
         self.conversation = conversation or lv.conversation()
@@ -438,7 +454,8 @@ class ChatSession:
         return list(self.conversation.turns)
 
     def ask_stream(self, question: str, generation: GenerationOptions | None = None, *, cancel=None) -> AnswerStream:
-        """A streamed answer; the turn joins the history only once its answer is complete."""
+        """A streamed answer; the turn joins the history only once its answer is complete (an answer
+        cancelled through ``cancel`` is complete at the point where it stopped)."""
         conv = self.conversation.copy()
         conv.add_user(question)
 
@@ -450,14 +467,25 @@ class ChatSession:
         stream.on_done = done
         return stream
 
-    def ask(self, question: str, generation: GenerationOptions | None = None) -> Answer:
-        stream = self.ask_stream(question, generation)
+    def ask(self, question: str, generation: GenerationOptions | None = None, *, cancel=None) -> Answer:
+        """The whole answer (see :meth:`ask_stream`).  ``cancel``, an object with ``is_set()``, ends it
+        early: the answer so far is returned, with ``stopped_by`` "cancelled" in its trace."""
+        stream = self.ask_stream(question, generation, cancel=cancel)
         for _ in stream:
             pass
         return stream.answer
 
     def reset(self) -> None:
         self.conversation.turns.clear()
+
+
+def _check_video(features: VisualFeatures | None, conversation: Conversation) -> None:
+    """A text-only conversation goes with no features, one about a video with its features."""
+    if features is None and conversation.video:
+        raise ValueError("no video features for a conversation about a video; for a text-only question make the "
+                         "conversation with LongVU.conversation(video=False)")  # fmt: skip
+    if features is not None and not conversation.video:
+        raise ValueError("video features for a text-only conversation (video=False); pass features=None")
 
 
 def _check_cached(feats: VisualFeatures, limits: MediaLimits | None, path: str) -> None:

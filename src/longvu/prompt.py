@@ -9,7 +9,7 @@ the template writes ``<|begin_of_text|>`` and the tokenizer adds another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 IMAGE_TOKEN_INDEX = -200
 IMAGE_MARKER = "<image>"
@@ -19,28 +19,30 @@ DESCRIBE_PROMPT = "Describe this video in detail."  # what `longvu describe` and
 
 @dataclass
 class Conversation:
-    """A chat about one video.  The video is attached to the first user turn.
+    """A chat about one video, or about none.  The video is attached to the first user turn.
 
     Attributes:
         template: "qwen" (ChatML) or "llama3" (the tokenizer's chat template).
         turns: ``(role, text)`` pairs, role "user" or "assistant".
+        video: the prompt holds the video placeholder; False for a text-only chat.
     """
 
     template: str
     system: str = SYSTEM_PROMPT
     turns: list[tuple[str, str]] = field(default_factory=list)
+    video: bool = True
 
     @property
     def stop_str(self) -> str:
         return "<|im_end|>" if self.template == "qwen" else "<|eot_id|>"
 
     def copy(self) -> Conversation:
-        return Conversation(self.template, self.system, list(self.turns))
+        return replace(self, turns=list(self.turns))
 
     def newest(self) -> Conversation:
         """The same conversation with only its last user turn."""
         users = [t for t in self.turns if t[0] == "user"]
-        return Conversation(self.template, self.system, users[-1:])
+        return replace(self, turns=users[-1:])
 
     def without_oldest_exchange(self) -> Conversation:
         """Drop the first user turn and everything up to the next user turn (its answers)."""
@@ -49,7 +51,7 @@ class Conversation:
             rest = rest[1:]
         if not rest:
             raise ValueError("the newest question cannot be dropped")
-        return Conversation(self.template, self.system, rest)
+        return replace(self, turns=rest)
 
     def add_user(self, text: str) -> None:
         self.turns.append(("user", text))
@@ -60,7 +62,7 @@ class Conversation:
     def _messages(self) -> list[tuple[str, str]]:
         out = []
         for i, (role, text) in enumerate(self.turns):
-            if i == 0 and role == "user":
+            if i == 0 and role == "user" and self.video:
                 text = f"{IMAGE_MARKER}\n{text}"
             out.append((role, text))
         return out

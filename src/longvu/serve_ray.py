@@ -18,7 +18,8 @@ and ``--allowed-local-media-path`` on storage every node mounts), so any replica
 the features of a video another one encoded.
 
 A replica that dies before a job has streamed any text: the job is retried once on
-another replica; after that the client gets a 503 (or an error event in its stream).
+another replica (the response's ``longvu.replica_retries`` says 1); after that the client
+gets a 503 (or an error event in its stream).
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ class RemoteStream:
                         raise Cancelled() if item[1] == "cancelled" else APIError(*item[2])
                     else:
                         self.answer = item[1]
+                        self.answer.trace.data["replica_retries"] = attempt  # the response's longvu field
                 return
             except (Cancelled, APIError):
                 raise

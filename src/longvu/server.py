@@ -706,9 +706,8 @@ def _parse_chat_request(body: Any, settings: ServerSettings) -> dict:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise APIError(400, "'model' must be a string", param="model")
-    if model is not None and model != settings.model_name:
-        raise APIError(404, f"the model {_clip(model)!r} does not exist; this server serves {settings.model_name!r}",
-                       "not_found_error", "model_not_found", "model")  # fmt: skip
+    # Any other name is answered by the one served model, as llama.cpp's server does, so that a client whose
+    # default names another model works (lmms-eval's openai: grok-2-latest); the response names the served one.
     system, turns, media = _parse_messages(body.get("messages"), settings)
     parse_media_io_kwargs(body, media, _media_error)
     stream = body.get("stream", False)
@@ -985,7 +984,8 @@ def _trace_summary(t: dict) -> dict:
         "stc_applied": t["stc"]["applied"],
         "dropped_messages": t["prompt"].get("dropped_turns", 0),
         "from_cache": "encode_cache_hit" in t.get("timings", {}),
-        **({"replica": t["replica"]} if "replica" in t else {}),  # which Ray Serve replica answered
+        # which Ray Serve replica answered, and how many replicas failed the job before it (serve_ray.py)
+        **{k: t[k] for k in ("replica", "replica_retries") if k in t},
     }
 
 

@@ -62,6 +62,18 @@ class Trace:
         t.data["inputs_embeds"] = {"shape": [1, d.sequence_length, cfg.hidden_size]}
         return t
 
+    @classmethod
+    def from_text(cls, ids: list[int], cfg, *, dropped_turns: int = 0) -> Trace:
+        """The trace of a text-only prompt: no video, no stage ran, no visual tokens."""
+        t = cls()
+        t.data["video"] = None
+        t.data["prompt"] = {"input_ids": list(ids), "image_token_pos": None, "num_text_tokens": len(ids),
+                            "dropped_turns": dropped_turns}  # fmt: skip
+        t.data["counts"] = {"sampled_frames": 0, "frames_after_dino": 0, "visual_tokens_final": 0,
+                            "sequence_length": len(ids)}  # fmt: skip
+        t.data["inputs_embeds"] = {"shape": [1, len(ids), cfg.hidden_size]}
+        return t
+
     def record_generation(self, ids: list[int], text: str, stopped_by: str, max_new_tokens: int) -> None:
         self.data["generation"] = {"token_ids": list(ids), "text": text, "stopped_by": stopped_by,
                                    "max_new_tokens": max_new_tokens}  # fmt: skip
@@ -81,6 +93,8 @@ class Trace:
 
     def summary(self) -> str:
         """A few human lines: frames and tokens after each stage."""
+        if "video" in self.data and self.data["video"] is None:
+            return f"text only (no video): sequence {self.data['counts']['sequence_length']} tokens"
         return summary_lines(self.data.get("counts", {}), len(self.data.get("frames", {}).get("high_res", [])))
 
 
