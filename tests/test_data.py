@@ -20,8 +20,9 @@ GOOD = {"id": "a", "video": "v.mp4", "conversations": [turn("human", "<image>\nW
 BAD = [
     ('{"video": "v.mp4", "conversations": [', "not valid JSON"),
     ("[1, 2]", "expected a JSON object, got list"),
-    (json.dumps({"conversations": GOOD["conversations"]}), "no 'video' field"),
+    (json.dumps({"conversations": GOOD["conversations"]}), "turn 1 holds <image>; a line with no 'video' is text-only"),
     (json.dumps({"video": "", "conversations": GOOD["conversations"]}), "'video' must be a non-empty string"),
+    (json.dumps({"video": None, "conversations": GOOD["conversations"]}), "'video' must be a non-empty string"),
     (json.dumps({"video": "v.mp4"}), "'conversations' must be a non-empty list"),
     (json.dumps({"video": "v.mp4", "conversations": [turn("human", "<image>\nQ")]}), "the last turn is from 'human'"),
     (
@@ -71,10 +72,13 @@ def folder(tmp_path):
 def test_good_lines(folder):
     multi = {"video": "v.mp4", "conversations": [turn("human", "<image>\nQ1"), turn("gpt", "A1"),
                                                   turn("human", "Q2"), turn("gpt", "A2")], "family": "x"}  # fmt: skip
-    (folder / "data.jsonl").write_text(json.dumps(GOOD) + "\n\n" + json.dumps(multi) + "\n")
-    a, b = load_examples(folder)
+    text = {"id": "t", "conversations": [turn("human", "Which is larger, 3 or 4?"), turn("gpt", "4")]}
+    lines = [json.dumps(GOOD), "", json.dumps(multi), json.dumps(text)]
+    (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
+    a, b, c = load_examples(folder)
     assert (a.id, a.line, a.video, a.prompt) == ("a", 1, folder / "v.mp4", "What?")
     assert (b.id, b.line, len(b.turns), b.extra) == ("line3", 3, 4, {"family": "x"})
+    assert (c.id, c.line, c.video, c.prompt) == ("t", 4, None, "Which is larger, 3 or 4?")  # text-only
 
 
 def test_every_bad_line_is_named(folder):
@@ -114,7 +118,7 @@ def test_data_check_cli(folder, capsys):
     (folder / "data.jsonl").write_text(json.dumps(GOOD) + "\n")
     assert main(["data", "check", str(folder)]) == 0
     assert capsys.readouterr().out.endswith("data.jsonl: 1 examples, 1 answers to learn, 1 videos: ok\n")
-    (folder / "data.jsonl").write_text(json.dumps(GOOD) + "\n" + BAD[0][0] + "\n" + BAD[5][0] + "\n")
+    (folder / "data.jsonl").write_text(json.dumps(GOOD) + "\n" + BAD[0][0] + "\n" + BAD[6][0] + "\n")
     assert main(["data", "check", str(folder)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"{folder / 'data.jsonl'}:2: not valid JSON")

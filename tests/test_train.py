@@ -116,6 +116,21 @@ def test_gradients_reach_only_the_parts_that_train(data, parts, lora):
     assert groups == {"lora": lora, "llm": False, "projector": True, "sva": "sva" in parts}
 
 
+def test_answer_loss_is_the_lm_loss_without_full_logits():
+    from longvu.train import IGNORE_INDEX, answer_loss
+
+    llm = _load().model.llm
+    torch.manual_seed(0)
+    embeds = torch.randn(2, 9, llm.config.hidden_size)
+    labels = torch.randint(0, llm.config.vocab_size, (2, 9))
+    labels[:, :4] = IGNORE_INDEX
+    labels[1, 7:] = IGNORE_INDEX
+    with torch.no_grad():
+        want = llm(inputs_embeds=embeds, labels=labels).loss
+        got = answer_loss(llm.model(inputs_embeds=embeds).last_hidden_state, labels, llm.lm_head)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_features_are_computed_once_per_video(data):
     lv = _load()
     store = FeatureStore(lv, sva=False)
@@ -243,6 +258,32 @@ def test_labels_are_the_answers_of_every_turn(checkpoint, tmp_path):
     conv.add_user("Then?")
     whole = lv.tokenizer.decode([t for t in sample.prompt_ids if t >= 0] + sample.rest_ids)
     assert whole.startswith(lv.tokenizer.decode([t for t in lv.prompt_ids(conv)[0] if t >= 0]))
+
+
+def test_text_only_lines_train_through_the_same_composition(data, tmp_path):
+    """A line with no video (LLaVA-style text-only SFT) is its prompt's text embeddings plus the answers."""
+    from longvu.data import Example
+    from longvu.train import IGNORE_INDEX, example_tokens
+
+    lv = _load()
+    turns = [("human", "Which is larger, 3 or 4?"), ("gpt", "4")]
+    sample = example_tokens(lv, Example(1, "t", None, turns))
+    conv = lv.conversation(turns=[("user", "Which is larger, 3 or 4?")], video=False)
+    assert sample.video is None and sample.prompt_ids == lv.prompt_ids(conv)[0] and -200 not in sample.prompt_ids
+    store = FeatureStore(lv, sva=False)
+    embeds, labels = LongVUForTraining(lv, store).sample_inputs(sample)
+    ids = sample.prompt_ids + sample.rest_ids
+    assert torch.equal(embeds, lv.model.embed(ids)) and store.encoded == 0
+    assert labels == [IGNORE_INDEX] * len(sample.prompt_ids) + sample.rest_labels
+    mixed = tmp_path / "mixed.jsonl"
+    lines = (data / "data.jsonl").read_text().splitlines()[:1]
+    lines.append(json.dumps({"id": "t", "conversations": [{"from": "human", "value": "Say A."},
+                                                           {"from": "gpt", "value": "A"}]}))  # fmt: skip
+    mixed.write_text("\n".join(lines) + "\n")
+    cfg = config(data, tmp_path / "run", max_steps=2, save_steps=5, video_root=str(data))
+    cfg.data = str(mixed)
+    out = train(cfg)
+    assert [x["step"] for x in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())] == [1, 2]
 
 
 def test_full_llm_training_writes_loadable_weights(data, tmp_path):

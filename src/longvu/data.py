@@ -12,7 +12,8 @@ One JSON object per line::
 
 Turns alternate ``human`` / ``gpt``, starting with ``human`` and ending with ``gpt``;
 the first human turn holds the ``<image>`` placeholder (where the video goes) exactly
-once and no other turn holds it; no turn is empty.  Other fields (``longvu synth``
+once and no other turn holds it; no turn is empty.  A line with no ``video`` field is a
+text-only conversation (as in LLaVA's SFT mixtures): no turn may hold ``<image>`` then.  Other fields (``longvu synth``
 writes ``family``, ``options``, ``answer``, ...) are kept in :attr:`Example.extra`.
 
 :func:`load_examples` reads a JSONL file, or a folder holding ``data.jsonl`` as
@@ -50,7 +51,7 @@ class Example:
 
     line: int
     id: str
-    video: Path
+    video: Path | None  # None: a text-only conversation
     turns: list[tuple[str, str]]
     extra: dict = field(default_factory=dict)
 
@@ -81,8 +82,11 @@ def resolve_data(path: str | Path) -> Path:
     return found[0]
 
 
-def check_turns(conv: object) -> list[tuple[str, str]]:
-    """The ``conversations`` list as ``(role, text)`` pairs, or ValueError saying what is wrong."""
+def check_turns(conv: object, video: bool = True) -> list[tuple[str, str]]:
+    """The ``conversations`` list as ``(role, text)`` pairs, or ValueError saying what is wrong.
+
+    ``video``: the first human turn must hold the placeholder once; False: no turn may.
+    """
     if not isinstance(conv, list) or not conv:
         raise ValueError("'conversations' must be a non-empty list of turns")
     turns = []
@@ -97,12 +101,13 @@ def check_turns(conv: object) -> list[tuple[str, str]]:
         want = ROLES[(i - 1) % 2]
         if role != want:
             raise ValueError(f"turn {i} is from {role!r}, expected {want!r} (turns alternate human, gpt)")
-        if i > 1 and IMAGE_MARKER in text:
-            raise ValueError(f"turn {i} holds {IMAGE_MARKER}; only the first human turn may")
+        if (i > 1 or not video) and IMAGE_MARKER in text:
+            where = "only the first human turn may" if video else "a line with no 'video' is text-only"
+            raise ValueError(f"turn {i} holds {IMAGE_MARKER}; {where}")
         if not text.replace(IMAGE_MARKER, "").strip():
             raise ValueError(f"turn {i} ({role}) is empty")
         turns.append((role, text))
-    if turns[0][1].count(IMAGE_MARKER) != 1:
+    if video and turns[0][1].count(IMAGE_MARKER) != 1:
         raise ValueError(
             f"the first human turn must hold {IMAGE_MARKER} exactly once, found {turns[0][1].count(IMAGE_MARKER)}"
         )
@@ -120,16 +125,14 @@ def check_line(text: str, line: int, root: Path, *, check_videos: bool = True) -
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     video = obj.get("video")
-    if "video" not in obj:
-        raise ValueError("no 'video' field (every example needs a video)")
-    if not isinstance(video, str) or not video.strip():
-        raise ValueError("'video' must be a non-empty string")
-    turns = check_turns(obj.get("conversations"))
+    if "video" in obj and (not isinstance(video, str) or not video.strip()):
+        raise ValueError("'video' must be a non-empty string (leave the field out for a text-only line)")
+    turns = check_turns(obj.get("conversations"), video=video is not None)
     ident = obj.get("id", f"line{line}")
     if not isinstance(ident, (str, int)) or isinstance(ident, bool):
         raise ValueError("'id' must be a string or an integer")
-    path = Path(video) if Path(video).is_absolute() else root / video
-    if check_videos and not path.is_file():
+    path = None if video is None else Path(video) if Path(video).is_absolute() else root / video
+    if check_videos and path is not None and not path.is_file():
         raise ValueError(f"video {video} not found (looked for {path})")
     extra = {k: v for k, v in obj.items() if k not in ("id", "video", "conversations")}
     return Example(line, str(ident), path, turns, extra)

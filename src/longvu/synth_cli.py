@@ -82,7 +82,9 @@ def run_check(args: argparse.Namespace) -> int:
         shown = f" (the first {len(e.errors)} shown)" if e.total > len(e.errors) else ""
         print_error(args, f"{e.total} malformed line(s){shown}")
         return 2
-    videos = len({ex.video for ex in examples})
+    videos = len({ex.video for ex in examples if ex.video is not None})
+    text = sum(ex.video is None for ex in examples)
     turns = sum(len(ex.turns) for ex in examples) // 2
-    print(f"{resolve_data(args.data)}: {len(examples)} examples, {turns} answers to learn, {videos} videos: ok")
+    also = f" ({text} text-only)" if text else ""
+    print(f"{resolve_data(args.data)}: {len(examples)} examples{also}, {turns} answers to learn, {videos} videos: ok")
     return 0

@@ -22,7 +22,8 @@ later epochs read its features from the feature cache (or memory, without a cach
 Labels: -100 (ignored) on the system prompt, every user turn, the role headers and the
 visual tokens; each assistant turn's text and its end-of-turn marker are learned.  A
 multi-turn example's video tokens are composed for its first question, as a chat's first
-answer sees them; later turns follow as text.
+answer sees them; later turns follow as text.  A line with no video is a text-only
+conversation: its prompt goes to the LLM as text, through the same composition.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ LOG_FILE = "train_log.jsonl"
 class Sample:
     """One example, tokenized: ``prompt_ids`` (with the video placeholder), then ``rest_ids`` / ``rest_labels``."""
 
-    video: str
+    video: str | None  # None: text-only
     prompt_ids: list[int]
     rest_ids: list[int]
     rest_labels: list[int]
@@ -71,7 +72,7 @@ def example_tokens(lv, ex: Example) -> Sample:
     for i, (role, text) in enumerate(turns):
         check_message(text.strip(), markers, f"turn {i + 1} ({role})")
     tok = lv.tokenizer
-    conv = lv.conversation(turns=turns[:1])
+    conv = lv.conversation(turns=turns[:1], video=ex.video is not None)
     prompt_ids, _ = lv.prompt_ids(conv)
     text = conv.render(tok)
     stop = conv.stop_str
@@ -91,7 +92,7 @@ def example_tokens(lv, ex: Example) -> Sample:
             raise ValueError("the chat template does not extend the conversation turn by turn")
         ids = tok(full[len(text) :], add_special_tokens=False).input_ids
         rest, labels, text = rest + ids, labels + [IGNORE_INDEX] * len(ids), full
-    return Sample(str(ex.video), prompt_ids, rest, labels)
+    return Sample(None if ex.video is None else str(ex.video), prompt_ids, rest, labels)
 
 
 class ConversationDataset(torch.utils.data.Dataset):
@@ -180,7 +181,7 @@ class FeatureStore:
         """Encode every video before training, so a broken one stops the run at once (naming its line)."""
         from tqdm.auto import tqdm
 
-        videos = dict(zip((s.video for s in samples), lines))
+        videos = {s.video: where for s, where in zip(samples, lines) if s.video is not None}
         for video, where in tqdm(videos.items(), desc="encoding videos", disable=not progress, leave=False):
             try:
                 self.get(video)
@@ -215,14 +216,7 @@ class LongVUForTraining(nn.Module):
         from .compose import compose
 
         model = self.lv.model
-        entry = self.store.get(s.video)
-        feats = entry.feats
-        if entry.towers is not None:  # the sampler trains: run it again on the frozen tower outputs
-            conn, dt = self.connector, next(self.connector.parameters()).dtype
-            aux = conn.project_aux([t.to(model.device, dt) for t in entry.towers])
-            feats = dataclasses.replace(feats, sampled=conn.sample(aux, feats.frame_hw))
-        else:  # encoder output may be an inference tensor: a plain copy can be saved for backward
-            feats = dataclasses.replace(feats, sampled=feats.sampled.to(model.device).clone())
+        feats = None if s.video is None else self.video_features(s.video)
         comp = compose(model, feats, s.prompt_ids)
         prompt = comp.embeds[0]
         rest = model.embed(s.rest_ids).to(prompt.dtype) if s.rest_ids else prompt[:0]
@@ -233,6 +227,18 @@ class LongVUForTraining(nn.Module):
             self.truncated += 1
             embeds, labels = embeds[:room], labels[:room]
         return embeds, labels
+
+    def video_features(self, video: str):
+        """The video's features, with the sampler's output recomputed (with gradients) when it trains."""
+        model = self.lv.model
+        entry = self.store.get(video)
+        feats = entry.feats
+        if entry.towers is not None:  # the sampler trains: run it again on the frozen tower outputs
+            conn, dt = self.connector, next(self.connector.parameters()).dtype
+            aux = conn.project_aux([t.to(model.device, dt) for t in entry.towers])
+            return dataclasses.replace(feats, sampled=conn.sample(aux, feats.frame_hw))
+        # encoder output may be an inference tensor: a plain copy can be saved for backward
+        return dataclasses.replace(feats, sampled=feats.sampled.to(model.device).clone())
 
     def forward(self, samples: list[Sample]):
         pairs = [self.sample_inputs(s) for s in samples]
@@ -246,7 +252,24 @@ class LongVUForTraining(nn.Module):
             labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long, device=dev)
             mask[i, : e.shape[0]] = 1
         full = bool(mask.all())  # no padding: no mask, so attention takes its causal fast path
-        return self.llm(inputs_embeds=embeds, attention_mask=None if full else mask, labels=labels, use_cache=False)
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=None if full else mask, use_cache=False)
+        from transformers.modeling_outputs import CausalLMOutput
+
+        return CausalLMOutput(loss=answer_loss(hidden.last_hidden_state, labels, self.llm.lm_head))
+
+
+def answer_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    """The causal LM loss (mean over labelled tokens), with the vocabulary projection applied only where a
+    label is: the full ``[B, L, V]`` logits of a long video prompt (8k x 152k floats for Qwen2) are never built.
+
+    Args:
+        hidden: ``[B, L, H]`` the decoder's last hidden states.
+        labels: ``[B, L]`` token ids, IGNORE_INDEX where nothing is learned.
+    """
+    target = labels[:, 1:]
+    where = target != IGNORE_INDEX
+    logits = lm_head(hidden[:, :-1][where]).float()  # [T, V]
+    return nn.functional.cross_entropy(logits, target[where])
 
 
 def check_parts(parts: tuple[str, ...] | list[str]) -> set[str]:

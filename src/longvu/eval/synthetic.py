@@ -36,6 +36,8 @@ def _check_choice(ex: Example) -> tuple[list[str], str, str]:
         )
     if not isinstance(family, str) or not family:
         raise ValueError("'family' must be a non-empty string")
+    if ex.video is None:
+        raise ValueError("no 'video': a question line is about a video")
     if len(ex.turns) != 2:
         raise ValueError(f"a question line has one human and one gpt turn, found {len(ex.turns)} turns")
     return options, answer, family
