@@ -120,7 +120,7 @@ class LongVUConfig:
         direct = [
             "hidden_size", "vision_hidden_size", "image_token_len", "lowres_token",
             "connector_depth", "highres", "frame_pos", "dino_threshold", "drop_threshold",
-            "tokenizer_model_max_length", "inference_max_length",
+            "tokenizer_model_max_length", "inference_max_length", "dino_image_size",
         ]  # fmt: skip
         for name in direct:
             if raw.get(name) is not None:

@@ -377,6 +377,25 @@ def ask(rng: np.random.Generator, plan: Plan, family: str) -> Question:
     raise ValueError(f"unknown question family {family!r}")
 
 
+def describe(plan: Plan) -> str:
+    """The video in words, in order of first appearance: the word needle, then each cast member's
+    colour and shape, how many times it appeared and, for the mover, its direction.
+
+    A dense target for teaching a model what the videos hold (``caption`` in ``data.jsonl``);
+    every question family's answer can be read off it.
+    """
+    word_time = plan.word_at - 0.5  # the word frames come before timeline second word_at
+    events = [(word_time, f"The word {plan.word}.")]
+    for m in range(CAST):
+        first = min(a.start for a in _of(plan, m))
+        k = plan.counts[m]
+        moving = f", moving {plan.direction}" if m == plan.mover else ""
+        article = "An" if plan.colours[m][0] in "aeiou" else "A"
+        text = f"{article} {plan.colours[m]} {plan.shapes[m]}, {k} {'time' if k == 1 else 'times'}{moving}."
+        events.append((first, text))
+    return " ".join(text for _, text in sorted(events, key=lambda e: e[0]))
+
+
 def mc_prompt(question: str, options: list[str]) -> str:
     """The question as the model sees it (after the video): question, lettered options, instruction."""
     letters = "".join(f"({chr(65 + i)}) {o}\n" for i, o in enumerate(options))
@@ -400,6 +419,7 @@ def record(video_id: str, video: str, plan: Plan, q: Question) -> dict:
         "answer_text": q.options[q.answer],
         "length": plan.length,
         "evidence": q.evidence,
+        "caption": describe(plan),
     }
 
 
