@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import FIXTURES
 
-from longvu.compress.selection import Budget, compute_budget, select_high_res, use_mixed_resolution
+from longvu.compress.selection import Budget, compute_budget, evenly_spaced, select_high_res, use_mixed_resolution
 
 
 @pytest.mark.parametrize("case", ["a_video3_fits", "b_synth_dino", "c_video1_mixed", "d_video1_stc_force"])
@@ -68,3 +68,15 @@ def test_select_high_res_by_hand():
     # highres_num larger than the frame count is capped by it.
     res = select_high_res(low, high, text, max_visual_len=100)
     assert res.highres_num == 47 and res.high_frames == [0, 1, 2]
+
+
+def test_unguided_selection_spreads_the_same_number_of_frames():
+    # 5 frames; frame 3 is the one closest to the question, but the ablation baseline ignores it.
+    low = torch.tensor([[[1.0, 0]], [[2, 0]], [[0, 0]], [[5, 0]], [[1, 0]]])
+    high = torch.full((5, 3, 2), 9.0)
+    text = torch.tensor([[1.0, 0]])
+    guided = select_high_res(low, high, text, max_visual_len=5 + 2 * 2)
+    spread = select_high_res(low, high, text, max_visual_len=5 + 2 * 2, guided=False)
+    assert guided.high_frames == [1, 3] and spread.high_frames == [0, 4]
+    assert spread.tokens.shape == guided.tokens.shape == (3 + 3 + 1 + 1 + 1, 2)
+    assert evenly_spaced(5, 3) == [0, 2, 4] and evenly_spaced(7, 1) == [3] and evenly_spaced(4, 4) == [0, 1, 2, 3]

@@ -180,7 +180,9 @@ def select_and_compress(high, low, text_after, budget: Budget, cfg: LongVUConfig
         the :class:`~longvu.compress.TextGuidedResult` (None unless mixed) and the
         :class:`~longvu.compress.STCResult` (None unless stage 3 ran).
     """
-    sel = select_high_res(low, high, text_after, max_visual_len=budget.max_visual_len) if low is not None else None
+    sel = None
+    if low is not None:
+        sel = select_high_res(low, high, text_after, max_visual_len=budget.max_visual_len, guided=cfg.text_guided)
     tokens = sel.tokens if sel is not None else high.reshape(-1, high.shape[-1])
     if sel is not None and observer:
         observer.on_selection(result=sel)

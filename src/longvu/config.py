@@ -63,6 +63,8 @@ class LongVUConfig:
     dino_threshold: float = 0.83
     dino_window: int = 16
     max_frames_cap: int = 400  # cap after temporal reduction ("in case of OOM")
+    # --- stage 2: text-guided selection ---
+    text_guided: bool = True  # False: the high-res frames are spread evenly (the ablation baseline, not the paper)
     # --- stage 3: spatial token compression ---
     drop_threshold: float = 0.7  # the reference's getattr default; checkpoints set 0.8
     stc_window: int = 8

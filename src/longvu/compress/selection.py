@@ -110,7 +110,7 @@ class TextGuidedResult:
 
 
 def select_high_res(
-    low: torch.Tensor, high: torch.Tensor, text: torch.Tensor, *, max_visual_len: int
+    low: torch.Tensor, high: torch.Tensor, text: torch.Tensor, *, max_visual_len: int, guided: bool = True
 ) -> TextGuidedResult:
     """Upgrade the frames most similar to the question to high resolution.
 
@@ -123,6 +123,8 @@ def select_high_res(
         high: ``[N, T_hi, H]`` high-res tokens per frame.
         text: ``[n, H]`` embeddings of the prompt text after the video placeholder.
         max_visual_len: visual token budget.
+        guided: False upgrades as many frames, spread evenly over the video instead of
+            chosen by the question (not the paper's method: its ablation baseline).
     """
     n, t_lo, h = low.shape
     t_hi = high.shape[1]
@@ -138,8 +140,14 @@ def select_high_res(
     sim = torch.matmul(flat_low.float(), text.float().transpose(0, 1)).mean(dim=-1)  # (N*T_lo,)
     sim_frame = sim.reshape(n, -1).mean(dim=-1)  # (N,)
     k = min(highres_num, n)
-    top = torch.topk(sim_frame, k).indices
-    chosen = sorted(top.tolist())
+    chosen = sorted(torch.topk(sim_frame, k).indices.tolist()) if guided else evenly_spaced(n, k)
     chosen_set = set(chosen)
     parts = [high[i] if i in chosen_set else low[i] for i in range(n)]
     return TextGuidedResult(torch.cat(parts, 0), chosen, highres_num, sim_frame)
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """``k`` of ``range(n)`` spread evenly, first and last included (``1 <= k <= n``)."""
+    if k == 1:
+        return [(n - 1) // 2]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
