@@ -11,7 +11,7 @@ from conftest import QWEN
 
 from longvu.cli import main
 from longvu.eval.benchmarks import load_items
-from longvu.synth import COLOURS, SynthSettings, generate, make_video, render
+from longvu.synth import COLOURS, DIRECTIONS, SHAPES, WORDS, SynthSettings, describe, generate, make_video, render
 from longvu.video import load_video
 
 SHORT = SynthSettings(seed=5, minutes=(0.2, 0.4), size=64, questions_per_video=6)
@@ -57,8 +57,17 @@ def test_records_are_sft_lines_with_choices(short_set):
         human, gpt = r["conversations"]
         assert human["from"] == "human" and human["value"].startswith("<image>\nQuestion: " + r["question"])
         assert gpt == {"from": "gpt", "value": r["answer"]}
-        assert len(r["options"]) == 4 and r["options"][ord(r["answer"]) - 65] == r["answer_text"]
+        assert r["options"][ord(r["answer"]) - 65] == r["answer_text"]
         assert all(f"({chr(65 + i)}) {o}\n" in human["value"] for i, o in enumerate(r["options"]))
+        every = {
+            "word": WORDS,
+            "colour": COLOURS,
+            "shape": SHAPES,
+            "order": SHAPES,
+            "count": "1234",
+            "motion": DIRECTIONS,
+        }
+        assert r["options"] == list(every[r["family"]])  # options 'all': the family's values, in a fixed order
         assert 12 <= r["length"] - 2 and r["length"] <= 24 + 2 and r["evidence"]
 
 
@@ -103,9 +112,30 @@ def test_motion_and_order_follow_the_plan():
 
 
 def test_answers_are_balanced():
-    settings = SynthSettings(seed=0, minutes=(0.2, 0.3), size=64, families=("word", "colour", "shape", "order"))
+    settings = SynthSettings(seed=0, minutes=(0.2, 0.3), size=64, families=("word", "colour", "shape", "order"),
+                             options="four")  # fmt: skip
     letters = Counter(chr(65 + make_video(settings, i)[1][0].answer) for i in range(80))
     assert set(letters) == set("ABCD") and min(letters.values()) >= 12
+    for i in range(40):  # four options: the cast's values (or the word and three others), shuffled
+        plan, (q,) = make_video(settings, i)
+        family_values = {"word": WORDS, "colour": plan.colours, "shape": plan.shapes, "order": plan.shapes}
+        assert len(q.options) == 4 and set(q.options) <= set(family_values[q.family])
+    words = Counter(make_video(SHORT, i)[0].word for i in range(80))
+    assert set(words) == set(WORDS) and min(words.values()) >= 4  # all: the answer's letter is uniform too
+
+
+def test_caption_says_what_the_questions_ask():
+    for index in range(6):
+        plan, questions = make_video(SHORT, index)
+        text = describe(plan)
+        q = {x.family: x for x in questions}
+        assert f"The word {q['word'].options[q['word'].answer]}." in text
+        members = [x for x in text.split(". ") if not x.startswith("The word")]
+        assert f" {q['order'].options[q['order'].answer]}, " in members[0]  # the first to appear is named first
+        for m in range(4):
+            k = plan.counts[m]
+            moving = f", moving {plan.direction}" if m == plan.mover else ""
+            assert f"{plan.colours[m]} {plan.shapes[m]}, {k} time{'s' if k > 1 else ''}{moving}." in text
 
 
 def test_synth_cli_and_bad_settings(tmp_path, capsys):
@@ -119,6 +149,7 @@ def test_synth_cli_and_bad_settings(tmp_path, capsys):
         (["--minutes", "2", "1"], "--minutes needs 0 < MIN <= MAX"),
         (["--families", "word", "smell"], "--families takes distinct names"),
         (["--seed", "-1"], "--seed must be >= 0"),
+        (["--options", "two"], "argument --options: invalid choice"),
     ]:
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
@@ -133,7 +164,7 @@ def test_eval_synthetic(tmp_path, short_set):
     assert [i.qid for i in items] == [r["id"] for r in recs]
     first = items[0]
     assert first.prompt == recs[0]["conversations"][0]["value"].removeprefix("<image>\n")
-    assert first.letters == list("ABCD") and first.answer == recs[0]["answer"] and first.category == "word"
+    assert first.letters == list("ABCDEFGH") and first.answer == recs[0]["answer"] and first.category == "word"
     assert first.extra == {"duration": "short"}
     out = tmp_path / "out"
     argv = ["eval", "synthetic", "--data", str(short_set), "--out", str(out), "--model", str(QWEN), "--device", "cpu"]

@@ -9,15 +9,16 @@ inserted where no object is on screen.  Scene changes and object appearances are
 DINOv2-based frame reduction should keep; the quiet stretches between them are what it
 should drop, so the longer the video, the more the answer depends on the compression.
 
-Questions (one family per question, four options, chance 25%):
+Questions (one family per question; options as ``options="all"`` gives them, every value the
+family can take in a fixed order; ``"four"`` gives four shuffled, chance 25%):
 
 =========  ==========================================================  =================
-family     question                                                     options
+family     question                                                     options (all)
 =========  ==========================================================  =================
-word       which word was shown                                         4 words
-colour     what colour was the <shape>                                  4 colours
-shape      what shape was the <colour> object                           4 shapes
-order      which of these shapes appeared first                         the cast's shapes
+word       which word was shown                                         8 words
+colour     what colour was the <shape>                                  6 colours
+shape      what shape was the <colour> object                           6 shapes
+order      which of these shapes appeared first                         6 shapes
 count      how many times did the <shape> appear                        1, 2, 3, 4
 motion     in which direction did the <shape> move                      left/right/up/down
 =========  ==========================================================  =================
@@ -50,8 +51,7 @@ COLOURS = {
     "red": (215, 35, 35), "green": (30, 165, 55), "blue": (35, 75, 215),
     "yellow": (240, 215, 30), "purple": (135, 50, 175), "orange": (245, 135, 20),
 }  # fmt: skip
-WORDS = ("APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN",
-         "ROCKET", "FOREST", "MARBLE", "PENCIL", "CASTLE", "DRAGON", "ISLAND", "LEMON")  # fmt: skip
+WORDS = ("APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN")  # V-NIAH's needles
 DIRECTIONS = ("left", "right", "up", "down")
 FAMILIES = ("word", "colour", "shape", "order", "count", "motion")
 CAST = 4  # cast members per video; their appearance counts are a permutation of 1..CAST
@@ -334,8 +334,23 @@ class Question:
     evidence: list[int]
 
 
-def _shuffled(rng: np.random.Generator, options: list[str], correct: str) -> tuple[list[str], int]:
-    order = [options[i] for i in rng.permutation(len(options))]
+OPTION_MODES = ("all", "four")
+
+
+def _choices(rng: np.random.Generator, mode: str, universe, cast: list[str], correct: str) -> tuple[list[str], int]:
+    """The options and the answer's index.
+
+    ``all``: every value the family can take, in its fixed order (the letter names the value, so a
+    model needs no in-context matching of option texts); ``four``: the cast's values (or the word
+    and three others), shuffled.
+    """
+    if mode == "all":
+        opts = list(universe)
+        return opts, opts.index(correct)
+    if not cast:  # the word family: the word and three other words
+        others = [w for w in universe if w != correct]
+        cast = [correct, *(others[i] for i in rng.permutation(len(others))[: CAST - 1])]
+    order = [cast[i] for i in rng.permutation(len(cast))]
     return order, order.index(correct)
 
 
@@ -343,28 +358,26 @@ def _of(plan: Plan, m: int) -> list[Appearance]:
     return [a for a in plan.appearances if a.member == m]
 
 
-def ask(rng: np.random.Generator, plan: Plan, family: str) -> Question:
-    """A question of ``family`` about ``plan``; distractor options are the other cast members' values."""
+def ask(rng: np.random.Generator, plan: Plan, family: str, options: str = "all") -> Question:
+    """A question of ``family`` about ``plan``, its options chosen by ``options`` (:data:`OPTION_MODES`)."""
     m = int(rng.integers(CAST))
     shape, colour = plan.shapes[m], plan.colours[m]
     if family == "word":
-        others = [w for w in WORDS if w != plan.word]
-        picks = [others[i] for i in rng.permutation(len(others))[:3]]
-        opts, ans = _shuffled(rng, [plan.word, *picks], plan.word)
+        opts, ans = _choices(rng, options, WORDS, [], plan.word)
         ev = list(range(plan.word_at, plan.word_at + plan.word_frames))
         return Question(
             family, "One frame of this video shows a word in large letters. Which word is it?", opts, ans, ev
         )
     if family == "colour":
-        opts, ans = _shuffled(rng, list(plan.colours), colour)
+        opts, ans = _choices(rng, options, COLOURS, list(plan.colours), colour)
         return Question(family, f"What colour was the {shape}?", opts, ans, plan.frames_of(_of(plan, m)))
     if family == "shape":
-        opts, ans = _shuffled(rng, list(plan.shapes), shape)
+        opts, ans = _choices(rng, options, SHAPES, list(plan.shapes), shape)
         return Question(family, f"What shape was the {colour} object?", opts, ans, plan.frames_of(_of(plan, m)))
     if family == "order":
         firsts = [min(_of(plan, k), key=lambda a: a.start) for k in range(CAST)]
         first = min(firsts, key=lambda a: a.start).member
-        opts, ans = _shuffled(rng, list(plan.shapes), plan.shapes[first])
+        opts, ans = _choices(rng, options, SHAPES, list(plan.shapes), plan.shapes[first])
         return Question(family, "Which of these shapes appeared first?", opts, ans, plan.frames_of(firsts))
     if family == "count":
         opts = [str(k) for k in range(1, CAST + 1)]
@@ -433,6 +446,7 @@ class SynthSettings:
     size: int = 128  # frame side in pixels
     families: tuple[str, ...] = FAMILIES
     questions_per_video: int = 1
+    options: str = "all"  # OPTION_MODES: every value in a fixed order, or four shuffled
 
     def __post_init__(self) -> None:
         lo, hi = self.minutes
@@ -445,12 +459,15 @@ class SynthSettings:
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families or len(set(self.families)) != len(self.families):
             raise LongVUError(f"--families takes distinct names from {', '.join(FAMILIES)}, got {list(self.families)}")
+        if self.options not in OPTION_MODES:
+            raise LongVUError(f"--options must be one of {', '.join(OPTION_MODES)}, got {self.options!r}")
         if not 1 <= self.questions_per_video <= len(self.families):
             raise LongVUError(f"--questions-per-video must be between 1 and {len(self.families)} (the families asked)")
 
     def manifest(self) -> dict:
         return {"format": FORMAT, "seed": self.seed, "minutes": list(self.minutes), "size": self.size, "fps": 1,
-                "families": list(self.families), "questions_per_video": self.questions_per_video}  # fmt: skip
+                "families": list(self.families), "questions_per_video": self.questions_per_video,
+                "options": self.options}  # fmt: skip
 
 
 def video_seconds(rng: np.random.Generator, minutes: tuple[float, float]) -> int:
@@ -465,7 +482,7 @@ def make_video(settings: SynthSettings, index: int) -> tuple[Plan, list[Question
     plan = plan_video(rng, video_seconds(rng, settings.minutes), settings.size)
     fams = settings.families
     asked = [fams[(index * settings.questions_per_video + j) % len(fams)] for j in range(settings.questions_per_video)]
-    return plan, [ask(rng, plan, f) for f in asked]
+    return plan, [ask(rng, plan, f, settings.options) for f in asked]
 
 
 def generate(

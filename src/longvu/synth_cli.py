@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
                     help=f"question families, taken in turn (default all: {' '.join(FAMILIES)})")  # fmt: skip
     sy.add_argument("--questions-per-video", type=int, default=1, metavar="K",
                     help="questions asked about each video, each a line of data.jsonl (default 1)")  # fmt: skip
+    sy.add_argument("--options", choices=["all", "four"], default="all",
+                    help="all: every value of the family in a fixed order (6 colours, 6 shapes, 8 words, 4 counts, "
+                         "4 directions); four: four options, shuffled (default all)")  # fmt: skip
     sy.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     da = sub.add_parser("data", help=COMMANDS["data"],
                         description="Check a training JSONL line by line: each malformed line is reported with its "
@@ -56,7 +59,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     settings = SynthSettings(
         seed=args.seed, minutes=tuple(args.minutes), size=args.size, families=tuple(args.families),
-        questions_per_video=args.questions_per_video,
+        questions_per_video=args.questions_per_video, options=args.options,
     )  # fmt: skip
     show = not args.quiet and sys.stderr.isatty()
 
