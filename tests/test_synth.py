@@ -124,6 +124,32 @@ def test_answers_are_balanced():
     assert set(words) == set(WORDS) and min(words.values()) >= 4  # all: the answer's letter is uniform too
 
 
+def test_a_smaller_cast():
+    one = SynthSettings(seed=2, minutes=(0.2, 0.5), size=64, questions_per_video=6, cast=1)
+    counts = Counter()
+    for index in range(24):
+        plan, questions = make_video(one, index)
+        assert len(plan.shapes) == len(plan.colours) == len(plan.counts) == 1 and plan.mover == 0
+        assert len(plan.appearances) == plan.counts[0]
+        frames = render(plan, one.size)
+        seen = [colour_present(f, COLOURS[plan.colours[0]]) for f in frames]
+        assert runs(seen) == plan.counts[0]  # each appearance is one run of frames showing the object
+        q = {x.family: x for x in questions}
+        assert q["colour"].options == list(COLOURS) and q["colour"].options[q["colour"].answer] == plan.colours[0]
+        assert (
+            q["count"].options == ["1", "2", "3", "4"] and int(q["count"].options[q["count"].answer]) == plan.counts[0]
+        )
+        counts[plan.counts[0]] += 1
+    assert set(counts) == {1, 2, 3, 4}  # the count question is not a constant with one object
+    two = SynthSettings(seed=2, minutes=(0.2, 0.3), size=64, families=("colour", "shape"), options="four", cast=2)
+    for index in range(12):
+        plan, (q,) = make_video(two, index)
+        values = plan.colours if q.family == "colour" else plan.shapes
+        assert len(set(q.options)) == 4 and set(values) <= set(q.options)  # the cast's values, filled up to four
+    with pytest.raises(Exception, match="--cast must be between 1 and 4"):
+        SynthSettings(seed=0, cast=5)
+
+
 def test_caption_says_what_the_questions_ask():
     for index in range(6):
         plan, questions = make_video(SHORT, index)

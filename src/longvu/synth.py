@@ -1,9 +1,9 @@
 """Synthetic video QA whose answers need the video (``longvu synth``).
 
 Every video is a sequence of textured background *scenes* (a new texture every few
-seconds) with a *cast* of four objects: four different
-shapes in four different colours.  Each cast member appears a different number of
-times (a permutation of 1..4), one of them moves across the frame every time it
+seconds) with a *cast* of four objects (``cast`` sets 1 to 4): different
+shapes in different colours.  Each cast member appears a different number of
+times (distinct values of 1..4), one of them moves across the frame every time it
 appears, and one or two frames showing a word in large letters (a V-NIAH needle) are
 inserted where no object is on screen.  Scene changes and object appearances are what
 DINOv2-based frame reduction should keep; the quiet stretches between them are what it
@@ -54,7 +54,8 @@ COLOURS = {
 WORDS = ("APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN")  # V-NIAH's needles
 DIRECTIONS = ("left", "right", "up", "down")
 FAMILIES = ("word", "colour", "shape", "order", "count", "motion")
-CAST = 4  # cast members per video; their appearance counts are a permutation of 1..CAST
+CAST = 4  # cast members per video by default (at most 4); their appearance counts are distinct values in 1..4
+MAX_COUNT = 4  # the count family's options: 1..MAX_COUNT
 MIN_SECONDS = 12  # the shortest timeline that fits four appearances of one object with gaps
 WORD_SCALE = 1.6  # word needles fill most of the frame's width
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -213,12 +214,12 @@ class Plan:
         return sorted({shift(t) for a in apps for t in range(a.start, a.end)})
 
 
-def plan_video(rng: np.random.Generator, seconds: int, size: int) -> Plan:
-    """Draw a video's scenes, cast, appearances and word needle."""
-    shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:CAST]]
-    colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))[:CAST]]
-    counts = [int(c) + 1 for c in rng.permutation(CAST)]
-    mover = int(rng.integers(CAST))
+def plan_video(rng: np.random.Generator, seconds: int, size: int, cast: int = CAST) -> Plan:
+    """Draw a video's scenes, cast of ``cast`` objects, appearances and word needle."""
+    shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:cast]]
+    colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))[:cast]]
+    counts = [int(c) + 1 for c in rng.permutation(MAX_COUNT)[:cast]]
+    mover = int(rng.integers(cast))
     plan = Plan(seconds, plan_scenes(rng, seconds), shapes, colours, counts, mover,
                 DIRECTIONS[int(rng.integers(4))], size * float(rng.uniform(0.13, 0.16)))  # fmt: skip
     times = appearance_times(rng, seconds, counts, mover)
@@ -257,7 +258,7 @@ def appearance_times(rng: np.random.Generator, seconds: int, counts: list[int], 
                 start = math.floor(j * seg) + int(rng.integers(0, int(seg) - d))
                 out.append((m, start, start + d))
         firsts = sorted(min(s for mm, s, _ in out if mm == m) for m in range(len(counts)))
-        if firsts[0] < firsts[1]:
+        if len(firsts) < 2 or firsts[0] < firsts[1]:
             return out
     raise RuntimeError("could not place the appearances")  # unreachable for seconds >= MIN_SECONDS
 
@@ -347,9 +348,10 @@ def _choices(rng: np.random.Generator, mode: str, universe, cast: list[str], cor
     if mode == "all":
         opts = list(universe)
         return opts, opts.index(correct)
-    if not cast:  # the word family: the word and three other words
-        others = [w for w in universe if w != correct]
-        cast = [correct, *(others[i] for i in rng.permutation(len(others))[: CAST - 1])]
+    if len(cast) < 4:  # the word family, or a cast under four: fill up with other values
+        others = [w for w in universe if w not in cast and w != correct]
+        cast = list(dict.fromkeys([correct, *cast]))
+        cast += [others[i] for i in rng.permutation(len(others))[: 4 - len(cast)]]
     order = [cast[i] for i in rng.permutation(len(cast))]
     return order, order.index(correct)
 
@@ -360,7 +362,7 @@ def _of(plan: Plan, m: int) -> list[Appearance]:
 
 def ask(rng: np.random.Generator, plan: Plan, family: str, options: str = "all") -> Question:
     """A question of ``family`` about ``plan``, its options chosen by ``options`` (:data:`OPTION_MODES`)."""
-    m = int(rng.integers(CAST))
+    m = int(rng.integers(len(plan.shapes)))
     shape, colour = plan.shapes[m], plan.colours[m]
     if family == "word":
         opts, ans = _choices(rng, options, WORDS, [], plan.word)
@@ -375,12 +377,12 @@ def ask(rng: np.random.Generator, plan: Plan, family: str, options: str = "all")
         opts, ans = _choices(rng, options, SHAPES, list(plan.shapes), shape)
         return Question(family, f"What shape was the {colour} object?", opts, ans, plan.frames_of(_of(plan, m)))
     if family == "order":
-        firsts = [min(_of(plan, k), key=lambda a: a.start) for k in range(CAST)]
+        firsts = [min(_of(plan, k), key=lambda a: a.start) for k in range(len(plan.shapes))]
         first = min(firsts, key=lambda a: a.start).member
         opts, ans = _choices(rng, options, SHAPES, list(plan.shapes), plan.shapes[first])
         return Question(family, "Which of these shapes appeared first?", opts, ans, plan.frames_of(firsts))
     if family == "count":
-        opts = [str(k) for k in range(1, CAST + 1)]
+        opts = [str(k) for k in range(1, MAX_COUNT + 1)]
         q = f"How many times did the {shape} appear?"
         return Question(family, q, opts, plan.counts[m] - 1, plan.frames_of(_of(plan, m)))
     if family == "motion":
@@ -399,7 +401,7 @@ def describe(plan: Plan) -> str:
     """
     word_time = plan.word_at - 0.5  # the word frames come before timeline second word_at
     events = [(word_time, f"The word {plan.word}.")]
-    for m in range(CAST):
+    for m in range(len(plan.shapes)):
         first = min(a.start for a in _of(plan, m))
         k = plan.counts[m]
         moving = f", moving {plan.direction}" if m == plan.mover else ""
@@ -447,6 +449,7 @@ class SynthSettings:
     families: tuple[str, ...] = FAMILIES
     questions_per_video: int = 1
     options: str = "all"  # OPTION_MODES: every value in a fixed order, or four shuffled
+    cast: int = CAST  # objects per video, 1 to 4
 
     def __post_init__(self) -> None:
         lo, hi = self.minutes
@@ -459,6 +462,8 @@ class SynthSettings:
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families or len(set(self.families)) != len(self.families):
             raise LongVUError(f"--families takes distinct names from {', '.join(FAMILIES)}, got {list(self.families)}")
+        if not 1 <= self.cast <= MAX_COUNT:
+            raise LongVUError(f"--cast must be between 1 and {MAX_COUNT}, got {self.cast}")
         if self.options not in OPTION_MODES:
             raise LongVUError(f"--options must be one of {', '.join(OPTION_MODES)}, got {self.options!r}")
         if not 1 <= self.questions_per_video <= len(self.families):
@@ -467,7 +472,7 @@ class SynthSettings:
     def manifest(self) -> dict:
         return {"format": FORMAT, "seed": self.seed, "minutes": list(self.minutes), "size": self.size, "fps": 1,
                 "families": list(self.families), "questions_per_video": self.questions_per_video,
-                "options": self.options}  # fmt: skip
+                "options": self.options, "cast": self.cast}  # fmt: skip
 
 
 def video_seconds(rng: np.random.Generator, minutes: tuple[float, float]) -> int:
@@ -479,7 +484,7 @@ def video_seconds(rng: np.random.Generator, minutes: tuple[float, float]) -> int
 def make_video(settings: SynthSettings, index: int) -> tuple[Plan, list[Question]]:
     """Video ``index``: its plan and its questions (families taken in turn over the dataset)."""
     rng = np.random.default_rng([settings.seed, index])
-    plan = plan_video(rng, video_seconds(rng, settings.minutes), settings.size)
+    plan = plan_video(rng, video_seconds(rng, settings.minutes), settings.size, settings.cast)
     fams = settings.families
     asked = [fams[(index * settings.questions_per_video + j) % len(fams)] for j in range(settings.questions_per_video)]
     return plan, [ask(rng, plan, f, settings.options) for f in asked]

@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
     sy.add_argument("--options", choices=["all", "four"], default="all",
                     help="all: every value of the family in a fixed order (6 colours, 6 shapes, 8 words, 4 counts, "
                          "4 directions); four: four options, shuffled (default all)")  # fmt: skip
+    sy.add_argument("--cast", type=int, default=4, metavar="K",
+                    help="objects per video, 1 to 4 (default 4); with 1, colour and shape questions need no "
+                         "telling objects apart")  # fmt: skip
     sy.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     da = sub.add_parser("data", help=COMMANDS["data"],
                         description="Check a training JSONL line by line: each malformed line is reported with its "
@@ -59,7 +62,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     settings = SynthSettings(
         seed=args.seed, minutes=tuple(args.minutes), size=args.size, families=tuple(args.families),
-        questions_per_video=args.questions_per_video, options=args.options,
+        questions_per_video=args.questions_per_video, options=args.options, cast=args.cast,
     )  # fmt: skip
     show = not args.quiet and sys.stderr.isatty()
 
