@@ -139,6 +139,8 @@ def test_a_smaller_cast():
         assert (
             q["count"].options == ["1", "2", "3", "4"] and int(q["count"].options[q["count"].answer]) == plan.counts[0]
         )
+        for x in questions:  # with one object no question names its shape or colour (another question's answer)
+            assert not {plan.shapes[0], plan.colours[0]} & set(x.text.rstrip("?").split())
         counts[plan.counts[0]] += 1
     assert set(counts) == {1, 2, 3, 4}  # the count question is not a constant with one object
     two = SynthSettings(seed=2, minutes=(0.2, 0.3), size=64, families=("colour", "shape"), options="four", cast=2)

@@ -364,6 +364,8 @@ def ask(rng: np.random.Generator, plan: Plan, family: str, options: str = "all")
     """A question of ``family`` about ``plan``, its options chosen by ``options`` (:data:`OPTION_MODES`)."""
     m = int(rng.integers(len(plan.shapes)))
     shape, colour = plan.shapes[m], plan.colours[m]
+    solo = len(plan.shapes) == 1  # one object: "the object", so no question names another's answer
+    name = "object" if solo else shape
     if family == "word":
         opts, ans = _choices(rng, options, WORDS, [], plan.word)
         ev = list(range(plan.word_at, plan.word_at + plan.word_frames))
@@ -372,10 +374,11 @@ def ask(rng: np.random.Generator, plan: Plan, family: str, options: str = "all")
         )
     if family == "colour":
         opts, ans = _choices(rng, options, COLOURS, list(plan.colours), colour)
-        return Question(family, f"What colour was the {shape}?", opts, ans, plan.frames_of(_of(plan, m)))
+        return Question(family, f"What colour was the {name}?", opts, ans, plan.frames_of(_of(plan, m)))
     if family == "shape":
         opts, ans = _choices(rng, options, SHAPES, list(plan.shapes), shape)
-        return Question(family, f"What shape was the {colour} object?", opts, ans, plan.frames_of(_of(plan, m)))
+        q = "What shape was the object?" if solo else f"What shape was the {colour} object?"
+        return Question(family, q, opts, ans, plan.frames_of(_of(plan, m)))
     if family == "order":
         firsts = [min(_of(plan, k), key=lambda a: a.start) for k in range(len(plan.shapes))]
         first = min(firsts, key=lambda a: a.start).member
@@ -383,10 +386,10 @@ def ask(rng: np.random.Generator, plan: Plan, family: str, options: str = "all")
         return Question(family, "Which of these shapes appeared first?", opts, ans, plan.frames_of(firsts))
     if family == "count":
         opts = [str(k) for k in range(1, MAX_COUNT + 1)]
-        q = f"How many times did the {shape} appear?"
+        q = f"How many times did the {name} appear?"
         return Question(family, q, opts, plan.counts[m] - 1, plan.frames_of(_of(plan, m)))
     if family == "motion":
-        q = f"In which direction did the {plan.shapes[plan.mover]} move?"
+        q = f"In which direction did the {'object' if solo else plan.shapes[plan.mover]} move?"
         ev = plan.frames_of(_of(plan, plan.mover))
         return Question(family, q, list(DIRECTIONS), DIRECTIONS.index(plan.direction), ev)
     raise ValueError(f"unknown question family {family!r}")
