@@ -300,3 +300,24 @@ def test_full_llm_training_writes_loadable_weights(data, tmp_path):
         k.startswith(("model.mm_projector.", "model.image_newline"))
         for k in load_file(str(out / "connector.safetensors"))
     )
+
+
+def test_train_command_prints_only_its_result(data, tmp_path):
+    """Fresh `longvu train --lora` and `longvu ask --adapter` processes: no library notes on stderr (torchao's missing CUDA kernels,
+    peft's deprecated-property warning), one line on stdout."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "longvu.cli", "train", "--model", str(QWEN), "--data", str(data), "--out", str(out),
+           "--lora", "--max-steps", "1", "--device", "cpu", "--no-cache", "-q",
+           "--set", "tokenizer_model_max_length=600"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    assert res.stdout.strip() == f"trained: {out} (log {out / 'train_log.jsonl'})"
+    video = next((data / "videos").iterdir())
+    ask = [sys.executable, "-m", "longvu.cli", "ask", str(video), "What colour?", "--model", str(QWEN),
+           "--adapter", str(out), "--max-new-tokens", "2", "--device", "cpu", "--no-cache", "-q"]  # fmt: skip
+    res = subprocess.run(ask, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stderr == "", res.stderr  # loading the LoRA adapter is quiet too

@@ -22,6 +22,9 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -120,6 +123,15 @@ def adapter_tensors(adapter: str | os.PathLike, info: dict, model) -> dict[str, 
     return out
 
 
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Inside the block, peft's reading of transformers' deprecated ``is_gradient_checkpointing``
+    (a FutureWarning about peft's code, not the user's) is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _merged_lora(adapter: Path, model) -> dict[str, torch.Tensor]:
     """Merge a LoRA adapter into ``model.llm`` in place (``W + B A * scale``); returns the tensors it changed."""
     from .quantize import quiet_quantizers
@@ -130,7 +142,8 @@ def _merged_lora(adapter: Path, model) -> dict[str, torch.Tensor]:
     except ImportError:
         raise LongVUError("a LoRA adapter needs peft: pip install 'longvu[train]'") from None
     try:
-        peft_model = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=False)
+        with peft_quietly():
+            peft_model = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=False)
     except (ValueError, RuntimeError, OSError, KeyError) as e:
         raise CheckpointError(f"adapter {adapter} does not fit {model.folder}: {str(e).splitlines()[0]}") from None
     targets = [n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if hasattr(m, "lora_A")]

@@ -307,7 +307,10 @@ def mark_trainable(lv, parts: set[str], cfg: TrainConfig):
         targets = [t for t in LORA_TARGETS if t in present]
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
-        peft_model = get_peft_model(model.llm, lcfg)  # injects the LoRA layers into model.llm in place
+        from .adapter import peft_quietly
+
+        with peft_quietly():
+            peft_model = get_peft_model(model.llm, lcfg)  # injects the LoRA layers into model.llm in place
     elif "llm" in parts:
         for p in model.llm.parameters():  # the vocabulary fitted to the tokenizer (model._fit_vocab) too
             p.requires_grad_(True)
@@ -326,8 +329,11 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ trainer
 def _trainer_classes():
     """The Trainer and callbacks, built on first use (transformers' Trainer imports accelerate)."""
+    from .quantize import quiet_quantizers
+
     try:
-        from transformers import Trainer, TrainerCallback
+        with quiet_quantizers():  # the Trainer imports torchao (when installed) through accelerate/peft
+            from transformers import Trainer, TrainerCallback
     except ImportError as e:  # the Trainer needs accelerate
         raise LongVUError(f"training needs the train extra: pip install 'longvu[train]' ({e})") from None
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -411,7 +417,10 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def training_arguments(cfg: TrainConfig, out: Path, device):
-    from transformers import TrainingArguments
+    from .quantize import quiet_quantizers
+
+    with quiet_quantizers():
+        from transformers import TrainingArguments
 
     if cfg.precision not in ("no", "bf16", "fp16"):
         raise LongVUError(f"--precision must be no, bf16 or fp16, got {cfg.precision!r}")
@@ -462,10 +471,12 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
 
 def train(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     """Fine-tune ``cfg.model`` on ``cfg.data``; returns the output folder (see :func:`save_outputs`)."""
-    from transformers import set_seed
-
     from .cache import FeatureCache
     from .pipeline import LongVU
+    from .quantize import quiet_quantizers
+
+    with quiet_quantizers():  # transformers' utilities import torchao (when installed), which notes missing kernels
+        from transformers import set_seed
 
     out = Path(cfg.out)
     parts = check_parts(cfg.train)
