@@ -329,11 +329,8 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ trainer
 def _trainer_classes():
     """The Trainer and callbacks, built on first use (transformers' Trainer imports accelerate)."""
-    from .quantize import quiet_quantizers
-
     try:
-        with quiet_quantizers():  # the Trainer imports torchao (when installed) through accelerate/peft
-            from transformers import Trainer, TrainerCallback
+        from transformers import Trainer, TrainerCallback
     except ImportError as e:  # the Trainer needs accelerate
         raise LongVUError(f"training needs the train extra: pip install 'longvu[train]' ({e})") from None
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -417,10 +414,7 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def training_arguments(cfg: TrainConfig, out: Path, device):
-    from .quantize import quiet_quantizers
-
-    with quiet_quantizers():
-        from transformers import TrainingArguments
+    from transformers import TrainingArguments
 
     if cfg.precision not in ("no", "bf16", "fp16"):
         raise LongVUError(f"--precision must be no, bf16 or fp16, got {cfg.precision!r}")
@@ -475,8 +469,8 @@ def train(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     from .pipeline import LongVU
     from .quantize import quiet_quantizers
 
-    with quiet_quantizers():  # transformers' utilities import torchao (when installed), which notes missing kernels
-        from transformers import set_seed
+    with quiet_quantizers():  # the first transformers import of a run loads torchao (when installed), which notes
+        from transformers import set_seed  # missing CUDA kernels; the Trainer's imports below find it loaded
 
     out = Path(cfg.out)
     parts = check_parts(cfg.train)
