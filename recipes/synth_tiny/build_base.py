@@ -202,13 +202,14 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
 def needle_frames(rng: np.random.Generator, n: int, size: int) -> list[tuple[str, np.ndarray]]:
     """Word frames as V-NIAH draws them (smaller letters, wide or tall frames, padded square as the
     towers' preprocessing pads them), so the towers read a needle at any of those sizes."""
+    from longvu.preprocess import expand_to_square
+
     out = []
     for _ in range(n):
         word = synth.WORDS[int(rng.integers(len(synth.WORDS)))]
         h, w = [(224, 336), (336, 224), (size, size)][int(rng.integers(3))]
         frame = Image.fromarray(synth.word_frame(word, h, w, scale=float(rng.uniform(0.9, 1.6))))
-        square = Image.new("RGB", (max(h, w), max(h, w)), (127, 127, 127))
-        square.paste(frame, ((max(h, w) - w) // 2, (max(h, w) - h) // 2))
+        square = expand_to_square(frame, (127, 127, 127))
         out.append((word, np.asarray(square.resize((size, size), Image.BICUBIC))))
     return out
 
