@@ -11,10 +11,10 @@ about other videos: its own haystacks and needle sizes).  A folder already exten
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
+from longvu.eval.store import atomic_write_text
 from longvu.eval.vniah import QUESTION
 
 
@@ -32,9 +32,7 @@ def main(folder: Path) -> None:
     if any(r["id"].endswith("-free") for r in rows):
         return
     added = [needle_line(r) for r in rows if r.get("family") == "word"]
-    tmp = path.with_name(".data.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows + added))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows + added))
     print(f"{path}: {len(added)} free-form word questions added ({len(rows) + len(added)} lines)")
 
 
