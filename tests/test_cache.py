@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -17,7 +18,8 @@ from longvu import GenerationOptions, LongVU, Sampling
 from longvu import cache as cache_module
 from longvu.cache import FeatureCache, file_digest
 from longvu.cli import main
-from longvu.encode import VisualFeatures
+from longvu.config import LongVUConfig, feature_fields
+from longvu.encode import VisualFeatures, encode_video
 
 VIDEO = FIXTURES / "videos" / "video1.mp4"
 GREEDY = GenerationOptions(max_new_tokens=6, greedy=True)
@@ -54,13 +56,26 @@ def test_key_depends_on_sampling_and_stage1_settings(lv_cached):
     k1 = lv_cached._cache_key(VIDEO, Sampling())
     assert k1 == lv_cached._cache_key(VIDEO, Sampling())
     assert k1 != lv_cached._cache_key(VIDEO, Sampling(fps=2))
-    other = LongVU(
-        type(lv_cached.model)(
-            **{**lv_cached.model.__dict__, "cfg": lv_cached.config.with_overrides({"dino_threshold": 0.5})}
-        ),
-        lv_cached.cache,
-    )
-    assert k1 != other._cache_key(VIDEO, Sampling())
+    for encoder in ({"dino_threshold": 0.5}, {"fix_unpad_orientation": True}, {"encode_chunk": 32}):
+        assert k1 != lv_cached.with_overrides(encoder)._cache_key(VIDEO, Sampling())
+    for question in ({"drop_threshold": 0.5}, {"frame_pos": True}, {"text_guided": False}):
+        assert k1 == lv_cached.with_overrides(question)._cache_key(VIDEO, Sampling())
+
+
+def test_key_covers_every_setting_the_encoder_reads(qwen_model):
+    read: set[str] = set()
+
+    class Recording(LongVUConfig):
+        def __getattribute__(self, name: str):
+            read.add(name)
+            return super().__getattribute__(name)
+
+    fields = {f.name for f in dataclasses.fields(LongVUConfig)}
+    cfg = Recording(**{k: getattr(qwen_model.config, k) for k in fields})
+    read.clear()
+    encode_video(dataclasses.replace(qwen_model.model, cfg=cfg), VIDEO, keep_all_below=5)
+    assert "fix_unpad_orientation" in read and "dino_threshold" in read
+    assert read & fields <= set(feature_fields())
 
 
 def test_round_trip_exact(tmp_path):

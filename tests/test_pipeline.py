@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, LLAMA, scene_frames, write_video
+from conftest import FIXTURES, LLAMA, QWEN, scene_frames, write_video
 
 from longvu import GenerationOptions, LongVU, Sampling
 from longvu.compose import compose
-from longvu.config import LongVUConfig
-from longvu.errors import ContextOverflowError
+from longvu.config import check_set_options
+from longvu.errors import ConfigError, ContextOverflowError
 
 GREEDY = GenerationOptions(max_new_tokens=4, greedy=True)
 VIDEO1 = FIXTURES / "videos" / "video1.mp4"
 
 
-def with_overrides(lv: LongVU, **kw) -> LongVU:
-    """The same loaded weights with a different config (the connector reads its config)."""
-    cfg: LongVUConfig = lv.model.cfg.with_overrides(kw)
-    import dataclasses
-
-    model = dataclasses.replace(lv.model, cfg=cfg)
-    model.connector.cfg = cfg
-    return LongVU(model)
-
-
 @pytest.fixture()
 def qwen(qwen_model):
+    before = dataclasses.replace(qwen_model.config)
     yield qwen_model
-    qwen_model.model.connector.cfg = qwen_model.model.cfg  # undo with_overrides
+    assert qwen_model.config == before  # views (LongVU.with_overrides) leave the shared model as it was
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +57,7 @@ def test_stream_yields_the_answer_text(qwen):
 def test_stc_on_low_res_tokens(qwen, square_video):
     # 21 square frames: low-res 8x9 = 72 tokens each (1512) exceed the budget, yet the
     # frame count is inside the mixed window, so STC runs on the low-res base.
-    lv = with_overrides(qwen, tokenizer_model_max_length=1500)
+    lv = qwen.with_overrides({"tokenizer_model_max_length": 1500})
     t = lv.ask(square_video, "Describe this video in detail.", generation=GREEDY).trace.data
     assert t["tokens_per_frame"]["low"] == 72 and t["tokens_per_frame"]["high"] == 156
     assert t["selection"]["input_mix_res"] and not t["selection"]["mix_token"]
@@ -76,7 +69,7 @@ def test_stc_on_low_res_tokens(qwen, square_video):
 
 def test_frame_pos_changes_embeddings_only(qwen):
     base = qwen.ask(VIDEO1, "What is shown?", generation=GREEDY, arrays=True)
-    fp = with_overrides(qwen, frame_pos=True).ask(VIDEO1, "What is shown?", generation=GREEDY, arrays=True)
+    fp = qwen.with_overrides({"frame_pos": True}).ask(VIDEO1, "What is shown?", generation=GREEDY, arrays=True)
     assert fp.trace.data["counts"] == base.trace.data["counts"]
     a, b = base.arrays["inputs_embeds"], fp.arrays["inputs_embeds"]
     pos = base.trace.data["prompt"]["image_token_pos"]
@@ -86,7 +79,7 @@ def test_frame_pos_changes_embeddings_only(qwen):
 
 def test_window_emptied_by_force_remove(qwen):
     # A tiny budget: force_remove exceeds the short last window's length.
-    lv = with_overrides(qwen, tokenizer_model_max_length=200)
+    lv = qwen.with_overrides({"tokenizer_model_max_length": 200})
     t = lv.ask(VIDEO1, "Describe this video in detail.", generation=GREEDY).trace.data
     st = t["stc"]
     assert st["applied"] and st["force_remove"] > 0
@@ -98,7 +91,7 @@ def test_window_emptied_by_force_remove(qwen):
 
 
 def test_fixes_run_and_change_geometry(qwen):
-    lv = with_overrides(qwen, fix_unpad_orientation=True, fix_frame_pos=True, fix_dino_middle_frame=True)
+    lv = qwen.with_overrides({"fix_unpad_orientation": True, "fix_frame_pos": True, "fix_dino_middle_frame": True})
     t = lv.ask(VIDEO1, "What is shown?", generation=GREEDY).trace.data
     assert t["tokens_per_frame"]["high_grid"] == [6, 12]  # landscape: padding rows cropped, not columns
     check_counts(t)
@@ -116,7 +109,7 @@ def llama_model():
 
 
 def test_llama_with_stc(llama_model):
-    lv = with_overrides(llama_model, tokenizer_model_max_length=669)
+    lv = llama_model.with_overrides({"tokenizer_model_max_length": 669})
     t = lv.ask(VIDEO1, "Describe this video in detail.", generation=GREEDY).trace.data
     assert t["stc"]["applied"] and t["budget"]["text_len_for_budget"] == len(t["prompt"]["input_ids"])
     check_counts(t)
@@ -124,10 +117,12 @@ def test_llama_with_stc(llama_model):
 
 def test_dino_single_window_and_cap(qwen, square_video):
     # 21 frames < window 32: the single-window path; with a cap of 3 on the windowed path.
-    lv = with_overrides(qwen, dino_window=32, tokenizer_model_max_length=400, dino_threshold=2.0)
+    lv = qwen.with_overrides({"dino_window": 32, "tokenizer_model_max_length": 400, "dino_threshold": 1.0})
     t = lv.ask(square_video, "What?", generation=GREEDY).trace.data
     assert t["dino"]["path"] == "single_window" and t["dino"]["num_kept"] == 21
-    lv = with_overrides(qwen, dino_window=4, max_frames_cap=3, tokenizer_model_max_length=400, dino_threshold=2.0)
+    lv = qwen.with_overrides(
+        {"dino_window": 4, "max_frames_cap": 3, "tokenizer_model_max_length": 400, "dino_threshold": 1.0}
+    )
     t = lv.ask(square_video, "What?", generation=GREEDY).trace.data
     assert t["dino"]["path"] == "windows" and t["dino"]["cap400_applied"]
     assert t["dino"]["num_kept_before_cap"] == 21 and t["dino"]["kept_indices"] == [0, 7, 14]
@@ -192,14 +187,109 @@ def test_text_only_and_video_conversations_do_not_mix(qwen):
 def test_text_only_context_policy(qwen):
     turns = [("user", "tell me a story " * 40), ("assistant", "once upon a time " * 40), ("user", "and then?")]
     conv = qwen.conversation(turns=turns, video=False)
-    lv = with_overrides(qwen, tokenizer_model_max_length=1000)
+    lv = qwen.with_overrides({"tokenizer_model_max_length": 1000})
     ids, dropped = lv.prompt_ids(conv)
     assert dropped == 0 and len(ids) == 695  # no video to protect: the history may take the whole room
     assert lv.prompt_ids(lv.conversation(turns=turns))[1] == 2  # about a video, it would crowd out the video
-    lv = with_overrides(qwen, tokenizer_model_max_length=200)  # 184 tokens for text beside the answer's 16
+    lv = qwen.with_overrides({"tokenizer_model_max_length": 200})  # 184 tokens for text beside the answer's 16
     ids, dropped = lv.prompt_ids(conv)
     assert dropped == 2 and ids == lv.prompt_ids(conv.newest())[0] and len(ids) < 184
     ans = lv.generate(None, conv, generation=GREEDY)
     assert ans.dropped == 2 and ans.embeds.shape[1] == len(ids)
     with pytest.raises(ContextOverflowError, match="of which 16 are reserved for the answer, which leaves 184"):
         lv.ask(None, "why " * 200)
+
+
+# ---------------------------------------------------------------- views (LongVU.with_overrides)
+VIEW_SETTINGS = [
+    {"fix_unpad_orientation": True},  # the sampler's key masks (encoding) and the unpadded grid
+    {"fix_dino_middle_frame": True, "dino_threshold": 0.9, "tokenizer_model_max_length": 600},  # stage 1, STC
+    {"frame_pos": True, "fix_frame_pos": True, "drop_threshold": 0.5},  # the question's stages only
+]
+QUESTION_ONLY = VIEW_SETTINGS[2]  # leaves the encoded features as they are: the cache may share them
+QUESTION = "What is shown?"
+
+
+def load(overrides: dict | None = None, cache=False) -> LongVU:
+    return LongVU.from_pretrained(QWEN, device="cpu", dtype="float32", overrides=overrides, cache=cache)
+
+
+def outcome(lv: LongVU) -> tuple[dict, bool]:
+    """What a view must share with a fresh load (visual tokens, grid, prompt, answer, the embeddings'
+    log-probabilities of a given answer), and whether the features came from the cache."""
+    feats = lv.features(VIDEO1)
+    ans = lv.ask(feats, QUESTION, generation=GREEDY)
+    conv = lv.conversation()
+    conv.add_user(QUESTION)
+    t, forced = ans.trace.data, lv.teacher_forced(feats, conv, "A red ball.")
+    seen = {
+        "visual_tokens": t["counts"]["visual_tokens_final"], "grid": t["tokens_per_frame"]["high_grid"],
+        "prompt_ids": t["prompt"]["input_ids"], "token_ids": ans.token_ids, "frames": t["frames"], "stc": t["stc"],
+        "config": t["run"]["config"], "logprobs": forced.logprobs,
+    }  # fmt: skip
+    return seen, feats.from_cache
+
+
+@pytest.fixture(scope="module")
+def plain() -> LongVU:
+    return load()
+
+
+@pytest.mark.parametrize("overrides", VIEW_SETTINGS, ids=["fix_unpad", "stage1_stc", "question_only"])
+def test_view_answers_as_a_fresh_load(plain, overrides):
+    view = plain.with_overrides(overrides)
+    got, _ = outcome(view)
+    assert got == outcome(load(overrides))[0]
+    base, _ = outcome(plain)
+    assert {k: v for k, v in got.items() if k != "config"} != {k: v for k, v in base.items() if k != "config"}
+    assert view.model.llm is plain.model.llm and view.model.connector is plain.model.connector  # weights shared
+    assert view.model.siglip_tower is plain.model.siglip_tower and view.model.dinov2_tower is plain.model.dinov2_tower
+    assert plain.config.with_overrides(overrides) == view.config != plain.config
+
+
+def test_fixed_orientation_in_a_view(plain):
+    got, _ = outcome(plain.with_overrides({"fix_unpad_orientation": True}))
+    assert got["grid"] == [6, 12] and got["config"]["fix_unpad_orientation"]  # landscape: padding rows cropped
+    assert got["visual_tokens"] == 21 * 6 * 13
+
+
+@pytest.mark.parametrize("overrides", VIEW_SETTINGS, ids=["fix_unpad", "stage1_stc", "question_only"])
+def test_views_and_loads_never_read_each_others_features(tmp_path, overrides):
+    base = load()
+    expected, other = outcome(base)[0], outcome(load(overrides))[0]  # no cache
+    shared = overrides is QUESTION_ONLY  # the same features: reading them is right
+    undo = {k: getattr(base.config, k) for k in overrides}
+
+    # a view writes features: a fresh load with other settings must not read them, one with the same may
+    folder = tmp_path / "view_first"
+    assert outcome(load(cache=folder).with_overrides(overrides)) == (other, False)
+    assert outcome(load(cache=folder)) == (expected, shared)
+    assert outcome(load(overrides, cache=folder)) == (other, True)
+
+    # the reverse: a fresh load writes features, a view with other settings must not read them
+    folder = tmp_path / "load_first"
+    loaded = load(overrides, cache=folder)
+    assert outcome(loaded) == (other, False)
+    assert outcome(loaded.with_overrides(undo)) == (expected, shared)
+    assert outcome(load(cache=folder).with_overrides(overrides)) == (other, True)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"vision_hidden_size": 7}, "with_overrides vision_hidden_size: the connector's width, fixed by its weights"),
+        ({"image_token_len": 64}, "with_overrides image_token_len: the connector's 12x12 query grid"),
+        ({"llm_config": {}}, "with_overrides llm_config: the decoder's own config"),
+        ({"dino_treshold": 0.5}, "unknown config key 'dino_treshold' (did you mean dino_threshold?)"),
+        ({"dino_threshold": 5}, "with_overrides dino_threshold=5: must be in [0, 1]"),
+        ({"frame_pos": "maybe"}, "frame_pos expects true/false, got 'maybe'"),
+    ],
+)
+def test_with_overrides_refuses_what_set_refuses(qwen, overrides, message):
+    with pytest.raises(ConfigError) as api:
+        qwen.with_overrides(overrides)
+    assert message in str(api.value) and "\n" not in str(api.value)
+    ((key, value),) = overrides.items()
+    with pytest.raises(ConfigError) as cli:
+        check_set_options([f"{key}={value}"])
+    assert str(cli.value).replace("--set", "with_overrides") == str(api.value)

@@ -3,8 +3,9 @@
 Entries are safetensors files (the :class:`~longvu.encode.VisualFeatures` of one
 video: SVA sampler outputs of the frames that can be kept, stage-1 similarities,
 frame timestamps) with an SQLite index.  The key covers everything the features
-depend on: the video's content hash, the sampling settings, the stage-1 and
-connector settings, the identity of the tower and connector weights, the dtype.
+depend on: the video's content hash, the sampling settings, the config fields that
+change features (:func:`longvu.config.feature_fields`), the identity of the tower and
+connector weights, the dtype.
 
 * Bounded: least-recently-used entries are evicted past ``max_bytes``.
 * Safe under several processes: SQLite (WAL, busy timeout) serialises the index;

@@ -208,12 +208,13 @@ def frame_tokens(model, feats, kept: list[int], mixed: bool, observer: Observer 
     hw = feats.frame_hw
     sampled = feats.sampled_for(kept, device=model.device)  # [N, 144, vh]
     grid_hi = conn.project(sampled)  # [N, 12, 12, H]
-    high, high_grid = conn.unpad_with_newlines(grid_hi, hw)
+    fix = cfg.fix_unpad_orientation
+    high, high_grid = conn.unpad_with_newlines(grid_hi, hw, fix_orientation=fix)
     low = low_grid = grid_lo = None
     if mixed:
         grid_lo = conn.project(conn.lowres(sampled))  # [N, 8, 8, H]
         scale = cfg.high_side / cfg.lowres_token
-        low, low_grid = conn.unpad_with_newlines(grid_lo, (int(hw[0] / scale), int(hw[1] / scale)))
+        low, low_grid = conn.unpad_with_newlines(grid_lo, (int(hw[0] / scale), int(hw[1] / scale)), fix_orientation=fix)
     if observer:
         observer.on_grids(high=grid_hi, low=grid_lo)
     if cfg.frame_pos:

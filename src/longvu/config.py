@@ -250,9 +250,32 @@ RUNTIME_RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 
 
+# The run-time knobs that change a video's question-independent encoding: stage 1's decisions, the
+# sampler's key masks, and the tower and connector batch shape (float noise).  The feature cache keys
+# on these and on every architecture field; the other run-time knobs act on each question only
+# (budgets, selection, STC, frame positions, the prompt), apart from the frames kept for any budget,
+# which the cache keys on through their count (``keep_all_below``).
+ENCODER_FIELDS: tuple[str, ...] = (
+    "dino_threshold",
+    "dino_window",
+    "max_frames_cap",
+    "fix_dino_middle_frame",
+    "fix_unpad_orientation",
+    "encode_chunk",
+)
+
+
 def runtime_fields() -> dict[str, Any]:
     """The fields ``--set`` may change on the command line, with their types."""
     return {k: v for k, v in LongVUConfig.settable_fields().items() if k not in ARCHITECTURE_FIELDS}
+
+
+def feature_fields() -> tuple[str, ...]:
+    """Config fields whose values change a video's encoded features (the feature cache keys on them).
+
+    ``llm_config`` is left to the model's weight fingerprint, which hashes it.
+    """
+    return tuple(sorted({*ENCODER_FIELDS, *ARCHITECTURE_FIELDS} - {"llm_config"}))
 
 
 def check_set_options(items: list[str] | None) -> dict[str, Any]:
@@ -261,24 +284,34 @@ def check_set_options(items: list[str] | None) -> dict[str, Any]:
     Raises :class:`ConfigError` with one line: an architecture key says why it cannot change, an
     unknown key suggests the nearest known one.
     """
+    return check_overrides(parse_set_options(items))
+
+
+def check_overrides(overrides: dict[str, Any], source: str = "--set") -> dict[str, Any]:
+    """Config ``overrides`` (values typed or strings), checked as ``--set`` checks them.
+
+    Run-time keys only, typed, in range; ``source`` names the caller in the one-line
+    :class:`ConfigError` (``"--set"``, ``"with_overrides"``).
+    """
+    allowed = runtime_fields()
+    return {key: _check_override(key, raw, allowed, source) for key, raw in overrides.items()}
+
+
+def _check_override(key: str, raw: Any, allowed: dict[str, Any], source: str) -> Any:
     import difflib
 
-    allowed = runtime_fields()
-    out: dict[str, Any] = {}
-    for key, raw in parse_set_options(items).items():
-        if key in ARCHITECTURE_FIELDS:
-            raise ConfigError(f"--set {key}: {ARCHITECTURE_FIELDS[key]}; only run-time settings can be set")
-        if key not in allowed:
-            near = difflib.get_close_matches(key, list(allowed) + list(ARCHITECTURE_FIELDS), n=1)
-            hint = f" (did you mean {near[0]}?)" if near else f"; run-time keys: {', '.join(sorted(allowed))}"
-            raise ConfigError(f"unknown config key {key!r}{hint}")
-        value = _coerce(key, raw, allowed[key])
-        low, high = RUNTIME_RANGES.get(key, (None, None))
-        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
-            span = f"in [{low:g}, {high:g}]" if high is not None else f"at least {low:g}"
-            raise ConfigError(f"--set {key}={raw}: must be {span}")
-        out[key] = value
-    return out
+    if key in ARCHITECTURE_FIELDS:
+        raise ConfigError(f"{source} {key}: {ARCHITECTURE_FIELDS[key]}; only run-time settings can be set")
+    if key not in allowed:
+        near = difflib.get_close_matches(key, list(allowed) + list(ARCHITECTURE_FIELDS), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else f"; run-time keys: {', '.join(sorted(allowed))}"
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+    value = _coerce(key, raw, allowed[key])
+    low, high = RUNTIME_RANGES.get(key, (None, None))
+    if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+        span = f"in [{low:g}, {high:g}]" if high is not None else f"at least {low:g}"
+        raise ConfigError(f"{source} {key}={raw}: must be {span}")
+    return value
 
 
 def parse_set_options(items: list[str] | None) -> dict[str, str]:

@@ -181,13 +181,17 @@ class SVAConnector(nn.Module):
     """Fuses the two towers' features into a per-frame token grid for the LLM.
 
     Holds every connector parameter of the checkpoint: ``mm_projector_aux_{i}``,
-    ``vision_sampler_0``, ``vision_query``, ``mm_projector`` and ``image_newline``.
+    ``vision_sampler_0``, ``vision_query``, ``mm_projector`` and ``image_newline``.  It keeps
+    no config: the grid sizes are the architecture's, and ``fix_orientation`` (the
+    ``fix_unpad_orientation`` setting) comes with each call.
     """
 
     def __init__(self, cfg: LongVUConfig, tower_widths: list[int]) -> None:
         super().__init__()
         vh, h = cfg.vision_hidden_size, cfg.hidden_size
-        self.cfg = cfg
+        # Only the architecture is kept (fixed by the weights; no view of the model may change it).
+        # Run-time settings are passed to each call from the model's one config, so none can go stale.
+        self.q_side, self.aux_side, self.lowres_side = cfg.high_side, cfg.aux_side, cfg.lowres_token
         self.num_towers = len(tower_widths)
         for i, width in enumerate(tower_widths):
             self.add_module(
@@ -204,27 +208,28 @@ class SVAConnector(nn.Module):
         """Each tower ``[N, 576, C_i]`` -> ``[N, 576, vh]``."""
         return [getattr(self, f"mm_projector_aux_{i}")(f) for i, f in enumerate(features)]
 
-    def sample(self, aux: list[torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
+    def sample(self, aux: list[torch.Tensor], image_hw: tuple[int, int], *, fix_orientation: bool) -> torch.Tensor:
         """Run the sampler on projected features (order: SigLIP, DINOv2).
 
         Args:
             aux: per tower ``[N, 576, vh]``
             image_hw: frame size ``(H, W)``, used for the key masks
+            fix_orientation: the config's ``fix_unpad_orientation`` (see :func:`key_mask`)
         Returns:
             ``[N, Q, vh]`` with Q = image_token_len (12x12, row-major)
         """
-        cfg = self.cfg
         n, _, vh = aux[0].shape
-        q_side = cfg.high_side
+        q_side = self.q_side
         nq = q_side * q_side
         per_call = max(1, MAX_ATTENTION_BATCH // nq)
         if n > per_call:  # every cell is its own batch element: frames split without changing a number
-            return torch.cat([self.sample([a[i : i + per_call] for a in aux], image_hw) for i in range(0, n, per_call)])
+            parts = [[a[i : i + per_call] for a in aux] for i in range(0, n, per_call)]
+            return torch.cat([self.sample(part, image_hw, fix_orientation=fix_orientation) for part in parts])
         context = aux[0].mean(1)  # (N, vh) global context from SigLIP
         context = context[:, None, None, :].expand(n, nq, 1, vh).reshape(n * nq, 1, vh)
         queries = self.vision_query[0].view(1, 1, vh).expand(n * nq, 1, vh).to(aux[0].dtype)
         kvs = [to_cells(a, q_side) for a in aux]  # each (N*Q, r*r, vh)
-        m = key_mask(cfg.aux_side, q_side, image_hw, fix_orientation=cfg.fix_unpad_orientation, device=aux[0].device)
+        m = key_mask(self.aux_side, q_side, image_hw, fix_orientation=fix_orientation, device=aux[0].device)
         mask = torch.cat([m] * len(aux), dim=-1)  # (Q, towers*r*r)
         mask = mask.repeat(n, 1)
         out = self.vision_sampler_0(queries, context, kvs, mask)  # (N*Q, 1, vh)
@@ -233,8 +238,7 @@ class SVAConnector(nn.Module):
     def lowres(self, sampled: torch.Tensor) -> torch.Tensor:
         """``[N, Q, vh]`` 12x12 -> ``[N, L*L, vh]`` (L = lowres_token) by bilinear interpolation."""
         n, nq, vh = sampled.shape
-        q = self.cfg.high_side
-        lo = self.cfg.lowres_token
+        q, lo = self.q_side, self.lowres_side
         x = sampled.permute(0, 2, 1).reshape(n, vh, q, q)
         x = F.interpolate(x.float(), size=(lo, lo), mode="bilinear", align_corners=False).to(sampled.dtype)
         return x.permute(0, 2, 3, 1).reshape(n, lo * lo, vh)
@@ -246,18 +250,19 @@ class SVAConnector(nn.Module):
         return self.mm_projector(sampled).view(n, side, side, -1)
 
     def unpad_with_newlines(
-        self, grid: torch.Tensor, image_hw: tuple[int, int]
+        self, grid: torch.Tensor, image_hw: tuple[int, int], *, fix_orientation: bool
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Crop a projected grid to the frame and append a newline token to every row.
 
         Args:
             grid: ``[N, side, side, H]``
             image_hw: the size the reference's unpad sees (see :func:`unpad_window`)
+            fix_orientation: the config's ``fix_unpad_orientation``
         Returns:
             ``[N, rows*(cols+1), H]`` and ``(rows, cols)``
         """
         n, side, _, _ = grid.shape
-        rs, cs = unpad_window(side, side, image_hw, fix_orientation=self.cfg.fix_unpad_orientation)
+        rs, cs = unpad_window(side, side, image_hw, fix_orientation=fix_orientation)
         x = grid[:, rs, cs]
         rows, cols = x.shape[1], x.shape[2]
         newline = self.image_newline.view(1, 1, 1, -1).expand(n, rows, 1, -1).to(x.dtype)

@@ -370,7 +370,7 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
         dino = upload(host_batch([d for _, d in current], device).view(spill.dtype), sig.device, dtype)
         with torch.inference_mode():
             aux = conn.project_aux([sig.to(dtype), dino])
-            sampled = conn.sample(aux, hw)  # [n, Q, vh]
+            sampled = conn.sample(aux, hw, fix_orientation=cfg.fix_unpad_orientation)  # [n, Q, vh]
         chunks.append(sampled)
         timings["siglip"] += t1 - t0
         timings["connector"] += time.perf_counter() - t1

@@ -31,7 +31,7 @@ import torch
 
 from .cache import FeatureCache
 from .compose import Decisions, compose
-from .config import LongVUConfig
+from .config import LongVUConfig, check_overrides, feature_fields
 from .context import prompt_ids, tokenize
 from .encode import VisualFeatures, encode_video
 from .generation import Generated, GenerationOptions, TokenThread, answer_room, generate_ids
@@ -144,14 +144,21 @@ class LongVU:
         return cls(m, fc, progress)
 
     def with_overrides(self, overrides: dict[str, Any]) -> LongVU:
-        """A view of this model with config fields changed (as ``--set``), sharing the loaded weights.
+        """A view of this model with run-time config fields changed, sharing the loaded weights.
 
-        For run-time settings such as a benchmark's thresholds (``drop_threshold``,
-        ``dino_threshold``); the feature cache keys on them, so views never share stale features.
+        For settings such as a benchmark's thresholds (``drop_threshold``, ``dino_threshold``) or
+        ``fix_unpad_orientation``: the view answers as a fresh load with the same ``overrides``
+        would.  Its model is a shallow copy holding the new config, which every stage reads (no
+        part keeps a copy of it); the feature cache keys on the settings that change features, so
+        a view and a load with other settings never read each other's.
+
+        Raises :class:`~longvu.errors.ConfigError` for what ``--set`` refuses: an architecture
+        field, an unknown field, a value of the wrong type or out of range.
         """
-        if not overrides:
+        checked = check_overrides(overrides, source="with_overrides")
+        if not checked:
             return self
-        model = dataclasses.replace(self.model, cfg=self.model.cfg.with_overrides(overrides))
+        model = dataclasses.replace(self.model, cfg=self.model.cfg.with_overrides(checked))
         return LongVU(model, self.cache, self.progress)
 
     @property
@@ -243,12 +250,9 @@ class LongVU:
 
     def _cache_key(self, video: str | os.PathLike, sampling: Sampling) -> str:
         cfg, m = self.model.cfg, self.model
-        stage1 = ("dino_threshold", "dino_window", "max_frames_cap", "fix_dino_middle_frame")
-        connector = ("fix_unpad_orientation", "dino_image_size", "aux_token_len", "image_token_len",
-                     "vision_hidden_size")  # fmt: skip
         return FeatureCache.make_key(
             video=self.cache.video_digest(video), sampling=dataclasses.asdict(sampling),
-            stage1={k: getattr(cfg, k) for k in stage1}, connector={k: getattr(cfg, k) for k in connector},
+            config={k: getattr(cfg, k) for k in feature_fields()},
             keep_all_below=self._keep_all_below(), weights=m.fingerprint(), dtype=str(m.dtype), device=m.device.type,
         )  # fmt: skip
 

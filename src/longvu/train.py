@@ -236,7 +236,8 @@ class LongVUForTraining(nn.Module):
         if entry.towers is not None:  # the sampler trains: run it again on the frozen tower outputs
             conn, dt = self.connector, next(self.connector.parameters()).dtype
             aux = conn.project_aux([t.to(model.device, dt) for t in entry.towers])
-            return dataclasses.replace(feats, sampled=conn.sample(aux, feats.frame_hw))
+            sampled = conn.sample(aux, feats.frame_hw, fix_orientation=model.cfg.fix_unpad_orientation)
+            return dataclasses.replace(feats, sampled=sampled)
         # encoder output may be an inference tensor: a plain copy can be saved for backward
         return dataclasses.replace(feats, sampled=feats.sampled.to(model.device).clone())
 
