@@ -42,7 +42,7 @@ Per (setting, set) it runs ``longvu eval synthetic`` through its Python API
 (:func:`longvu.eval.runner.run_benchmark`, the same prompts, answer parsing and scoring, resumable
 results under ``--data-dir``/runs), on views of one loaded model, and videos are encoded
 through a feature cache (``--data-dir``/feature-cache), once per frame-reduction threshold.
-The videos are made with :func:`longvu.synth.generate` (``longvu synth``) in ``--data-dir``,
+The videos are made with :func:`longvu.train.synth.generate` (``longvu synth``) in ``--data-dir``,
 and reused.  Each answer also records its stage counts (frames kept, high-res frames, visual
 tokens), averaged per run.
 
@@ -135,7 +135,7 @@ def digest(obj: Any, n: int = 8) -> str:
 
 def prepare_set(root: Path, name: str, seed: int, minutes: tuple[float, float], n: int, families: list[str]) -> Path:
     """A ``longvu synth`` folder of ``n`` videos (made, or reused when made with the same settings)."""
-    from longvu.synth import SynthSettings, generate
+    from longvu.train.synth import SynthSettings, generate
 
     settings = SynthSettings(seed=seed, minutes=tuple(minutes), families=tuple(families), cast=1)
     folder = root / f"{name}-seed{seed}-{minutes[0]:g}-{minutes[1]:g}min-{digest(settings.manifest())}"

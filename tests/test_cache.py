@@ -17,7 +17,7 @@ from conftest import FIXTURES, QWEN
 from longvu import GenerationOptions, LongVU, Sampling
 from longvu import cache as cache_module
 from longvu.cache import FeatureCache, file_digest
-from longvu.cli import main
+from longvu.cli.main import main
 from longvu.config import LongVUConfig, feature_fields
 from longvu.encode import VisualFeatures, encode_video
 

@@ -9,7 +9,7 @@ from conftest import FIXTURES, QWEN
 from test_generation import CountdownEvent  # a cancel event set after n checks
 
 from longvu import GenerationOptions
-from longvu.cli import main
+from longvu.cli.main import main
 
 VIDEO = FIXTURES / "videos" / "video1.mp4"
 GREEDY = GenerationOptions(max_new_tokens=4, greedy=True)

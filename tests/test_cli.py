@@ -13,8 +13,8 @@ import sys
 import pytest
 from conftest import FIXTURES, QWEN
 
-from longvu.cli import build_parser, main
-from longvu.cli_common import TINY_MODEL, seconds
+from longvu.cli.common import TINY_MODEL, seconds
+from longvu.cli.main import build_parser, main
 
 VIDEO = FIXTURES / "videos" / "video1.mp4"
 LONGVU = [sys.executable, "-m", "longvu.cli"]
@@ -148,7 +148,7 @@ def test_url_says_only_serve_fetches(capsys):
 
 def test_light_commands_do_not_import_torch(tmp_path):
     """--help, cache and argument errors start fast because nothing heavy is imported."""
-    code = ("import sys\nfrom longvu.cli import main\n"
+    code = ("import sys\nfrom longvu.cli.main import main\n"
             "for argv in (['--help'], ['ask', '--help'], ['cache', 'info', '--cache-dir', sys.argv[1]],"
             " ['ask', 'v.mp4', 'q', '--fsp', '1'], ['ask', 'http://x/v.mp4', 'q']):\n"
             "    main(argv)\n"
@@ -268,7 +268,7 @@ def test_chat_exit_command(tmp_path):
 
 
 def test_trace_records_the_run_and_agrees_with_the_summary(capsys, tmp_path):
-    from longvu.server import _trace_summary
+    from longvu.serve.openai import trace_summary
 
     path = tmp_path / "t.json"
     argv = ["ask", VIDEO, "What happens?", *TINY, "--greedy", "--max-new-tokens", "2", "--no-stream",
@@ -281,7 +281,7 @@ def test_trace_records_the_run_and_agrees_with_the_summary(capsys, tmp_path):
     assert run["generation"]["greedy"] is True and run["config"]["drop_threshold"] == 0.7
     n_high = len(t["frames"]["high_res"])
     assert f"({n_high} at high resolution)" in err
-    assert _trace_summary(t)["high_res_indices"] == t["frames"]["high_res"]
+    assert trace_summary(t)["high_res_indices"] == t["frames"]["high_res"]
     # the parity field keeps its reference meaning: frames upgraded by text-guided selection only
     # the parity field keeps its reference meaning: only frames that text-guided selection upgraded;
     # this short video fits at high resolution, no selection runs, and every kept frame is high-res
@@ -295,7 +295,8 @@ def test_trace_records_the_run_and_agrees_with_the_summary(capsys, tmp_path):
 def test_ask_through_a_running_server(capsys, qwen_model, tmp_path):
     from server_util import LiveServer
 
-    from longvu.server import ServerSettings, create_app
+    from longvu.serve.app import create_app
+    from longvu.serve.settings import ServerSettings
 
     ask = ["ask", VIDEO, "What happens?", "--greedy", "--max-new-tokens", "3", "--no-stream"]
     rc, local, _ = run_cli(capsys, *ask, *TINY)

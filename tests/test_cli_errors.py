@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, QWEN
 
-from longvu.cli import main
+from longvu.cli.main import main
 
 VIDEO = FIXTURES / "videos" / "video3.mp4"
 

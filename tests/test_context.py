@@ -10,7 +10,7 @@ import pytest
 from conftest import FIXTURES, QWEN
 
 from longvu import GenerationOptions, LongVU
-from longvu.cli import main
+from longvu.cli.main import main
 from longvu.context import fit_prompt, text_tokens, visual_room
 from longvu.errors import ContextOverflowError, PromptError
 
@@ -99,7 +99,7 @@ def test_cli_overflow_is_one_line_before_the_model_loads(capsys, monkeypatch):
 def test_cli_refuses_overflow_and_bad_checkpoints_without_torch(tmp_path):
     """The question and the checkpoint folder are checked with the tokenizer and config.json only."""
     (tmp_path / "empty").mkdir()
-    code = ("import sys\nfrom longvu.cli import main\n"
+    code = ("import sys\nfrom longvu.cli.main import main\n"
             "video, model, empty = sys.argv[1:]\n"
             "rcs = [main(['ask', video, 'colour ' * 20000, '--model', model, '-q']),\n"
             "       main(['ask', video, 'q', '--model', '/no/such/dir', '-q']),\n"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from longvu.cli import main
-from longvu.data import DataError, load_examples, resolve_data
+from longvu.cli.main import main
+from longvu.train.data import DataError, load_examples, resolve_data
 
 
 def turn(role: str, text: str) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, QWEN
 
-from longvu.cli import main
+from longvu.cli.main import main
 from longvu.errors import LongVUError
 from longvu.eval.answers import parse_choice
 from longvu.eval.benchmarks import PRESETS, load_items
@@ -461,7 +461,7 @@ def test_a_failed_rewrite_loses_no_answer(tmp_path):
     code = (
         "import resource, sys\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
-        "from longvu.cli import main\n"
+        "from longvu.cli.main import main\n"
         f"sys.exit(main({eval_args('egoschema', data, out)!r}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

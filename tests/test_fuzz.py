@@ -56,7 +56,7 @@ print(json.dumps({{"outcomes": outcomes, "failures": failures}}))
 
 CLI_CHILD = """
 import contextlib, io, json, sys
-from longvu.cli import main
+from longvu.cli.main import main
 
 results = []
 for path in sys.argv[2:]:

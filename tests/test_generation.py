@@ -134,7 +134,7 @@ def test_incremental_detokenizer_equals_full_decode(qwen_model):
 def test_cli_stderr_holds_only_our_own_lines(capsys):
     from conftest import QWEN
 
-    from longvu.cli import main
+    from longvu.cli.main import main
 
     rc = main(["ask", str(VIDEO), "What is shown?", "--model", str(QWEN), "--device", "cpu", "--greedy",
                "--max-new-tokens", "3", "--no-stream"])  # fmt: skip

@@ -22,7 +22,7 @@ from conftest import FIXTURES, QWEN
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'longvu[lmms]')")
 
 from longvu import GenerationOptions  # noqa: E402
-from longvu.lmms import cut_at, generation_options, video_request  # noqa: E402
+from longvu.eval.lmms import cut_at, generation_options, video_request  # noqa: E402
 
 TASKS = Path(__file__).parent / "fixtures" / "lmms_tasks"
 VIDEOS = FIXTURES / "videos"
@@ -127,7 +127,7 @@ def test_generation_options_and_until():
 
 
 def test_presets_follow_the_task_name(tmp_path):
-    from longvu.lmms import LongVULmms
+    from longvu.eval.lmms import LongVULmms
 
     m = LongVULmms(pretrained=str(QWEN), device="cpu", dtype="float32", cache=str(tmp_path), max_frames=50)
     assert m.preset_for("videomme").name == "videomme"
@@ -150,7 +150,7 @@ def test_text_only_questions_go_to_the_llm_alone(tmp_path):
     from lmms_eval.api.instance import Instance
     from test_pipeline import TEXT_PROMPT, greedy_decode
 
-    from longvu.lmms import LongVULmms
+    from longvu.eval.lmms import LongVULmms
 
     m = LongVULmms(pretrained=str(QWEN), device="cpu", dtype="float32", cache=str(tmp_path))
     m.task_dict = {"text_task": {"test": [{"question": "What is two plus two?"}]}}

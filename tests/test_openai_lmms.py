@@ -17,7 +17,8 @@ from test_lmms import GEN_BODY, QUESTION, run_lmms_eval, write_task
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'longvu[lmms]')")
 
 from longvu import GenerationOptions  # noqa: E402
-from longvu.server import ServerSettings, create_app  # noqa: E402
+from longvu.serve.app import create_app  # noqa: E402
+from longvu.serve.settings import ServerSettings  # noqa: E402
 from longvu.video import Sampling, VideoClip, load_video  # noqa: E402
 
 VIDEOS = FIXTURES / "videos"

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import FIXTURES, case_video, load_cases
 
-from longvu.cli import main
+from longvu.cli.main import main
 
 CASES = load_cases()
 

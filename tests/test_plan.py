@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import LLAMA, QWEN
 
-from longvu.cli import main
+from longvu.cli.main import main
 from longvu.plan import (
     GiB,
     Settings,
@@ -205,7 +205,7 @@ def test_plan_cli_reads_the_video(capsys):
 
 
 def test_plan_device_auto_is_the_device_ask_would_pick(monkeypatch, capsys):
-    from longvu import plan_cli
+    from longvu.cli import plan as plan_cli
 
     monkeypatch.setattr(plan_cli, "_may_have_gpu", lambda: True)
     for cuda, expected in ((True, ("cuda", "bfloat16")), (False, ("cpu", "float32"))):
@@ -220,9 +220,9 @@ def test_plan_device_auto_without_a_gpu_imports_no_torch():
     import subprocess
     import sys
 
-    from longvu.plan_cli import _may_have_gpu
+    from longvu.cli.plan import _may_have_gpu
 
-    code = ("import json, sys\nfrom longvu.cli import main\n"
+    code = ("import json, sys\nfrom longvu.cli.main import main\n"
             "main(['plan', '--model', 'qwen2-7b', '--device', 'auto', '--json'])\n"
             "print('torch' in sys.modules)")  # fmt: skip
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

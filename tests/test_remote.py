@@ -1,4 +1,4 @@
-"""``--allow-remote-urls`` downloads (``longvu.remote``): only public addresses on every hop, one deadline,
+"""``--allow-remote-urls`` downloads (``longvu.serve.remote``): only public addresses on every hop, one deadline,
 a size cap while reading, and one answer for every refusal.
 
 The tests run offline: a local HTTP server plays the internet.  ``remote.resolve`` and
@@ -21,9 +21,10 @@ from conftest import FIXTURES
 from server_util import local_client
 from test_server import assert_error, body
 
-from longvu import remote
-from longvu.remote import Downloader, RemoteRefused, RemoteTooLarge, public_address
-from longvu.server import ServerSettings, create_app
+from longvu.serve import remote
+from longvu.serve.app import create_app
+from longvu.serve.remote import Downloader, RemoteRefused, RemoteTooLarge, public_address
+from longvu.serve.settings import ServerSettings
 
 VIDEO = FIXTURES / "videos" / "video3.mp4"
 PUBLIC = {"cdn.example": ["93.184.215.14"], "other.example": ["2606:4700::6810:84e5"],

@@ -14,7 +14,7 @@ from conftest import FIXTURES, QWEN
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'longvu[serve-ray]')")
 
-from longvu.server import ServerSettings  # noqa: E402
+from longvu.serve.settings import ServerSettings  # noqa: E402
 
 VIDEOS = FIXTURES / "videos"
 
@@ -24,7 +24,7 @@ def cluster(tmp_path_factory):
     import ray
     from ray import serve
 
-    from longvu import serve_ray
+    from longvu.serve import replicas as serve_ray
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,7 +120,7 @@ def test_killing_a_busy_replica_loses_no_accepted_request(cluster):
 
 
 def test_ray_address_needs_replicas(capsys):
-    from longvu.cli import main
+    from longvu.cli.main import main
 
     assert main(["serve", "--model", str(QWEN), "--ray", "auto"]) == 2
     assert "--ray needs --replicas N" in capsys.readouterr().err

@@ -14,7 +14,10 @@ import pytest
 from conftest import FIXTURES
 from server_util import LiveServer, local_client
 
-from longvu.server import APIError, ServerSettings, Worker, create_app
+from longvu.serve.app import create_app
+from longvu.serve.errors import APIError
+from longvu.serve.jobs import Worker
+from longvu.serve.settings import ServerSettings
 
 VIDEO = FIXTURES / "videos" / "video3.mp4"
 DATA_URL = "data:video/mp4;base64," + base64.b64encode(VIDEO.read_bytes()).decode()

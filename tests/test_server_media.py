@@ -14,8 +14,11 @@ from conftest import FIXTURES
 from server_util import local_client
 from test_server import assert_error, body
 
-from longvu.server import APIError, ServerSettings, Worker, create_app
-from longvu.server_media import client_wait_s
+from longvu.serve.app import create_app
+from longvu.serve.errors import APIError
+from longvu.serve.jobs import Worker
+from longvu.serve.parts import client_wait_s
+from longvu.serve.settings import ServerSettings
 from longvu.video import load_video
 
 VIDEO = FIXTURES / "videos" / "video3.mp4"

@@ -17,7 +17,8 @@ from conftest import FIXTURES
 from server_util import LiveServer, local_client
 from test_server import assert_error, body
 
-from longvu.server import ServerSettings, create_app
+from longvu.serve.app import create_app
+from longvu.serve.settings import ServerSettings
 
 VIDEO = FIXTURES / "videos" / "video3.mp4"  # 480x320, 128 frames, 5.12 s
 CHAT = "/v1/chat/completions"
@@ -62,7 +63,7 @@ def test_allowed_hosts_setting(qwen_model, tmp_path):
 
 
 def test_default_hosts_follow_the_bind_address():
-    from longvu.server_guard import default_allowed_hosts
+    from longvu.serve.guard import default_allowed_hosts
 
     assert default_allowed_hosts("127.0.0.1", False) == ("localhost", "127.0.0.1", "[::1]")
     assert default_allowed_hosts("::1", False) == ("localhost", "127.0.0.1", "[::1]")
@@ -130,7 +131,7 @@ def test_every_data_route_needs_the_key(qwen_model, tmp_path):
 
 def test_key_check_is_constant_time_by_construction():
     """Both sides are hashed first, so the comparison time does not depend on where they differ or their lengths."""
-    from longvu.server_guard import bearer_ok, key_digest
+    from longvu.serve.guard import bearer_ok, key_digest
 
     d = key_digest("s3cret")
     scope = lambda h: {"headers": [(b"authorization", h.encode())]}  # noqa: E731

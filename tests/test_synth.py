@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import QWEN
 
-from longvu.cli import main
+from longvu.cli.main import main
 from longvu.eval.benchmarks import load_items
-from longvu.synth import COLOURS, DIRECTIONS, SHAPES, WORDS, SynthSettings, describe, generate, make_video, render
+from longvu.train.synth import COLOURS, DIRECTIONS, SHAPES, WORDS, SynthSettings, describe, generate, make_video, render
 from longvu.video import load_video
 
 SHORT = SynthSettings(seed=5, minutes=(0.2, 0.4), size=64, questions_per_video=6)

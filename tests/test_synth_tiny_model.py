@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from longvu import synth
 from longvu.eval.runner import run_benchmark
 from longvu.eval.synthetic import load_synthetic
 from longvu.eval.vniah import QUESTION
+from longvu.train import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "longvu-synth-tiny"

@@ -12,20 +12,13 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from longvu.adapter import merge_checkpoint
-from longvu.cli import main
+from longvu.cli.main import main
 from longvu.compose import compose
-from longvu.data import load_examples
 from longvu.errors import CheckpointError
 from longvu.pipeline import LongVU
-from longvu.synth import SynthSettings, generate
-from longvu.train import (
-    ConversationDataset,
-    FeatureStore,
-    LongVUForTraining,
-    TrainConfig,
-    mark_trainable,
-    train,
-)
+from longvu.train.data import load_examples
+from longvu.train.loop import ConversationDataset, FeatureStore, LongVUForTraining, TrainConfig, mark_trainable, train
+from longvu.train.synth import SynthSettings, generate
 
 pytest.importorskip("peft")
 
@@ -117,7 +110,7 @@ def test_gradients_reach_only_the_parts_that_train(data, parts, lora):
 
 
 def test_answer_loss_is_the_lm_loss_without_full_logits():
-    from longvu.train import IGNORE_INDEX, answer_loss
+    from longvu.train.loop import IGNORE_INDEX, answer_loss
 
     llm = _load().model.llm
     torch.manual_seed(0)
@@ -242,8 +235,8 @@ def test_adapter_errors_are_one_line(trained, data, tmp_path, capsys):
 
 @pytest.mark.parametrize("checkpoint", [QWEN, LLAMA])
 def test_labels_are_the_answers_of_every_turn(checkpoint, tmp_path):
-    from longvu.data import Example
-    from longvu.train import IGNORE_INDEX, example_tokens
+    from longvu.train.data import Example
+    from longvu.train.loop import IGNORE_INDEX, example_tokens
 
     lv = _load(checkpoint)
     turns = [("human", "<image>\nWhat is shown?"), ("gpt", "A red circle."), ("human", "Then?"), ("gpt", "It moves.")]
@@ -262,8 +255,8 @@ def test_labels_are_the_answers_of_every_turn(checkpoint, tmp_path):
 
 def test_text_only_lines_train_through_the_same_composition(data, tmp_path):
     """A line with no video (LLaVA-style text-only SFT) is its prompt's text embeddings plus the answers."""
-    from longvu.data import Example
-    from longvu.train import IGNORE_INDEX, example_tokens
+    from longvu.train.data import Example
+    from longvu.train.loop import IGNORE_INDEX, example_tokens
 
     lv = _load()
     turns = [("human", "Which is larger, 3 or 4?"), ("gpt", "4")]

@@ -13,7 +13,8 @@ from conftest import FIXTURES
 from server_util import LiveServer, local_client
 
 from longvu import GenerationOptions
-from longvu.server import ServerSettings, create_app
+from longvu.serve.app import create_app
+from longvu.serve.settings import ServerSettings
 from longvu.video import load_video
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from longvu import synth
+from longvu.train import synth
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "tests/fixtures/parity/checkpoints/tiny-longvu-qwen2"  # config keys and chat template

@@ -1,7 +1,7 @@
 """``longvu eval synthetic``: score a model on a ``longvu synth`` dataset.
 
 ``--data DIR`` is a folder as ``longvu synth`` writes it (``DIR/data.jsonl`` and
-``DIR/videos/``).  Every line is checked as training data is (:mod:`longvu.data`), and
+``DIR/videos/``).  Every line is checked as training data is (:mod:`longvu.train.data`), and
 must also carry the multiple-choice fields: ``options``, ``answer`` (a letter) and
 ``family``.  The question is the first human turn without its ``<image>`` placeholder,
 exactly the prompt the model was trained on; the answer is parsed to a letter and
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import DataError, Example, load_examples, resolve_data
+from ..train.data import DataError, Example, load_examples, resolve_data
 
 
 def length_bucket(seconds: int) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..synth import word_frame, write_video
+from ..train.synth import word_frame, write_video
 
 NEEDLES = ["APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN"]
 QUESTION = "One frame of this video shows a single word in large letters. What is that word? Answer with the word only."

@@ -190,7 +190,7 @@ class RequestGuard:
         limit = rule.limit if rule is not None else SMALL_BODY
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
-            return _too_large(rule)
+            return too_large(rule)
         return None
 
     def _origin_ok(self, origin: str, scope) -> bool:
@@ -218,10 +218,10 @@ class RequestGuard:
             await self.app(scope, counted, tracked)
         except BodyTooLarge:
             if not started:
-                await send_error(send, *_too_large(rule))
+                await send_error(send, *too_large(rule))
 
 
-def _too_large(rule: BodyRule | None) -> tuple:
+def too_large(rule: BodyRule | None) -> tuple:
     rule = rule or BodyRule(None, SMALL_BODY)
     mb = rule.shown_mb if rule.shown_mb is not None else rule.limit / (1 << 20)
     return 413, f"{rule.what} is larger than this server's limit ({mb:.3g} MB)", "request_too_large", \

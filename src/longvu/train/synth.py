@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LongVUError
+from ..errors import LongVUError
 
 FORMAT = "longvu-synth/1"
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")

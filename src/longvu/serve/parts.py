@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MediaLimitError, VideoError
-from .video import NO_LIMITS, MediaLimits, Sampling, VideoClip
+from ..errors import MediaLimitError, VideoError
+from ..video import NO_LIMITS, MediaLimits, Sampling, VideoClip
 
 # Image frames one request may carry at most (each is decoded to RGB in memory).
 MAX_IMAGE_FRAMES = 1024

@@ -3,7 +3,7 @@
 Two deployments make one Serve application:
 
 * ``Ingress`` (one replica, no model): the same FastAPI app as ``longvu serve``
-  (:func:`longvu.server.create_app`: the OpenAI-compatible API, uploads, the web page,
+  (:func:`longvu.serve.app.create_app`: the OpenAI-compatible API, uploads, the web page,
   limits, the API key), whose chat jobs go to the model replicas instead of a local model;
   its queue holds ``--queue-size`` requests beyond the N running ones.
 * ``ModelReplica`` (N replicas, ``ray_actor_options`` for CPUs/GPUs): one
@@ -31,8 +31,11 @@ import time
 
 from ray import serve
 
-from .errors import Cancelled, LongVUError
-from .server import APIError, ChatJob, ServerSettings, create_app, public_error, run_chat_job
+from ..errors import Cancelled, LongVUError
+from .app import create_app
+from .errors import APIError, public_error
+from .jobs import ChatJob, run_chat_job
+from .settings import ServerSettings
 
 APP_NAME = "longvu"
 
@@ -48,8 +51,8 @@ class ModelReplica:
     def __init__(self, model: str, load: dict, cache_dir: str | None, threads: int | None) -> None:
         import torch
 
-        from .cache import FeatureCache
-        from .pipeline import LongVU
+        from ..cache import FeatureCache
+        from ..pipeline import LongVU
 
         if threads:
             torch.set_num_threads(threads)
@@ -173,7 +176,7 @@ def _on_cancel(cancel: threading.Event, fn) -> threading.Event:
 @serve.deployment(num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0}, **_SHUTDOWN)
 @serve.ingress()
 class Ingress:
-    """The HTTP front: :func:`longvu.server.create_app` with a :class:`RayBackend`."""
+    """The HTTP front: :func:`longvu.serve.app.create_app` with a :class:`RayBackend`."""
 
     def __init__(self, replicas_handle, settings: ServerSettings, replicas: int) -> None:
         self._asgi = create_app(None, settings, backend=RayBackend(replicas_handle, replicas))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import cli_common as c
+from . import common as c
 
 COMMANDS = {"cache": "inspect or empty the feature cache"}
 
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cache import FeatureCache
+    from ..cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
     if args.action == "info":

@@ -21,9 +21,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .cli_common import check_generation_args, log
-from .config import DEFAULT_MODEL
-from .errors import LongVUError
+from ..config import DEFAULT_MODEL
+from ..errors import LongVUError
+from .common import check_generation_args, log
 
 # Options that act on a model loaded here; with --server they would be ignored, so they are refused.
 LOCAL_ONLY = {
@@ -179,6 +179,6 @@ def _print_stream(args, resp) -> None:
     sys.stdout.write(("" if live else "".join(text).strip()) + "\n")
     sys.stdout.flush()
     if report is not None:
-        from .trace import summary_lines
+        from ..trace import summary_lines
 
         log(args, summary_lines(report["counts"], len(report["high_res_indices"])))

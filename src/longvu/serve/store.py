@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import display_path
+from ..errors import display_path
 
 FILE_ID = re.compile(r"file-[0-9a-f]{32}")
 _STORED = re.compile(r"(file|tmp)-[0-9a-f]{32}\.bin")

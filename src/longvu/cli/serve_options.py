@@ -1,4 +1,4 @@
-"""``longvu serve``'s security and limit options, and their :class:`~longvu.server.ServerSettings` fields.
+"""``longvu serve``'s security and limit options, and their :class:`~longvu.serve.app.ServerSettings` fields.
 
 Kept apart from ``cli.py`` so that the server's policy lives in one place; importing this
 module is cheap (no FastAPI).  README "Security model" describes each option.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .server_guard import default_allowed_hosts
+from ..serve.guard import default_allowed_hosts
 
 
 def _number(kind, minimum: float = 0.0, name: str = "a number"):
@@ -85,7 +85,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_kwargs(args: argparse.Namespace) -> dict:
-    """The :class:`~longvu.server.ServerSettings` fields these options set."""
+    """The :class:`~longvu.serve.app.ServerSettings` fields these options set."""
     hosts = args.allowed_hosts or default_allowed_hosts(args.host, bool(args.api_key))
     return {"allowed_hosts": hosts, "cors_origins": args.cors_origins, "docs": args.docs,
             "max_pixels": args.max_pixels, "max_video_frames": args.max_video_frames,

@@ -17,8 +17,8 @@ import os
 import threading
 from collections import OrderedDict
 
-from .errors import VideoError
-from .video import NO_LIMITS, MediaLimits
+from ..errors import VideoError
+from ..video import NO_LIMITS, MediaLimits
 
 MAX_WIDTH = 320
 _CACHE: OrderedDict[tuple, bytes] = OrderedDict()
@@ -57,7 +57,7 @@ def _frame_at(path: str, seconds: float, limits: MediaLimits):
     """The decoded frame (a PyAV ``VideoFrame``) at ``seconds``: seek to the keyframe before, decode forward."""
     import av
 
-    from .video import open_video, probe_fps
+    from ..video import open_video, probe_fps
 
     with open_video(path, limits) as (container, stream):
         half_frame = 0.5 / probe_fps(stream, path)
@@ -84,7 +84,7 @@ def _frame_at(path: str, seconds: float, limits: MediaLimits):
 def _encode_jpeg(frame, width: int) -> bytes:
     from PIL import Image
 
-    from .video import Orientation
+    from ..video import Orientation
 
     image = Image.fromarray(
         Orientation.of(frame).apply(frame.to_ndarray(format="rgb24"))

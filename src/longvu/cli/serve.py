@@ -1,8 +1,8 @@
-"""``longvu serve``: the OpenAI-compatible HTTP server and its web page (:mod:`longvu.server`).
+"""``longvu serve``: the OpenAI-compatible HTTP server and its web page (:mod:`longvu.serve.app`).
 
 New server options go in :func:`add_server_options` (one ``add_argument`` each, with a help
 string; the default is shown by the help formatter) and into :func:`server_settings`,
-which maps them onto :class:`~longvu.server.ServerSettings`; checks that need no model go in
+which maps them onto :class:`~longvu.serve.app.ServerSettings`; checks that need no model go in
 :func:`check_server_args`.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import cli_common as c
-from .errors import LongVUError
+from ..errors import LongVUError
+from . import common as c
 
 COMMANDS = {"serve": "an OpenAI-compatible HTTP server with a web page"}
 
@@ -71,8 +71,8 @@ def check_server_args(args: argparse.Namespace) -> None:
 
 
 def server_settings(args: argparse.Namespace):
+    from ..serve.settings import ServerSettings
     from . import serve_options
-    from .server import ServerSettings
 
     return ServerSettings(
         model_name=args.served_model_name or str(args.model).rstrip("/").split("/")[-1],
@@ -91,8 +91,8 @@ def server_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import check_set_options
-    from .plan_cli import load_options
+    from ..config import check_set_options
+    from .common import load_options
 
     overrides = check_set_options(args.overrides)
     check_server_args(args)
@@ -104,14 +104,14 @@ def run(args: argparse.Namespace) -> int:
     for warning in serve_options.warnings(args, settings.allowed_hosts):
         c.log(args, warning)
     if args.replicas:
-        from . import serve_ray
+        from ..serve import replicas as serve_ray
 
         load = {"device": args.device, "dtype": args.dtype, "siglip": args.siglip, "dinov2": args.dinov2,
                 "overrides": overrides, "options": load_options(args), "adapter": args.adapter}  # fmt: skip
         serve_ray.run(args.model, load, settings, host=args.host, port=args.port, replicas=args.replicas,
                       address=args.ray, cache_dir="" if args.no_cache else args.cache_dir)  # fmt: skip
         return 0
-    from .server import serve
+    from ..serve.app import serve
 
     lv = c.load_model(args, overrides, progress=False)
     serve(lv, settings, args.host, args.port)

@@ -16,8 +16,8 @@ COMMANDS = {
 
 def add_parser(sub) -> None:
     """Register ``synth`` and ``data`` on the ``longvu`` sub-parsers."""
-    from .cli_common import examples
-    from .synth import FAMILIES
+    from ..train.synth import FAMILIES
+    from .common import examples
 
     sy = sub.add_parser("synth", help=COMMANDS["synth"],
                         description="Make videos whose questions need the video (objects appearing, moving and "
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from .synth import SynthSettings, generate
+    from ..train.synth import SynthSettings, generate
 
     settings = SynthSettings(
         seed=args.seed, minutes=tuple(args.minutes), size=args.size, families=tuple(args.families),
@@ -77,8 +77,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from .cli_common import print_error
-    from .data import DataError, load_examples, resolve_data
+    from ..train.data import DataError, load_examples, resolve_data
+    from .common import print_error
 
     try:
         examples = load_examples(args.data, video_root=args.video_root)

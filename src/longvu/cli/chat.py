@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import cli_common as c
-from .errors import LongVUError
+from ..errors import LongVUError
+from . import common as c
 
 COMMANDS = {"chat": "a conversation about a video (questions from the terminal or stdin)"}
 
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .ask_cli import encode, prepare
+    from .ask import encode, prepare
 
     settings = prepare(args)
     lv = c.load_model(args, settings.overrides, progress=not args.quiet and sys.stderr.isatty())
@@ -97,7 +97,7 @@ def _turn(args, session, question: str, generation, live: bool) -> None:
 
 def history_file(cache_dir: str | None) -> Path:
     """``chat_history`` in the cache folder (``--cache-dir``, ``$LONGVU_CACHE_DIR`` or ~/.cache/longvu)."""
-    from .cache import default_cache_dir
+    from ..cache import default_cache_dir
 
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / "chat_history"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import cli_common as c
-from .errors import LongVUError
+from ..errors import LongVUError
+from . import common as c
 
 COMMANDS = {
     "eval": "run a benchmark: videomme, mlvu, egoschema, mvbench, synthetic, vniah",
@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
 
 
 def _add_benchmark(bench, name: str, title: str, data: str) -> None:
-    from .eval.benchmarks import PRESETS
+    from ..eval.benchmarks import PRESETS
 
     preset = PRESETS[name]
     example = [f"longvu eval {name} --data {data} --out results/{name} --device cuda --dtype float16"]
@@ -79,7 +79,7 @@ def _describe(preset) -> str:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from .config import DEFAULT_MODEL
+    from ..config import DEFAULT_MODEL
 
     p.add_argument("--data", required=True, metavar="DIR", help="the benchmark's folder, in its published layout")
     p.add_argument("--out", required=True, metavar="DIR", help="results folder (a re-run resumes)")
@@ -136,7 +136,7 @@ def _add_vniah_generate(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.command == "vniah":
         return run_vniah_generate(args)
-    from .config import check_set_options
+    from ..config import check_set_options
 
     overrides = check_set_options(args.overrides)
     if not os.path.isdir(args.data):
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_vniah(args, overrides: dict) -> int:
-    from .eval.vniah import run_vniah
+    from ..eval.vniah import run_vniah
 
     summary = run_vniah(args.data, args.out, model=args.model, mode=args.mode, device=args.device, dtype=args.dtype,
                         overrides=overrides, limit=args.limit, sample_fps=args.sample_fps, max_frames=args.max_frames,
@@ -167,8 +167,8 @@ def _run_vniah(args, overrides: dict) -> int:
 def _run_benchmark(args, overrides: dict) -> int:
     import dataclasses
 
-    from .eval.benchmarks import PRESETS, load_items
-    from .eval.runner import run_benchmark
+    from ..eval.benchmarks import PRESETS, load_items
+    from ..eval.runner import run_benchmark
 
     preset = PRESETS[args.benchmark]
     if args.sample_fps is not None:
@@ -195,7 +195,7 @@ def _run_benchmark(args, overrides: dict) -> int:
 
 
 def run_vniah_generate(args: argparse.Namespace) -> int:
-    from .eval.vniah import generate
+    from ..eval.vniah import generate
 
     c.check_output_dir(args.out, "--out")
     if args.haystack:

@@ -35,13 +35,13 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from loguru import logger
 
-from .errors import LongVUError
-from .eval.benchmarks import PRESETS, Preset
-from .generation import GenerationOptions
-from .model import DEFAULT_MODEL
-from .pipeline import LongVU
-from .prompt import IMAGE_MARKER
-from .video import Sampling, VideoClip
+from ..errors import LongVUError
+from ..generation import GenerationOptions
+from ..model import DEFAULT_MODEL
+from ..pipeline import LongVU
+from ..prompt import IMAGE_MARKER
+from ..video import Sampling, VideoClip
+from .benchmarks import PRESETS, Preset
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # lmms-eval's keyword arguments that are not ours (it passes them to every model).
@@ -50,7 +50,7 @@ _HARNESS_KEYS = ("batch_size", "max_batch_size")
 
 def manifest() -> ModelManifest:
     """The entry point's payload: lmms-eval imports :class:`LongVULmms` only when ``--model longvu`` runs."""
-    return ModelManifest(model_id="longvu", simple_class_path="longvu.lmms.LongVULmms")
+    return ModelManifest(model_id="longvu", simple_class_path="longvu.eval.lmms.LongVULmms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +122,7 @@ class LongVULmms(lmms):
         if req.frames is not None:
             feats = lv.features(frames_clip(req.frames))
         elif preset is not None:
-            from .eval.runner import preset_clip
+            from .runner import preset_clip
 
             feats = lv.features(preset_clip(req.path, preset, req.bound))
         else:

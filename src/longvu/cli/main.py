@@ -1,6 +1,6 @@
 """The ``longvu`` command line: a registry of subcommand modules.
 
-Each module named in :data:`COMMAND_MODULES` (``longvu/<name>.py``) provides:
+Each module named in :data:`COMMAND_MODULES` (``longvu/cli/<name>.py``) provides:
 
 * ``COMMANDS``: ``{name: one-line help}``, the subcommands it adds (``longvu --help`` lists them);
 * ``add_parser(subparsers)``: adds those subcommands with ``subparsers.add_parser(name, help=...,
@@ -9,7 +9,7 @@ Each module named in :data:`COMMAND_MODULES` (``longvu/<name>.py``) provides:
 * ``run(args) -> int``: runs the parsed command (``args.command`` says which) and returns the
   exit status.
 
-To add ``longvu train``: write ``train_cli.py`` with those three names and add ``"train_cli"``
+To add ``longvu train``: write ``cli/train.py`` with those three names and add ``"train"``
 below.  Module-level imports must stay light (the standard library, ``cli_common``, ``errors``,
 ``config``): importing every registered module is what ``longvu --help`` costs, so torch and
 transformers are imported inside ``run``.  Report the user's mistakes by raising
@@ -31,13 +31,13 @@ import logging
 import os
 import sys
 
-from .errors import LongVUError
+from ..errors import LongVUError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head`
 
-COMMAND_MODULES = ("ask_cli", "chat_cli", "serve_cli", "eval_cli", "plan_cli", "synth_cli", "train_cli", "cache_cli")
+COMMAND_MODULES = ("ask", "chat", "serve", "eval", "plan", "synth", "train", "cache")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -75,7 +75,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
-        from .cli_common import error_line
+        from .common import error_line
 
         message = " ".join(message.split())
         self.exit(EXIT_USAGE, error_line(self.prog, message + _did_you_mean(self, message)) + "\n")
@@ -131,7 +131,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, objec
     Only the module of the subcommand in ``argv`` builds its full parser (``argv`` None: all of
     them); the others are listed by name and help, so ``longvu --help`` imports nothing heavy.
     """
-    from . import __version__
+    from .. import __version__
 
     parser = Parser(prog="longvu", description="Answer questions about long videos with LongVU (ICML 2025).",
                     epilog="examples:\n  longvu ask VIDEO QUESTION --model tests/fixtures/parity/checkpoints/tiny-longvu-qwen2\n"
@@ -178,7 +178,7 @@ def _deepest(parser: Parser, args: argparse.Namespace) -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``longvu`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    from .cli_common import SIGINT, print_error
+    from .common import SIGINT, print_error
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

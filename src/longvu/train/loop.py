@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import LongVUError
+from ..observe import Observer
+from .config import PARTS, TrainConfig
 from .data import DataError, Example, load_examples, resolve_data
-from .errors import LongVUError
-from .observe import Observer
-from .train_config import PARTS, TrainConfig
 
 IGNORE_INDEX = -100
 SVA_PREFIXES = ("mm_projector_aux_", "vision_sampler_0", "vision_query")
@@ -64,7 +64,7 @@ class Sample:
 # ------------------------------------------------------------------ data
 def example_tokens(lv, ex: Example) -> Sample:
     """Tokenize one example as inference would see it; ValueError if a turn cannot be used."""
-    from .prompt import check_message, reserved_markers
+    from ..prompt import check_message, reserved_markers
 
     markers = reserved_markers(lv.tokenizer)
     turns = [("user" if role == "human" else "assistant", text) for role, text in ex.turns]
@@ -213,7 +213,7 @@ class LongVUForTraining(nn.Module):
 
     def sample_inputs(self, s: Sample) -> tuple[torch.Tensor, list[int]]:
         """``[L, H]`` input embeddings (the same composition as inference) and the ``[L]`` labels."""
-        from .compose import compose
+        from ..compose import compose
 
         model = self.lv.model
         feats = None if s.video is None else self.video_features(s.video)
@@ -296,7 +296,7 @@ def mark_trainable(lv, parts: set[str], cfg: TrainConfig):
         p.requires_grad_(False)
     peft_model = None
     if "llm" in parts and cfg.lora:
-        from .quantize import quiet_quantizers
+        from ..quantize import quiet_quantizers
 
         try:
             with quiet_quantizers():  # peft imports torchao when it is installed
@@ -308,7 +308,7 @@ def mark_trainable(lv, parts: set[str], cfg: TrainConfig):
         targets = [t for t in LORA_TARGETS if t in present]
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
-        from .adapter import peft_quietly
+        from ..adapter import peft_quietly
 
         with peft_quietly():
             peft_model = get_peft_model(model.llm, lcfg)  # injects the LoRA layers into model.llm in place
@@ -403,7 +403,7 @@ def _read_log(path: Path) -> list[dict]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from .adapter import atomic_write_text
+    from ..adapter import atomic_write_text
 
     atomic_write_text(path, text)
 
@@ -456,7 +456,7 @@ def _device(cfg: TrainConfig) -> str:
 
 
 def _check_out(cfg: TrainConfig, out: Path) -> None:
-    from .adapter import MANIFEST
+    from ..adapter import MANIFEST
 
     if cfg.resume:
         return
@@ -466,9 +466,9 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
 
 def train(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     """Fine-tune ``cfg.model`` on ``cfg.data``; returns the output folder (see :func:`save_outputs`)."""
-    from .cache import FeatureCache
-    from .pipeline import LongVU
-    from .quantize import quiet_quantizers
+    from ..cache import FeatureCache
+    from ..pipeline import LongVU
+    from ..quantize import quiet_quantizers
 
     with quiet_quantizers():  # the first transformers import of a run loads torchao (when installed), which notes
         from transformers import set_seed  # missing CUDA kernels; the Trainer's imports below find it loaded
@@ -513,7 +513,7 @@ def save_outputs(
 
     from safetensors.torch import save_file
 
-    from .adapter import CONNECTOR_FILE, LLM_FILE, write_manifest
+    from ..adapter import CONNECTOR_FILE, LLM_FILE, write_manifest
 
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))
     try:

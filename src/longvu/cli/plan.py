@@ -1,6 +1,4 @@
-"""``longvu plan``: print what a run would need (see :mod:`longvu.plan`), and the loading options
-(``--quantize``, ``--vision-device``, ...) that ``ask``, ``describe``, ``chat``, ``serve`` and
-``plan`` share."""
+"""``longvu plan``: print what a run would need (see :mod:`longvu.loading.plan`)."""
 
 from __future__ import annotations
 
@@ -8,48 +6,18 @@ import json
 import os
 import sys
 
-from .errors import LongVUError
+from ..errors import LongVUError
+from . import common as c
+from .common import add_placement_options, print_error
 
 GiB = 1024**3
-
-
-def add_placement_options(g) -> None:
-    """Quantization and placement options (an argparse group)."""
-    g.add_argument("--quantize", choices=["int8", "nf4", "int4"],
-                   help="quantize the LLM's linear layers: int8 (bitsandbytes on CUDA, torchao on CPU), "
-                        "nf4 or int4 (bitsandbytes, CUDA only)")  # fmt: skip
-    g.add_argument(
-        "--vision-device", choices=["cpu", "cuda", "mps"], help="device of the vision towers (default --device)"
-    )
-    g.add_argument("--vision-dtype", choices=["float32", "float16", "bfloat16"],
-                   help="dtype of the vision towers (default --dtype)")  # fmt: skip
-    g.add_argument("--llm-gpu-memory", metavar="SIZE",
-                   help="keep at most SIZE (e.g. 10GB) of LLM weights on the GPU, the rest in CPU RAM (slow)")  # fmt: skip
-
-
-def load_options(args):
-    """:class:`longvu.model.LoadOptions` from parsed arguments."""
-    from .model import LoadOptions
-
-    gpu = getattr(args, "llm_gpu_memory", None) or None
-    if gpu is not None:  # the planner's module only when it is needed (a cached `ask` does not import it)
-        from .plan import parse_size
-
-        gpu = parse_size(gpu)
-    return LoadOptions(
-        quantize=getattr(args, "quantize", None),
-        vision_device=getattr(args, "vision_device", None),
-        vision_dtype=getattr(args, "vision_dtype", None),
-        llm_gpu_memory=gpu,
-    )
 
 
 COMMANDS = {"plan": "predict memory per component and stage, and the settings that fit"}
 
 
 def add_parser(sub) -> None:
-    from . import cli_common as c
-    from .config import DEFAULT_MODEL
+    from ..config import DEFAULT_MODEL
 
     p = sub.add_parser("plan", help=COMMANDS["plan"],
                        description="Predict a run's peak memory per stage, device and component before anything is "
@@ -81,7 +49,7 @@ def add_parser(sub) -> None:
 
 
 def settings_from_args(args):
-    from .plan import Settings, parse_size
+    from ..plan import Settings, parse_size
 
     args.device = resolve_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else {"cpu": "float32", "mps": "float16"}.get(args.device, "bfloat16")
@@ -110,7 +78,7 @@ def resolve_device(device: str) -> str:
         return device
     if not _may_have_gpu():
         return "cpu"
-    from .model import pick_device
+    from ..model import pick_device
 
     return pick_device("auto").type
 
@@ -126,7 +94,7 @@ def _probe(path: str) -> tuple[float, tuple[int, int]]:
     """Length in minutes and frame size of a video, from its container (nothing decoded)."""
     import av
 
-    from .video import count_frames, probe_video
+    from ..video import count_frames, probe_video
 
     probe_video(path)
     total, fps = count_frames(path)
@@ -136,7 +104,7 @@ def _probe(path: str) -> tuple[float, tuple[int, int]]:
 
 
 def _check(st) -> None:
-    from .quantize import check_scheme
+    from ..quantize import check_scheme
 
     check_scheme(st.quantize, st.device)
     if {st.device, st.vdev} == {"cuda", "mps"}:
@@ -146,9 +114,8 @@ def _check(st) -> None:
 
 
 def run(args) -> int:
-    from .cli_common import print_error
-    from .config import check_set_options
-    from .plan import fit, load_shapes, parse_size, plan
+    from ..config import check_set_options
+    from ..plan import fit, load_shapes, parse_size, plan
 
     overrides = check_set_options(args.overrides)
     st = settings_from_args(args)

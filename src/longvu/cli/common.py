@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import LongVUError
+from ..errors import LongVUError
 
 # ------------------------------------------------------------------- argument types
 
@@ -121,7 +121,7 @@ TINY_NOTE = "# the tiny test checkpoint: offline, on a CPU, in seconds (its answ
 
 def sampling_defaults() -> str:
     """The released checkpoints' sampling settings, from their generation_config.json (presets)."""
-    from .presets import PRESETS
+    from ..presets import PRESETS
 
     parts = []
     for name, p in PRESETS.items():
@@ -136,8 +136,7 @@ def sampling_defaults() -> str:
 
 def add_model_options(p: argparse.ArgumentParser, *, runtime_set: bool = True) -> None:
     """--model, towers, device, dtype, --set, placement and the feature cache."""
-    from .config import DEFAULT_MODEL
-    from .plan_cli import add_placement_options
+    from ..config import DEFAULT_MODEL
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
@@ -224,7 +223,7 @@ def check_generation_args(args) -> None:
 
 def generation_options(args):
     """:class:`~longvu.generation.GenerationOptions` from checked arguments (imports torch)."""
-    from .generation import GenerationOptions
+    from ..generation import GenerationOptions
 
     return GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
                              top_p=args.top_p, top_k=args.top_k, seed=args.seed)  # fmt: skip
@@ -240,7 +239,7 @@ def check_video_path(video: str):
             f"{video}: a URL; `longvu ask`, `describe` and `chat` read local files (download it first), "
             "only `longvu serve --allow-remote-urls` fetches URLs"
         )
-    from .video import probe_video
+    from ..video import probe_video
 
     return probe_video(video)
 
@@ -308,8 +307,8 @@ def log(args, msg: str) -> None:
 def open_checkpoint(args, overrides: dict, question: str | None = None):
     """The checkpoint ``--model`` names, opened without torch (:mod:`longvu.checkpoint`): a missing or
     malformed folder, and a ``question`` that cannot fit its context, fail here in about a second."""
-    from .checkpoint import open_checkpoint as open_light
-    from .context import check_question
+    from ..checkpoint import open_checkpoint as open_light
+    from ..context import check_question
 
     ckpt = open_light(args.model, overrides)
     if question is not None:
@@ -321,9 +320,8 @@ def load_model(args, overrides: dict, progress: bool, question: str | None = Non
     """The :class:`~longvu.LongVU` the arguments name (the slow step: every check comes before it,
     :func:`open_checkpoint` included, with ``question`` when one is known)."""
     ckpt = open_checkpoint(args, overrides, question)
-    from .cache import FeatureCache
-    from .pipeline import LongVU
-    from .plan_cli import load_options
+    from ..cache import FeatureCache
+    from ..pipeline import LongVU
 
     t0 = time.perf_counter()
     log(args, f"loading {args.model} ...")
@@ -394,3 +392,34 @@ class SigintGuard:
 
 
 SIGINT = SigintGuard()
+
+
+def add_placement_options(g) -> None:
+    """Quantization and placement options (an argparse group)."""
+    g.add_argument("--quantize", choices=["int8", "nf4", "int4"],
+                   help="quantize the LLM's linear layers: int8 (bitsandbytes on CUDA, torchao on CPU), "
+                        "nf4 or int4 (bitsandbytes, CUDA only)")  # fmt: skip
+    g.add_argument(
+        "--vision-device", choices=["cpu", "cuda", "mps"], help="device of the vision towers (default --device)"
+    )
+    g.add_argument("--vision-dtype", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the vision towers (default --dtype)")  # fmt: skip
+    g.add_argument("--llm-gpu-memory", metavar="SIZE",
+                   help="keep at most SIZE (e.g. 10GB) of LLM weights on the GPU, the rest in CPU RAM (slow)")  # fmt: skip
+
+
+def load_options(args):
+    """:class:`longvu.model.LoadOptions` from parsed arguments."""
+    from ..model import LoadOptions
+
+    gpu = getattr(args, "llm_gpu_memory", None) or None
+    if gpu is not None:  # the planner's module only when it is needed (a cached `ask` does not import it)
+        from ..plan import parse_size
+
+        gpu = parse_size(gpu)
+    return LoadOptions(
+        quantize=getattr(args, "quantize", None),
+        vision_device=getattr(args, "vision_device", None),
+        vision_dtype=getattr(args, "vision_dtype", None),
+        llm_gpu_memory=gpu,
+    )

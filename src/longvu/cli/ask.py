@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import cli_common as c
-from .errors import LongVUError
-from .prompt import DESCRIBE_PROMPT
+from ..errors import LongVUError
+from ..prompt import DESCRIBE_PROMPT
+from . import common as c
 
 COMMANDS = {
     "ask": "answer a question about a video",
@@ -99,7 +99,7 @@ class RunSettings:
 
 def prepare(args: argparse.Namespace) -> RunSettings:
     """Check every argument and the video before the model loads (one-line errors)."""
-    from .config import check_set_options
+    from ..config import check_set_options
 
     c.check_generation_args(args)
     overrides = check_set_options(args.overrides)
@@ -107,7 +107,7 @@ def prepare(args: argparse.Namespace) -> RunSettings:
     c.check_output_file(getattr(args, "trace_arrays", None), "--trace-arrays")
     info = c.check_video_path(args.video)
     c.check_time_range(info, args.start, args.end)
-    from .video import Sampling
+    from ..video import Sampling
 
     sampling = Sampling(fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end)
     return RunSettings(overrides, sampling, c.generation_options(args))
@@ -116,7 +116,7 @@ def prepare(args: argparse.Namespace) -> RunSettings:
 def _observer(args):
     if not (args.trace or args.trace_arrays):
         return None
-    from .observe import ParityObserver
+    from ..observe import ParityObserver
 
     return ParityObserver(arrays=bool(args.trace_arrays))
 

@@ -17,8 +17,8 @@ COMMANDS = {
 
 def add_parser(sub) -> None:
     """Register ``train`` and ``merge`` on the ``longvu`` sub-parsers (no torch imported: help stays fast)."""
-    from . import cli_common as c
-    from .train_config import PARTS, TrainConfig
+    from ..train.config import PARTS, TrainConfig
+    from . import common as c
 
     d = TrainConfig(model="", data="", out="")
     tr = sub.add_parser("train", help=COMMANDS["train"],
@@ -79,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import parse_set_options
-    from .errors import LongVUError
-    from .train import TrainConfig, train
+    from ..config import parse_set_options
+    from ..errors import LongVUError
+    from ..train.loop import TrainConfig, train
 
     for name in ("batch_size", "grad_accum", "save_steps", "logging_steps", "lora_r"):
         if getattr(args, name) < 1:
@@ -105,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from .adapter import merge_checkpoint
+    from ..adapter import merge_checkpoint
 
     out = merge_checkpoint(args.model, args.adapter, args.out, dtype=args.dtype)
     print(f"wrote {out}")

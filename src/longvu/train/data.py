@@ -27,8 +27,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LongVUError
-from .prompt import IMAGE_MARKER
+from ..errors import LongVUError
+from ..prompt import IMAGE_MARKER
 
 DATA_FILE = "data.jsonl"
 ROLES = ("human", "gpt")

@@ -1,0 +1,1 @@
+"""The ``longvu`` command: ``main`` dispatches to one module per subcommand."""

@@ -1,0 +1,306 @@
+"""An OpenAI-compatible HTTP server around one :class:`~longvu.pipeline.LongVU`.
+
+``POST /v1/chat/completions`` takes the video as a content part
+``{"type": "video_url", "video_url": {"url": ...}}`` (as vLLM does), where the url is
+a ``data:video/...;base64,`` URL, a file id from ``POST /v1/files``, a local path under
+``--allowed-local-media-path``, or (with ``--allow-remote-urls``) an http(s) URL.
+``stream: true`` answers with Server-Sent Events chunks like OpenAI's.  Also
+``GET /v1/models``, ``GET /health``, ``/v1/files`` and a web page at ``/``.
+
+One model instance serves requests one at a time from a bounded queue (503 with
+Retry-After when it is full).  Every error is a 4xx/5xx JSON body in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import Request
+
+from ..errors import LongVUError
+from ..pipeline import LongVU
+from .errors import APIError, clip, public_error, quota_error, too_large
+from .jobs import ChatJob, Jobs, LocalBackend, Worker, drain, frames_budget, preparer, run_job
+from .media import allowed_local, resolve_media
+from .openai import completion, parse_chat_request, parse_json, sse
+from .parts import Media, client_wait_s
+from .settings import ServerSettings
+from .store import MediaStore, QuotaExceeded, UploadError, UploadTooLarge, receive_upload
+
+STATIC = Path(__file__).parent / "static"
+
+
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # what /static/ serves, by name
+
+
+def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backend=None):
+    """The FastAPI application serving ``lv``.
+
+    ``backend`` runs the chat jobs instead of ``lv`` (``None``: a :class:`LocalBackend` on ``lv``);
+    :mod:`longvu.serve.replicas` passes one that spreads them over Ray Serve replicas.
+    ``app.state.jobs.cancel_all()`` stops every request in progress (what a shutdown calls).
+    """
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    from .remote import Downloader
+
+    settings = settings or ServerSettings()
+    backend = backend or LocalBackend(lv)
+    worker = Worker(settings.queue_size, settings.max_waiting, concurrency=backend.concurrency)
+    store = MediaStore(settings.upload_dir, settings.upload_ttl_s, int(settings.max_upload_total_mb * 1024 * 1024))
+    downloader = Downloader(deadline_s=settings.remote_timeout_s, max_redirects=settings.max_redirects)
+    jobs = Jobs()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await worker.start()
+        sweeper = asyncio.create_task(store.sweep_every(settings.sweep_interval_s))
+        yield
+        jobs.cancel_all()
+        sweeper.cancel()
+        await worker.stop()
+        downloader.close()
+        store.close()
+
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="longvu", version=_version(), lifespan=lifespan, **docs)
+    app.state.lv, app.state.settings, app.state.store, app.state.jobs = lv, settings, store, jobs
+    _error_handlers(app)
+    _guards(app, settings)
+    _info_routes(app, worker, settings)
+    _file_routes(app, store, settings)
+    _chat_route(app, backend, worker, store, settings, jobs, downloader)
+    _media_routes(app, store, settings)
+    _page_routes(app)
+    return app
+
+
+def _guards(app, settings: ServerSettings) -> None:
+    """The front door (``longvu.serve.guard``): Host, then CORS if configured, then origin, key and body checks."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
+
+    json_limit = int(settings.max_json_mb * 1024 * 1024)
+    rules = {("POST", "/v1/chat/completions"): BodyRule("application/json", json_limit, "a chat request"),
+             ("POST", "/v1/files"): BodyRule("multipart/form-data", settings.max_upload_bytes + MULTIPART_SLACK,
+                                             "an upload", settings.max_upload_mb)}  # fmt: skip
+    app.add_middleware(RequestGuard, rules=rules, api_key=settings.api_key, cors_origins=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)  # fmt: skip
+    app.add_middleware(HostGuard, allowed=settings.allowed_hosts)  # added last: runs first
+
+
+def _error_handlers(app) -> None:
+    """Every error in OpenAI's shape; an unexpected one is a 500 that names only its type."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(LongVUError)
+    async def _input(request, exc: LongVUError):
+        err = public_error(exc)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, exc: ClientDisconnect):  # the body was cut short: nobody reads this answer
+        return JSONResponse(APIError(400, "the request body ended early", code="incomplete_body").body(), 400)
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(request, exc: QuotaExceeded):
+        return JSONResponse(quota_error().body(), status_code=413)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
+        msg = f"invalid request: {first.get('msg', 'malformed body')}" + (f" at {where}" if where else "")
+        return JSONResponse(APIError(400, msg).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), kind).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request, exc: Exception):
+        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}", "server_error").body(), 500)
+
+
+def _info_routes(app, worker: Worker, settings: ServerSettings) -> None:
+    @app.get("/health")
+    async def health():
+        q = worker.jobs.qsize() if worker.jobs else 0
+        return {"status": "ok", "model": settings.model_name, "queued": q}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
+                                            "owned_by": "longvu"}]}  # fmt: skip
+
+
+def _file_routes(app, store: MediaStore, settings: ServerSettings) -> None:
+    """``/v1/files``: upload (multipart, streamed into the store), look up and delete videos."""
+
+    @app.post("/v1/files")
+    async def upload(request: Request):
+        from python_multipart.exceptions import FormParserError
+
+        try:
+            fid, path, fields = await receive_upload(request.stream(), request.headers.get("content-type", ""),
+                                                     store, settings.max_upload_bytes)  # fmt: skip
+        except UploadTooLarge:
+            raise too_large(settings) from None
+        except UploadError as e:
+            raise APIError(400, str(e), code="invalid_upload") from None
+        except FormParserError:
+            raise APIError(400, "malformed multipart upload", code="invalid_upload") from None
+        purpose = fields.get("purpose", "vision")[:64]
+        return store.register(fid, path, fields.get("filename", "upload"), purpose)
+
+    @app.get("/v1/files/{fid}")
+    async def file_info(fid: str):
+        info = store.info(fid)
+        if not info:
+            raise APIError(404, f"no file {clip(fid)!r}", "not_found_error")
+        return info
+
+    @app.delete("/v1/files/{fid}")
+    async def file_delete(fid: str):
+        if not store.delete(fid):
+            raise APIError(404, f"no file {clip(fid)!r}", "not_found_error")
+        return {"id": fid, "object": "file", "deleted": True}
+
+
+def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: ServerSettings, jobs: Jobs,
+                downloader) -> None:  # fmt: skip
+    """``POST /v1/chat/completions``: parse, resolve the video, queue the job, answer or stream."""
+    from fastapi.responses import StreamingResponse
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await asyncio.to_thread(parse_json, await request.body())  # the guard bounds the body
+        req = parse_chat_request(body, settings)
+        media: Media = req["media"]
+        source, cleanup = await resolve_media(media, settings, store, downloader)
+        cancel = jobs.new()
+
+        def finish() -> None:
+            jobs.done(cancel)
+            cleanup()
+
+        try:
+            req["wait_s"] = client_wait_s(request.headers, settings.request_timeout_s)
+            job = ChatJob(req["system"], req["turns"], media, source, req["gen"], settings.limits,
+                          frames_budget(settings))  # fmt: skip
+            prepare = preparer(backend, job, cancel)
+            cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+            if req["stream"]:
+                return StreamingResponse(
+                    sse(worker, prepare, request, cancel, settings, cid, created, req, finish, jobs),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            answer = await run_job(worker, lambda: drain(prepare, cancel), request, cancel, settings,
+                                    req["wait_s"], jobs)  # fmt: skip
+        except BaseException:
+            finish()
+            raise
+        finish()
+        return completion(cid, created, settings.model_name, answer)
+
+
+def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
+    """What the web page shows of a video: the file itself (its player) and JPEG thumbnails at timestamps.
+
+    ``video`` is a file id or a path under the allowed folder (never a data URL or a remote
+    URL: these endpoints only read what the server already holds).  Both open the file
+    through the intake with the server's limits; ``/v1/video`` serves only an accepted
+    video, with the media type of its container as found by content.  Behind the API key.
+    """
+    from fastapi.responses import FileResponse, Response
+
+    def held(video: str) -> str:
+        if video.startswith("data:") or re.match(r"^https?://", video, re.I):
+            raise APIError(400, "name a file id or a path under the allowed folder", code="invalid_video")
+        if video.startswith("file-"):
+            path = store.get(video)
+            if path is None:
+                raise APIError(404, f"no uploaded file {clip(video)!r}", "not_found_error", "file_not_found")
+            return str(path)
+        local = video[len("file://") :] if video.startswith("file://") else video
+        return str(allowed_local(local, settings))
+
+    @app.get("/v1/thumbnail")
+    async def thumbnail(video: str, t: float, w: int = 160):
+        from .thumbnails import thumbnail_jpeg
+
+        data = await asyncio.to_thread(thumbnail_jpeg, held(video), t, w, settings.limits)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/video")
+    async def video_file(video: str):
+        from ..video import probe_video
+
+        path = held(video)
+        info = await asyncio.to_thread(probe_video, path, settings.limits)
+        return FileResponse(path, media_type=VIDEO_TYPES.get(info.format, "application/octet-stream"),
+                            headers={"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline"})  # fmt: skip
+
+
+# Media types of the accepted containers (``longvu.video.CONTAINER_FORMATS``), for the page's player.
+VIDEO_TYPES = {"mov,mp4,m4a,3gp,3g2,mj2": "video/mp4", "matroska,webm": "video/webm", "avi": "video/x-msvideo",
+               "mpegts": "video/mp2t", "mpeg": "video/mpeg", "flv": "video/x-flv", "asf": "video/x-ms-asf",
+               "ogg": "video/ogg"}  # fmt: skip
+
+
+def _page_routes(app) -> None:
+    """The web page and its static files (served by the app: no CDN); a fixed list of files, no paths."""
+    from fastapi.responses import FileResponse
+
+    @app.get("/")
+    async def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        if name not in STATIC_FILES:
+            raise APIError(404, "not found", "not_found_error")
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def serve(lv: LongVU, settings: ServerSettings, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT.  Either cancels every running and queued job at once
+    (encoding stops within a frame, generation within a token), so the requests end and
+    uvicorn's graceful shutdown has nothing long to wait for; ``shutdown_timeout_s`` bounds
+    the wait all the same."""
+    import uvicorn
+
+    app = create_app(lv, settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.jobs.cancel_all()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)))  # fmt: skip
+    Server(config).run()

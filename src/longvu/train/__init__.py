@@ -1,0 +1,2 @@
+"""Fine-tuning: ``loop`` (the run on the transformers Trainer), ``config``, ``data`` (the JSONL format) and
+``synth`` (synthetic video QA)."""
