@@ -163,8 +163,8 @@ def view_evaluator(base: Any) -> Callable[..., Any]:
     from longvu.eval.benchmarks import Item
     from longvu.eval.runner import Evaluator, result_line
     from longvu.eval.workers import one_line
-    from longvu.pipeline import GenerationOptions
-    from longvu.video import Sampling
+    from longvu.model.video import Sampling
+    from longvu.pipeline.api import GenerationOptions
 
     class ViewEvaluator(Evaluator):
         """``Evaluator`` on a view; videos go through the view's feature cache; lines get the stage counts."""
@@ -220,8 +220,8 @@ def run_setting(base: Any, setting: Setting, data: Path, out: Path, args: argpar
 
 def load_base(args: argparse.Namespace) -> Any:
     """The checkpoint, loaded once, with a feature cache under ``--data-dir``."""
-    from longvu.cache import FeatureCache
-    from longvu.pipeline import LongVU
+    from longvu.pipeline.api import LongVU
+    from longvu.pipeline.cache import FeatureCache
 
     cache = FeatureCache(Path(args.data_dir) / "feature-cache")
     return LongVU.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache=cache, adapter=args.adapter)
@@ -269,7 +269,7 @@ def markdown(report: dict, settings: list[Setting]) -> str:
 
 def write_report(out: Path, report: dict, settings: list[Setting]) -> str:
     """Write ``ablation.json`` and ``ablation.md`` atomically; returns the markdown."""
-    from longvu.eval.store import atomic_write_text
+    from longvu.files import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ablation.json", json.dumps(report, indent=1) + "\n")

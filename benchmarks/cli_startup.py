@@ -32,7 +32,7 @@ import transformers.models.qwen2.modeling_qwen2, transformers.models.siglip.mode
 import transformers.models.dinov2.modeling_dinov2
 from transformers import AutoTokenizer
 from longvu.pipeline import LongVU
-from longvu.generation import GenerationOptions
+from longvu.model.generation import GenerationOptions
 t1 = time.perf_counter()
 lv = LongVU.from_pretrained(sys.argv[1], device="cpu", dtype="float32")
 t2 = time.perf_counter()

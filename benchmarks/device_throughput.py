@@ -50,7 +50,7 @@ PAIRS = {  # name: (new variant, baseline variant, CUDA only)
 
 # ----------------------------------------------------------------- child runs: each prints {"s": seconds, ...}
 def child_decode(variant: str, video: str) -> dict:
-    from longvu.video import Sampling, StreamInfo, iter_frames
+    from longvu.model.video import Sampling, StreamInfo, iter_frames
 
     info = StreamInfo()
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def child_spill(variant: str, dtype: str, device: str) -> dict:
     import numpy as np
     import torch
 
-    from longvu.encode import _Spill
+    from longvu.model.encode import _Spill
 
     feats = torch.randn(16, 576, 1536, device=device).to(getattr(torch, dtype))  # one window of DINOv2-giant
     image = (np.zeros((384, 384, 3), np.uint8), True)
@@ -108,7 +108,7 @@ def child_upload(variant: str, dtype: str) -> dict:
     import numpy as np
     import torch
 
-    from longvu.devices import host_batch, upload
+    from longvu.model.devices import host_batch, upload
 
     dev = torch.device("cuda")
     frames = [np.random.default_rng(i).standard_normal((3, 378, 378)).astype(np.float32) for i in range(64)]

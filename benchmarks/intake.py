@@ -5,7 +5,7 @@
 
 ``bare``: ``av.open(path)``, every frame decoded, every ``round(fps)``-th converted to RGB
 (the old ``iter_frames`` without the checks; it imports longvu too, so that wall time and
-peak RSS differ by decoding only).  ``intake``: ``longvu.video.iter_frames``:
+peak RSS differ by decoding only).  ``intake``: ``longvu.model.video.iter_frames``:
 the file opened by us and read by FFmpeg through a Python file object, the format
 allow-list, the checks per frame (limits, rotation, PTS).  Each run is a fresh process;
 the decode time (wall, and CPU over all threads) is measured inside it, imports
@@ -29,7 +29,7 @@ from .long_video import make_video, run_rss
 def bare(video: str) -> None:
     import av
 
-    import longvu.video  # noqa: F401 (the same imports as `intake`, so wall and RSS compare decoding only)
+    import longvu.model.video  # noqa: F401 (the same imports as `intake`, so wall and RSS compare decoding only)
 
     t0, c0 = time.perf_counter(), time.process_time()
     n = 0
@@ -47,7 +47,8 @@ def bare(video: str) -> None:
 def intake(video: str) -> None:
     import av  # noqa: F401 (imported before the clock starts, as in `bare`)
 
-    from longvu.video import MediaLimits, Sampling, iter_frames
+    from longvu.model.intake import MediaLimits
+    from longvu.model.video import Sampling, iter_frames
 
     t0, c0 = time.perf_counter(), time.process_time()
     limits = MediaLimits(max_seconds=24 * 3600, max_frames=10**8, max_pixels=8192 * 8192)  # checked, never hit

@@ -86,7 +86,7 @@ def run_rss(cmd: list[str], env: dict | None = None) -> dict:
 # ----------------------------------------------------------------- child modes
 def decode_only(video: str) -> None:
     """PyAV decode of every frame, sampled ones converted to RGB, at 1 fps."""
-    from longvu.video import Sampling, StreamInfo, iter_frames
+    from longvu.model.video import Sampling, StreamInfo, iter_frames
 
     info = StreamInfo()
     t0 = time.perf_counter()

@@ -75,7 +75,7 @@ def ensure_inputs(args) -> tuple[Path, Path]:
 
 def linear_weight_bytes(ckpt: Path, dtype: str) -> int:
     """Bytes of the LLM's quantizable matrices (every layer's linear weights and the head) in ``dtype``."""
-    from longvu.plan import DTYPE_BYTES, llm_param_counts, load_shapes
+    from longvu.loading.plan import DTYPE_BYTES, llm_param_counts, load_shapes
 
     n = llm_param_counts(load_shapes(str(ckpt)))
     return (n["linear"] + n["head"]) * DTYPE_BYTES[dtype]

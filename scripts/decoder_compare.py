@@ -153,7 +153,7 @@ def ours(path: Path, preset, bound=None) -> tuple[int, float, list[int], np.ndar
     """What the eval runner feeds the model: (frames counted, fps, indices, frames[N, H, W, 3])."""
     from longvu.eval.benchmarks import Item
     from longvu.eval.runner import load_item_video
-    from longvu.video import count_frames
+    from longvu.model.video import count_frames
 
     n, fps = count_frames(path)
     extra = {"bound": list(bound)} if bound else {}
@@ -176,7 +176,7 @@ def theirs(path: Path, preset, bound=None) -> tuple[int, float, list[int], np.nd
 
 
 def all_frames_ours(path: Path) -> np.ndarray:
-    from longvu.video import Sampling, count_frames, iter_frames
+    from longvu.model.video import Sampling, count_frames, iter_frames
 
     _, fps = count_frames(path)
     return np.stack([f for _, _, f in iter_frames(path, Sampling(fps=fps))])

@@ -8,7 +8,7 @@ LongVU field), ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.
 (decoder and connector, bf16), ``generation_config.json``, a tokenizer, and
 ``vision_towers/{siglip,dinov2}`` (float32, as on the hub).  Widths, heads, KV heads,
 vocabulary, patch and image sizes, the connector's dimensions and the context are the
-real ones (``longvu.presets``); only the depth (``--llm-layers``, ``--vision-layers``,
+real ones (``longvu.loading.presets``); only the depth (``--llm-layers``, ``--vision-layers``,
 which also sets SigLIP's unused text tower) can be reduced.  At full depth the tensor
 bytes equal the released model's.
 
@@ -47,7 +47,7 @@ def llm_specs(cfg) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every decoder tensor as saved (a tied lm_head is not saved)."""
     from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
-    from longvu.model import build_llm_config
+    from longvu.loading.load import build_llm_config
 
     llm_cfg = build_llm_config(cfg)
     cls = Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else LlamaForCausalLM
@@ -60,7 +60,7 @@ def llm_specs(cfg) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def connector_specs(cfg, widths: list[int]) -> list[tuple[str, tuple[int, ...]]]:
-    from longvu.connector import SVAConnector
+    from longvu.model.connector import SVAConnector
 
     with torch.device("meta"):
         conn = SVAConnector(cfg, widths)
@@ -205,8 +205,8 @@ def make_checkpoint(
 ) -> dict:  # fmt: skip
     """Write the checkpoint; returns what RANDOM_CHECKPOINT.json records."""
     from longvu.config import LongVUConfig
-    from longvu.encoders import quiet_transformers
-    from longvu.presets import PRESETS, TOWERS, preset
+    from longvu.loading.checkpoint import quiet_transformers
+    from longvu.loading.presets import PRESETS, TOWERS, preset
 
     quiet_transformers()
 

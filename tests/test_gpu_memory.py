@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from longvu import GenerationOptions, LongVU
-from longvu.model import LoadOptions
-from longvu.plan import GiB, Settings, fit, load_shapes, plan
+from longvu.loading.load import LoadOptions
+from longvu.loading.plan import GiB, Settings, fit, load_shapes, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

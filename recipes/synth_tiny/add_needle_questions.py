@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from longvu.eval.store import atomic_write_text
 from longvu.eval.vniah import QUESTION
+from longvu.files import atomic_write_text
 
 
 def needle_line(row: dict) -> dict:

@@ -91,7 +91,7 @@ def build_model(out: Path, seed: int) -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from longvu.config import LongVUConfig
-    from longvu.connector import SVAConnector
+    from longvu.model.connector import SVAConnector
 
     raw = json.loads((TEMPLATE / "config.json").read_text())
     raw.update(CONFIG)
@@ -202,7 +202,7 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
 def needle_frames(rng: np.random.Generator, n: int, size: int) -> list[tuple[str, np.ndarray]]:
     """Word frames as V-NIAH draws them (smaller letters, wide or tall frames, padded square as the
     towers' preprocessing pads them), so the towers read a needle at any of those sizes."""
-    from longvu.preprocess import expand_to_square
+    from longvu.model.preprocess import expand_to_square
 
     out = []
     for _ in range(n):
@@ -231,7 +231,7 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
 
     hf_logging.disable_progress_bar()
 
-    from longvu.preprocess import ImageSpec, preprocess_frames
+    from longvu.model.preprocess import ImageSpec, preprocess_frames
 
     held = min(held, len(frames) // 5)
     pixels = preprocess_frames(frames, ImageSpec.from_preprocessor_config(folder / "preprocessor_config.json"))

@@ -5,7 +5,7 @@
 >>> print(lv.ask("video.mp4", "What is the person doing?").text)  # doctest: +SKIP
 
 The public names are imported on first use (a module ``__getattr__``), so importing a
-light submodule (``longvu.cli`` for ``longvu --help``, ``longvu.config``) does not
+light submodule (``longvu.cli.main`` for ``longvu --help``, ``longvu.config``) does not
 import torch and transformers.
 """
 
@@ -18,18 +18,20 @@ __version__ = "0.1.0"
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "Answer": "pipeline",
-    "GenerationOptions": "generation",
-    "LongVU": "pipeline",
+    "Answer": "pipeline.api",
+    "ChatSession": "pipeline.api",
+    "GenerationOptions": "model.generation",
+    "LongVU": "pipeline.api",
     "LongVUConfig": "config",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "LongVUError": "errors",
     "VideoError": "errors",
-    "Sampling": "video",
-    "Trace": "trace",
-    "VideoClip": "video",
-    "load_video": "video",
+    "MediaLimits": "model.intake",
+    "Sampling": "model.video",
+    "Trace": "pipeline.trace",
+    "VideoClip": "model.video",
+    "load_video": "model.video",
 }
 
 __all__ = sorted(_EXPORTS)

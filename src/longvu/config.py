@@ -15,6 +15,7 @@ the released weights were trained and evaluated with the bugs in place (see
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ DEFAULT_MODEL = "Vision-CAIR/LongVU_Qwen2_7B"  # what `--model` and `from_pretra
 # <|endoftext|> (Qwen2) and <|reserved_special_token_0|> (Llama-3) ids, hard-coded
 # there; we keep them as data so the budget matches the reference exactly.
 REFERENCE_BUDGET_PAD_IDS = {"cambrian_qwen": 151643, "cambrian_llama": 128002}
+
+
+# Marks a run-time field that changes a video's question-independent encoding (stage 1's decisions, the
+# sampler's key masks, the towers' batch shape): the feature cache keys on it (see :func:`feature_fields`).
+CHANGES_FEATURES = {"changes_features": True}
 
 
 @dataclass
@@ -58,11 +64,15 @@ class LongVUConfig:
         default_factory=lambda: ["siglip/CLIP-ViT-SO400M-14-384", "facebook/dinov2-giant-res378"]
     )
     dino_image_size: int = 378  # the reference overrides DINOv2's processor to 378 px
-    encode_chunk: int = 16  # frames per tower forward pass (the reference uses 64); see README "Precision and devices"
+    encode_chunk: int = field(
+        default=16, metadata=CHANGES_FEATURES
+    )  # frames per tower forward pass (the reference uses 64); see README "Precision and devices"
     # --- stage 1: DINOv2 temporal reduction ---
-    dino_threshold: float = 0.83
-    dino_window: int = 16
-    max_frames_cap: int = 400  # cap after temporal reduction ("in case of OOM")
+    dino_threshold: float = field(default=0.83, metadata=CHANGES_FEATURES)
+    dino_window: int = field(default=16, metadata=CHANGES_FEATURES)
+    max_frames_cap: int = field(
+        default=400, metadata=CHANGES_FEATURES
+    )  # cap after temporal reduction ("in case of OOM")
     # --- stage 2: text-guided selection ---
     text_guided: bool = True  # False: the high-res frames are spread evenly (the ablation baseline, not the paper)
     # --- stage 3: spatial token compression ---
@@ -76,9 +86,9 @@ class LongVUConfig:
     min_visual_tokens: int = 64  # a prompt must leave the video at least this (one 8x8 frame), or it fails
     max_history_share: float = 0.5  # earlier chat turns may take at most this share of the video's room
     # --- fixes of reference behaviour, all off by default ---
-    fix_unpad_orientation: bool = False
+    fix_unpad_orientation: bool = field(default=False, metadata=CHANGES_FEATURES)
     fix_frame_pos: bool = False
-    fix_dino_middle_frame: bool = False
+    fix_dino_middle_frame: bool = field(default=False, metadata=CHANGES_FEATURES)
     # --- transformers' own config for the decoder ---
     llm_config: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -96,6 +106,11 @@ class LongVUConfig:
             raise ConfigError(f"max_history_share must be in [0, 1], got {self.max_history_share}")
         if self.dino_window <= 0 or self.stc_window <= 0 or self.max_frames_cap <= 0 or self.encode_chunk <= 0:
             raise ConfigError("dino_window, stc_window, max_frames_cap and encode_chunk must be positive")
+
+    def frame_budget(self, text_len: int = 0) -> int:
+        """Frames stage 1 may keep for a prompt with ``text_len`` text tokens (0: an upper bound for every prompt)."""
+        per_frame = self.lowres_token**2 if self.highres else self.image_token_len
+        return frame_budget(self.tokenizer_model_max_length, self.inference_max_length, per_frame, text_len)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -250,32 +265,21 @@ RUNTIME_RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-# The run-time knobs that change a video's question-independent encoding: stage 1's decisions, the
-# sampler's key masks, and the tower and connector batch shape (float noise).  The feature cache keys
-# on these and on every architecture field; the other run-time knobs act on each question only
-# (budgets, selection, STC, frame positions, the prompt), apart from the frames kept for any budget,
-# which the cache keys on through their count (``keep_all_below``).
-ENCODER_FIELDS: tuple[str, ...] = (
-    "dino_threshold",
-    "dino_window",
-    "max_frames_cap",
-    "fix_dino_middle_frame",
-    "fix_unpad_orientation",
-    "encode_chunk",
-)
-
-
 def runtime_fields() -> dict[str, Any]:
     """The fields ``--set`` may change on the command line, with their types."""
     return {k: v for k, v in LongVUConfig.settable_fields().items() if k not in ARCHITECTURE_FIELDS}
 
 
 def feature_fields() -> tuple[str, ...]:
-    """Config fields whose values change a video's encoded features (the feature cache keys on them).
+    """Config fields whose values change a video's encoded features (the feature cache keys on them):
+    those marked :data:`CHANGES_FEATURES` beside their declaration, and every architecture field.
 
-    ``llm_config`` is left to the model's weight fingerprint, which hashes it.
+    ``llm_config`` is left to the model's weight fingerprint, which hashes it.  The other run-time
+    fields act on each question only (budgets, selection, STC, frame positions, the prompt), apart from
+    the frames kept for any budget, which the cache keys on through their count (``keep_all_below``).
     """
-    return tuple(sorted({*ENCODER_FIELDS, *ARCHITECTURE_FIELDS} - {"llm_config"}))
+    marked = {f.name for f in dataclasses.fields(LongVUConfig) if f.metadata.get("changes_features")}
+    return tuple(sorted((marked | set(ARCHITECTURE_FIELDS)) - {"llm_config"}))
 
 
 def check_set_options(items: list[str] | None) -> dict[str, Any]:
@@ -298,7 +302,6 @@ def check_overrides(overrides: dict[str, Any], source: str = "--set") -> dict[st
 
 
 def _check_override(key: str, raw: Any, allowed: dict[str, Any], source: str) -> Any:
-    import difflib
 
     if key in ARCHITECTURE_FIELDS:
         raise ConfigError(f"{source} {key}: {ARCHITECTURE_FIELDS[key]}; only run-time settings can be set")
@@ -323,3 +326,13 @@ def parse_set_options(items: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def frame_budget(max_length: int, inference_max_length: int, tokens_per_frame: int, text_len: int = 0) -> int:
+    """The one frame-budget rule (the reference's ``max_frames_dino``): how many frames of
+    ``tokens_per_frame`` tokens fit beside ``text_len`` text tokens and the answer's reserve, at least 1.
+
+    Used by stage 2's budgets (:func:`longvu.model.compress.selection.compute_budget`), by the encoder
+    (every frame is kept below it) and by the memory planner.
+    """
+    return max(1, (max_length - text_len - inference_max_length) // tokens_per_frame)

@@ -35,7 +35,7 @@ class VideoError(LongVUError):
 
 
 class MediaLimitError(VideoError):
-    """The video is over a :class:`longvu.video.MediaLimits` bound (a server answers 413).
+    """The video is over a :class:`longvu.model.intake.MediaLimits` bound (a server answers 413).
 
     ``limit`` names the bound: ``"max_pixels"``, ``"max_frames"`` or ``"max_seconds"``.
     """

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LongVUError
-from ..prompt import DESCRIBE_PROMPT
+from ..model.prompt import DESCRIBE_PROMPT
 from . import common as c
 
 COMMANDS = {
@@ -107,7 +107,7 @@ def prepare(args: argparse.Namespace) -> RunSettings:
     c.check_output_file(getattr(args, "trace_arrays", None), "--trace-arrays")
     info = c.check_video_path(args.video)
     c.check_time_range(info, args.start, args.end)
-    from ..video import Sampling
+    from ..model.video import Sampling
 
     sampling = Sampling(fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end)
     return RunSettings(overrides, sampling, c.generation_options(args))
@@ -116,7 +116,7 @@ def prepare(args: argparse.Namespace) -> RunSettings:
 def _observer(args):
     if not (args.trace or args.trace_arrays):
         return None
-    from ..observe import ParityObserver
+    from ..model.observe import ParityObserver
 
     return ParityObserver(arrays=bool(args.trace_arrays))
 

@@ -1,4 +1,4 @@
-"""``longvu cache info|clear``: the feature cache (:mod:`longvu.cache`), without loading a model."""
+"""``longvu cache info|clear``: the feature cache (:mod:`longvu.pipeline.cache`), without loading a model."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cache import FeatureCache
+    from ..pipeline.cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
     if args.action == "info":

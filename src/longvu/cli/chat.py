@@ -97,7 +97,7 @@ def _turn(args, session, question: str, generation, live: bool) -> None:
 
 def history_file(cache_dir: str | None) -> Path:
     """``chat_history`` in the cache folder (``--cache-dir``, ``$LONGVU_CACHE_DIR`` or ~/.cache/longvu)."""
-    from ..cache import default_cache_dir
+    from ..pipeline.cache import default_cache_dir
 
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / "chat_history"
 

@@ -179,6 +179,6 @@ def _print_stream(args, resp) -> None:
     sys.stdout.write(("" if live else "".join(text).strip()) + "\n")
     sys.stdout.flush()
     if report is not None:
-        from ..trace import summary_lines
+        from ..pipeline.trace import summary_lines
 
         log(args, summary_lines(report["counts"], len(report["high_res_indices"])))

@@ -121,7 +121,7 @@ TINY_NOTE = "# the tiny test checkpoint: offline, on a CPU, in seconds (its answ
 
 def sampling_defaults() -> str:
     """The released checkpoints' sampling settings, from their generation_config.json (presets)."""
-    from ..presets import PRESETS
+    from ..loading.presets import PRESETS
 
     parts = []
     for name, p in PRESETS.items():
@@ -222,8 +222,8 @@ def check_generation_args(args) -> None:
 
 
 def generation_options(args):
-    """:class:`~longvu.generation.GenerationOptions` from checked arguments (imports torch)."""
-    from ..generation import GenerationOptions
+    """:class:`~longvu.model.generation.GenerationOptions` from checked arguments (imports torch)."""
+    from ..model.generation import GenerationOptions
 
     return GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
                              top_p=args.top_p, top_k=args.top_k, seed=args.seed)  # fmt: skip
@@ -233,13 +233,13 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def check_video_path(video: str):
-    """The video argument probed (a :class:`~longvu.video.MediaInfo`), or a one-line error."""
+    """The video argument probed (a :class:`~longvu.model.intake.MediaInfo`), or a one-line error."""
     if _URL.match(video):
         raise LongVUError(
             f"{video}: a URL; `longvu ask`, `describe` and `chat` read local files (download it first), "
             "only `longvu serve --allow-remote-urls` fetches URLs"
         )
-    from ..video import probe_video
+    from ..model.intake import probe_video
 
     return probe_video(video)
 
@@ -305,10 +305,10 @@ def log(args, msg: str) -> None:
 
 
 def open_checkpoint(args, overrides: dict, question: str | None = None):
-    """The checkpoint ``--model`` names, opened without torch (:mod:`longvu.checkpoint`): a missing or
+    """The checkpoint ``--model`` names, opened without torch (:mod:`longvu.loading.checkpoint`): a missing or
     malformed folder, and a ``question`` that cannot fit its context, fail here in about a second."""
-    from ..checkpoint import open_checkpoint as open_light
-    from ..context import check_question
+    from ..loading.checkpoint import open_checkpoint as open_light
+    from ..model.context import check_question
 
     ckpt = open_light(args.model, overrides)
     if question is not None:
@@ -320,8 +320,8 @@ def load_model(args, overrides: dict, progress: bool, question: str | None = Non
     """The :class:`~longvu.LongVU` the arguments name (the slow step: every check comes before it,
     :func:`open_checkpoint` included, with ``question`` when one is known)."""
     ckpt = open_checkpoint(args, overrides, question)
-    from ..cache import FeatureCache
-    from ..pipeline import LongVU
+    from ..pipeline.api import LongVU
+    from ..pipeline.cache import FeatureCache
 
     t0 = time.perf_counter()
     log(args, f"loading {args.model} ...")
@@ -338,7 +338,7 @@ def load_model(args, overrides: dict, progress: bool, question: str | None = Non
 
 
 def print_answer(stream, live: bool) -> None:
-    """Write an :class:`~longvu.pipeline.AnswerStream` to stdout, piece by piece if ``live``.
+    """Write an :class:`~longvu.pipeline.api.AnswerStream` to stdout, piece by piece if ``live``.
 
     However the loop ends (the end of the answer, Ctrl-C, a closed stdout), the generation
     is stopped and its thread joined before this returns or raises.
@@ -409,12 +409,12 @@ def add_placement_options(g) -> None:
 
 
 def load_options(args):
-    """:class:`longvu.model.LoadOptions` from parsed arguments."""
-    from ..model import LoadOptions
+    """:class:`longvu.loading.load.LoadOptions` from parsed arguments."""
+    from ..loading.load import LoadOptions
 
     gpu = getattr(args, "llm_gpu_memory", None) or None
     if gpu is not None:  # the planner's module only when it is needed (a cached `ask` does not import it)
-        from ..plan import parse_size
+        from ..loading.plan import parse_size
 
         gpu = parse_size(gpu)
     return LoadOptions(

@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 
 
 def settings_from_args(args):
-    from ..plan import Settings, parse_size
+    from ..loading.plan import Settings, parse_size
 
     args.device = resolve_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else {"cpu": "float32", "mps": "float16"}.get(args.device, "bfloat16")
@@ -78,7 +78,7 @@ def resolve_device(device: str) -> str:
         return device
     if not _may_have_gpu():
         return "cpu"
-    from ..model import pick_device
+    from ..loading.load import pick_device
 
     return pick_device("auto").type
 
@@ -94,7 +94,8 @@ def _probe(path: str) -> tuple[float, tuple[int, int]]:
     """Length in minutes and frame size of a video, from its container (nothing decoded)."""
     import av
 
-    from ..video import count_frames, probe_video
+    from ..model.intake import probe_video
+    from ..model.video import count_frames
 
     probe_video(path)
     total, fps = count_frames(path)
@@ -104,7 +105,7 @@ def _probe(path: str) -> tuple[float, tuple[int, int]]:
 
 
 def _check(st) -> None:
-    from ..quantize import check_scheme
+    from ..loading.quantize import check_scheme
 
     check_scheme(st.quantize, st.device)
     if {st.device, st.vdev} == {"cuda", "mps"}:
@@ -115,7 +116,7 @@ def _check(st) -> None:
 
 def run(args) -> int:
     from ..config import check_set_options
-    from ..plan import fit, load_shapes, parse_size, plan
+    from ..loading.plan import fit, load_shapes, parse_size, plan
 
     overrides = check_set_options(args.overrides)
     st = settings_from_args(args)

@@ -105,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from ..adapter import merge_checkpoint
+    from ..loading.adapter import merge_checkpoint
 
     out = merge_checkpoint(args.model, args.adapter, args.out, dtype=args.dtype)
     print(f"wrote {out}")

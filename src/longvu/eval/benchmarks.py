@@ -19,28 +19,15 @@ Layouts (``DIR`` is ``--data``):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LongVUError
 from .answers import letters_for
+from .items import Item
 from .synthetic import load_synthetic
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-
-
-@dataclass
-class Item:
-    """One question.  ``answer`` is a letter, or ``None`` where the benchmark hides it."""
-
-    qid: str
-    benchmark: str
-    video: str
-    prompt: str
-    letters: list[str]
-    answer: str | None
-    category: str
-    extra: dict = field(default_factory=dict)  # duration, bound, frames folder, ...
 
 
 @dataclass(frozen=True)
@@ -131,6 +118,7 @@ def load_videomme(data: Path, subtitles: bool = False) -> list[Item]:
                                 data / "test-00000-of-00001.parquet") if p.exists()), None)  # fmt: skip
     if parquet is None:
         raise LongVUError(f"{data}: no videomme/test-00000-of-00001.parquet (the Video-MME layout)")
+    # lazy: pyarrow comes with the eval extra
     import pyarrow.parquet as pq
 
     rows = pq.read_table(parquet).to_pylist()

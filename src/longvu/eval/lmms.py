@@ -30,18 +30,22 @@ import os
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from loguru import logger
+from PIL import Image
+from tqdm import tqdm
 
 from ..errors import LongVUError
-from ..generation import GenerationOptions
-from ..model import DEFAULT_MODEL
-from ..pipeline import LongVU
-from ..prompt import IMAGE_MARKER
-from ..video import Sampling, VideoClip
+from ..loading.load import DEFAULT_MODEL
+from ..model.generation import GenerationOptions
+from ..model.prompt import IMAGE_MARKER
+from ..model.video import Sampling, VideoClip
+from ..pipeline.api import LongVU
 from .benchmarks import PRESETS, Preset
+from .runner import preset_clip
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # lmms-eval's keyword arguments that are not ours (it passes them to every model).
@@ -122,8 +126,6 @@ class LongVULmms(lmms):
         if req.frames is not None:
             feats = lv.features(frames_clip(req.frames))
         elif preset is not None:
-            from .runner import preset_clip
-
             feats = lv.features(preset_clip(req.path, preset, req.bound))
         else:
             start, end = req.bound if req.bound else (None, None)
@@ -147,7 +149,6 @@ class LongVULmms(lmms):
 
     # ------------------------------------------------------------ lmms-eval's interface
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        from tqdm import tqdm
 
         out = []
         for req in tqdm(requests, desc="longvu", disable=self.rank != 0):
@@ -174,8 +175,8 @@ class LongVULmms(lmms):
         ``GenerationResult``: lmms-eval 0.7.3 turns any other non-string response into its
         ``str()`` before scoring, which breaks multiple-choice tasks.
         """
+        # lazy: lmms_eval comes with the lmms extra
         from lmms_eval.api.instance import GenerationResult
-        from tqdm import tqdm
 
         out = []
         for req in tqdm(requests, desc="longvu", disable=self.rank != 0):
@@ -199,7 +200,6 @@ class LongVULmms(lmms):
 def video_request(visuals) -> _VideoRequest | None:
     """What a task's ``doc_to_visual`` returned, as one video (None: none, a text-only question;
     several videos are refused)."""
-    from PIL import Image
 
     items = list(_flatten(visuals))
     if not items:
@@ -233,7 +233,6 @@ def _flatten(visuals):
 
 def frames_clip(images, fps: float = 1.0, name: str = "<frames>") -> VideoClip:
     """Ordered images as a video's frames, ``fps`` apart (each resized to the first one's size)."""
-    import numpy as np
 
     first = images[0].convert("RGB")
     size = first.size

@@ -22,11 +22,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from ..config import LongVUConfig
 from ..errors import LongVUError
+from ..files import atomic_write_text
+from ..model.video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames
+from ..pipeline.api import GenerationOptions, LongVU
 from .answers import parse_choice
 from .benchmarks import PRESETS, Item, Preset
-from .store import RESULTS, ResultWriter, atomic_write_text, check_settings, exclusive, read_results, write_results
+from .store import RESULTS, ResultWriter, check_settings, exclusive, read_results, write_results
 from .workers import Queue, local_results, one_line, ray_results
 
 __all__ = ["RESULTS", "Evaluator", "ResultWriter", "read_results", "run_benchmark", "summarize"]
@@ -49,14 +55,9 @@ def preset_clip(video: str | Path, preset: Preset, bound: tuple[float, float] | 
 
     ``frames_folder``: ``video`` is a folder of ``%05d.jpg`` frames at 3 fps (MVBench's rule).
     """
-    import numpy as np
-
-    from ..video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames
 
     path = Path(video)
     if frames_folder:
-        from PIL import Image
-
         if not path.is_dir():
             raise LongVUError(f"{path}: no such frame folder")
         # The script counts every entry of the folder; the published folders hold only the JPEGs.
@@ -81,15 +82,12 @@ class Evaluator:
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto", overrides: dict | None = None,
                  max_new_tokens: int = 5, adapter: str | None = None) -> None:  # fmt: skip
-        from ..pipeline import LongVU
-
         self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False,
                                          adapter=adapter)  # fmt: skip
         self.max_new_tokens = max_new_tokens
 
     def run_group(self, group: list[dict], preset: Preset) -> list[dict]:
         """One result line per question; a failure is an error line (retried by the next run), never a stop."""
-        from ..pipeline import GenerationOptions
 
         items = [Item(**g) for g in group]
         try:
@@ -118,6 +116,7 @@ def _reason(e: Exception) -> str:
 def subtitle_text(srt: str, frame_indices: list[int], fps: int, lv) -> str:
     """VideoMME's subtitle prefix as eval_videomme.py builds it: the line showing at each sampled
     frame, without [Music]/[Applause] and repeats, thinned to about 200 lines past 6000 tokens."""
+    # lazy: pysubs2 comes with the eval extra
     import pysubs2
 
     subs = pysubs2.load(srt, encoding="utf-8")

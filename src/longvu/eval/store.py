@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -23,40 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LongVUError
+from ..files import atomic_write_text
 
 RESULTS = "results.jsonl"
 SETTINGS = "settings.json"
 LOCK = ".lock"
 SETTINGS_FORMAT = "longvu-eval-settings/1"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path`` with ``text``: a temporary file beside it, fsync, rename, fsync of the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a folder; the rename itself is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_results(path: Path) -> dict[str, dict]:
@@ -109,7 +82,6 @@ class ResultWriter:
 @contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
     """Hold ``folder/.lock`` for the duration; a second holder gets a one-line error."""
-    import fcntl
 
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..train.data import DataError, Example, load_examples, resolve_data
+from .answers import letters_for
+from .items import Item
 
 
 def length_bucket(seconds: int) -> str:
@@ -25,7 +27,6 @@ def length_bucket(seconds: int) -> str:
 
 def _check_choice(ex: Example) -> tuple[list[str], str, str]:
     """``(options, answer letter, family)`` of a synth line, or ValueError."""
-    from .answers import letters_for
 
     options, answer, family = ex.extra.get("options"), ex.extra.get("answer"), ex.extra.get("family")
     if not isinstance(options, list) or not 2 <= len(options) <= 26 or not all(isinstance(o, str) for o in options):
@@ -45,8 +46,6 @@ def _check_choice(ex: Example) -> tuple[list[str], str, str]:
 
 def load_synthetic(data: Path) -> list:
     """The questions of a ``longvu synth`` folder as evaluation :class:`~longvu.eval.benchmarks.Item` s."""
-    from .answers import letters_for
-    from .benchmarks import Item
 
     examples = load_examples(data)
     path = resolve_data(data)

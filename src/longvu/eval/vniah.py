@@ -20,7 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import LongVUError
+from ..files import atomic_write_text
+from ..model.generation import GenerationOptions
+from ..model.video import Sampling, load_video
 from ..train.synth import word_frame, write_video
+from .benchmarks import Preset
+from .store import RESULTS, ResultWriter, check_settings, exclusive, read_results, write_results
 
 NEEDLES = ["APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN"]
 QUESTION = "One frame of this video shows a single word in large letters. What is that word? Answer with the word only."
@@ -29,9 +35,8 @@ QUESTION = "One frame of this video shows a single word in large letters. What i
 def haystack_frames(source: str | None, n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
     """``n`` frames at 1 fps from ``source`` (looped if short), or synthetic ones."""
     if source:
+        # lazy: PIL only on this path (the module imports without it)
         from PIL import Image
-
-        from ..video import load_video
 
         clip = load_video(source)
         base = [np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in clip.frames]
@@ -77,8 +82,7 @@ def generate(
 
 
 def score_item(lv, item: dict, root: Path, mode: str = "teacher", sampling=None) -> dict:
-    """Answer one V-NIAH item; returns the result line (``sampling``: a :class:`~longvu.video.Sampling`)."""
-    from ..generation import GenerationOptions
+    """Answer one V-NIAH item; returns the result line (``sampling``: a :class:`~longvu.model.video.Sampling`)."""
 
     feats = lv.features(str(root / item["video"]), sampling)
     if mode == "generate":
@@ -117,14 +121,15 @@ class VniahEvaluator:
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto", overrides: dict | None = None,
                  mode: str = "teacher", adapter: str | None = None) -> None:  # fmt: skip
-        from ..pipeline import LongVU
+        # lazy: this module imports without torch; the caller's path needs it only here
+        from ..pipeline.api import LongVU
 
         self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False,
                                          adapter=adapter)  # fmt: skip
         self.mode = mode
 
     def run_group(self, group: list[dict], preset) -> list[dict]:
-        from ..video import Sampling
+        # lazy: this module imports without torch; the caller's path needs it only here
         from .workers import one_line
 
         sampling = Sampling(fps=preset.sample_fps, max_frames=preset.max_frames)
@@ -138,9 +143,11 @@ class VniahEvaluator:
 
 
 def heatmap(results: list[dict], path: str | Path, title: str = "V-NIAH") -> None:
+    # lazy: matplotlib comes with the bench/eval extra
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib comes with the bench/eval extra
     import matplotlib.pyplot as plt
 
     lengths = sorted({r["length"] for r in results})
@@ -172,10 +179,8 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
     sampled at ``sample_fps`` (at most ``max_frames``, evenly spaced); ``workers`` model
     processes, or Ray actors with ``ray_address``.
     """
-    from ..errors import LongVUError
-    from .benchmarks import Preset
+    # lazy: this module imports without torch; the caller's path needs it only here
     from .runner import answer_groups, run_settings
-    from .store import RESULTS, ResultWriter, check_settings, exclusive, read_results, write_results
 
     root = Path(data)
     manifest = root / "vniah.json"
@@ -215,7 +220,6 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
 
 def _summarize(ordered: list[dict], mode: str, out: Path) -> dict:
     """summary.json and heatmap.png for the scored items."""
-    from .store import atomic_write_text
 
     n = len(ordered)
     summary = {

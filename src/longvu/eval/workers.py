@@ -14,15 +14,19 @@ others (each would reload a multi-GB model), and it cannot say which task was to
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait
 from typing import Any
 
-from ..devices import ray_cpus_per_gpu, worker_threads
+import torch
+
 from ..errors import LongVUError
+from ..model.devices import ray_cpus_per_gpu, worker_threads
 
 DEATHS_PER_GROUP = 2  # a group whose worker died this many times is given up (retried next run)
 STARTUP_DEATHS = 3  # this many deaths in a row with no answer in between end the run
@@ -89,7 +93,6 @@ def _worker_main(conn, evaluator, kw: dict, gpu: str | None, threads: int) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops its workers itself
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before CUDA starts in this process
-    import torch
 
     torch.set_num_threads(threads)
     worker = Worker(evaluator, kw)
@@ -159,16 +162,12 @@ def gpu_for_slot(slot: int, device: str) -> str | None:
     if visible is not None:
         ids = [x.strip() for x in visible.split(",") if x.strip()]
     else:
-        import torch
-
         ids = [str(i) for i in range(torch.cuda.device_count())]
     return ids[slot % len(ids)] if len(ids) > 1 else None
 
 
 def local_results(queue: Queue, preset, evaluator, kw: dict, n: int) -> Iterator[list[dict]]:
     """Answer the queue with ``n`` spawned processes, replacing any that die."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")
     procs = [_Process(ctx, slot, evaluator, kw, n) for slot in range(n)]
@@ -232,6 +231,7 @@ def _handle(msg: tuple, task: Task, queue: Queue, holder) -> Iterator[list[dict]
 # ------------------------------------------------------------------ Ray actors
 def ray_results(queue: Queue, preset, evaluator, kw: dict, n: int, address: str, gpus: float | None):
     """Answer the queue with ``n`` Ray actors, replacing any that die."""
+    # lazy: ray comes with the eval/serve-ray extras
     import ray
 
     started = not ray.is_initialized()
@@ -262,6 +262,7 @@ class _Actor:
         self.answered = 0
 
     def kill(self) -> None:
+        # lazy: ray comes with the eval/serve-ray extras
         import ray
 
         try:
@@ -271,6 +272,7 @@ class _Actor:
 
 
 def _drive_actors(queue: Queue, preset, slots: list[_Actor], actor_cls, evaluator, kw: dict):
+    # lazy: ray comes with the eval/serve-ray extras
     import ray
 
     while True:

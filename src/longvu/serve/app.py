@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server around one :class:`~longvu.pipeline.LongVU`.
+"""An OpenAI-compatible HTTP server around one :class:`~longvu.pipeline.api.LongVU`.
 
 ``POST /v1/chat/completions`` takes the video as a content part
 ``{"type": "video_url", "video_url": {"url": ...}}`` (as vLLM does), where the url is
@@ -17,19 +17,32 @@ import asyncio
 import re
 import time
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Request
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from python_multipart.exceptions import FormParserError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
+from .. import __version__
 from ..errors import LongVUError
-from ..pipeline import LongVU
+from ..model.intake import probe_video
+from ..pipeline.api import LongVU
 from .errors import APIError, clip, public_error, quota_error, too_large
+from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
 from .jobs import ChatJob, Jobs, LocalBackend, Worker, drain, frames_budget, preparer, run_job
 from .media import allowed_local, resolve_media
 from .openai import completion, parse_chat_request, parse_json, sse
 from .parts import Media, client_wait_s
+from .remote import Downloader
 from .settings import ServerSettings
 from .store import MediaStore, QuotaExceeded, UploadError, UploadTooLarge, receive_upload
+from .thumbnails import thumbnail_jpeg
 
 STATIC = Path(__file__).parent / "static"
 
@@ -44,11 +57,6 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
     :mod:`longvu.serve.replicas` passes one that spreads them over Ray Serve replicas.
     ``app.state.jobs.cancel_all()`` stops every request in progress (what a shutdown calls).
     """
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI
-
-    from .remote import Downloader
 
     settings = settings or ServerSettings()
     backend = backend or LocalBackend(lv)
@@ -83,9 +91,6 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
 
 def _guards(app, settings: ServerSettings) -> None:
     """The front door (``longvu.serve.guard``): Host, then CORS if configured, then origin, key and body checks."""
-    from starlette.middleware.cors import CORSMiddleware
-
-    from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
 
     json_limit = int(settings.max_json_mb * 1024 * 1024)
     rules = {("POST", "/v1/chat/completions"): BodyRule("application/json", json_limit, "a chat request"),
@@ -100,10 +105,6 @@ def _guards(app, settings: ServerSettings) -> None:
 
 def _error_handlers(app) -> None:
     """Every error in OpenAI's shape; an unexpected one is a 500 that names only its type."""
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.requests import ClientDisconnect
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
@@ -156,7 +157,6 @@ def _file_routes(app, store: MediaStore, settings: ServerSettings) -> None:
 
     @app.post("/v1/files")
     async def upload(request: Request):
-        from python_multipart.exceptions import FormParserError
 
         try:
             fid, path, fields = await receive_upload(request.stream(), request.headers.get("content-type", ""),
@@ -187,7 +187,6 @@ def _file_routes(app, store: MediaStore, settings: ServerSettings) -> None:
 def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: ServerSettings, jobs: Jobs,
                 downloader) -> None:  # fmt: skip
     """``POST /v1/chat/completions``: parse, resolve the video, queue the job, answer or stream."""
-    from fastapi.responses import StreamingResponse
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -230,7 +229,6 @@ def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
     through the intake with the server's limits; ``/v1/video`` serves only an accepted
     video, with the media type of its container as found by content.  Behind the API key.
     """
-    from fastapi.responses import FileResponse, Response
 
     def held(video: str) -> str:
         if video.startswith("data:") or re.match(r"^https?://", video, re.I):
@@ -245,14 +243,12 @@ def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
 
     @app.get("/v1/thumbnail")
     async def thumbnail(video: str, t: float, w: int = 160):
-        from .thumbnails import thumbnail_jpeg
 
         data = await asyncio.to_thread(thumbnail_jpeg, held(video), t, w, settings.limits)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/v1/video")
     async def video_file(video: str):
-        from ..video import probe_video
 
         path = held(video)
         info = await asyncio.to_thread(probe_video, path, settings.limits)
@@ -260,7 +256,7 @@ def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
                             headers={"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline"})  # fmt: skip
 
 
-# Media types of the accepted containers (``longvu.video.CONTAINER_FORMATS``), for the page's player.
+# Media types of the accepted containers (``longvu.model.intake.CONTAINER_FORMATS``), for the page's player.
 VIDEO_TYPES = {"mov,mp4,m4a,3gp,3g2,mj2": "video/mp4", "matroska,webm": "video/webm", "avi": "video/x-msvideo",
                "mpegts": "video/mp2t", "mpeg": "video/mpeg", "flv": "video/x-flv", "asf": "video/x-ms-asf",
                "ogg": "video/ogg"}  # fmt: skip
@@ -268,7 +264,6 @@ VIDEO_TYPES = {"mov,mp4,m4a,3gp,3g2,mj2": "video/mp4", "matroska,webm": "video/w
 
 def _page_routes(app) -> None:
     """The web page and its static files (served by the app: no CDN); a fixed list of files, no paths."""
-    from fastapi.responses import FileResponse
 
     @app.get("/")
     async def index():
@@ -282,7 +277,6 @@ def _page_routes(app) -> None:
 
 
 def _version() -> str:
-    from .. import __version__
 
     return __version__
 
@@ -292,7 +286,6 @@ def serve(lv: LongVU, settings: ServerSettings, host: str, port: int) -> None:
     (encoding stops within a frame, generation within a token), so the requests end and
     uvicorn's graceful shutdown has nothing long to wait for; ``shutdown_timeout_s`` bounds
     the wait all the same."""
-    import uvicorn
 
     app = create_app(lv, settings)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -55,7 +56,6 @@ class BodyRule:
 async def send_error(send, status: int, message: str, code: str, type_: str = "invalid_request_error",
                      headers: dict | None = None) -> None:  # fmt: skip
     """An error in OpenAI's JSON shape, sent straight from the middleware."""
-    import json
 
     body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 
 from ..errors import Cancelled, LongVUError
-from ..generation import GenerationOptions
-from ..pipeline import LongVU
-from ..video import MediaLimits
+from ..model.generation import GenerationOptions
+from ..model.intake import MediaLimits
+from ..pipeline.api import LongVU
 from .errors import APIError, ended, public_error, timed_out
 from .parts import Media, frames_from_images
 from .settings import ServerSettings
@@ -164,7 +164,7 @@ def frames_budget(settings: ServerSettings) -> int:
 def run_chat_job(lv: LongVU, job: ChatJob, cancel: threading.Event):
     """Encode (or read from the cache) the job's video and start its answer: an AnswerStream.
 
-    The server's :class:`~longvu.video.MediaLimits` apply while decoding (a
+    The server's :class:`~longvu.model.intake.MediaLimits` apply while decoding (a
     :class:`~longvu.errors.MediaLimitError` past them), not from the header.
     """
     media = job.media

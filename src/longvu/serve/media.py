@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import APIError, clip, too_large
 from .parts import Media
+from .remote import RemoteRefused, RemoteTooLarge
 from .settings import ServerSettings
 from .store import MediaStore
 
@@ -112,7 +113,6 @@ class _Reserving:
 
 async def _download(url: str, settings: ServerSettings, store: MediaStore, downloader, budget: _Budget):
     """Fetch ``url`` on the downloader's threads into a store file (see :mod:`longvu.serve.remote`)."""
-    from .remote import RemoteRefused, RemoteTooLarge
 
     _, path = store.new_path("tmp")
     with open(path, "xb") as out:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..errors import Cancelled
-from ..generation import GenerationOptions
+from ..model.generation import GenerationOptions
 from .errors import APIError, media_error, timed_out
 from .jobs import Jobs, outcome
 from .parts import Media, add_part, parse_media_io_kwargs

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MediaLimitError, VideoError
-from ..video import NO_LIMITS, MediaLimits, Sampling, VideoClip
+from ..model.intake import NO_LIMITS, MediaLimits
+from ..model.video import Sampling, VideoClip
 
 # Image frames one request may carry at most (each is decoded to RGB in memory).
 MAX_IMAGE_FRAMES = 1024
@@ -112,6 +113,7 @@ def frames_from_images(paths: list[str], media: Media, limits: MediaLimits | Non
     a :class:`~longvu.errors.MediaLimitError` otherwise.  Raises
     :class:`~longvu.errors.VideoError` for a file that is not a readable image.
     """
+    # lazy: numpy only on this path (the module imports without it)
     import numpy as np
 
     limits = limits or NO_LIMITS
@@ -133,7 +135,10 @@ def frames_from_images(paths: list[str], media: Media, limits: MediaLimits | Non
 
 def _image_frame(path: str, k: int, limits: MediaLimits, size: tuple[int, int] | None):
     """``[H, W, 3]`` uint8 RGB of image frame ``k`` (resized to ``size`` if given)."""
+    # lazy: numpy only on this path (the module imports without it)
     import numpy as np
+
+    # lazy: PIL only on this path (the module imports without it)
     from PIL import Image
 
     try:

@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 
+import torch
 from ray import serve
 
 from ..errors import Cancelled, LongVUError
+from ..pipeline.api import LongVU
+from ..pipeline.cache import FeatureCache
 from .app import create_app
 from .errors import APIError, public_error
 from .jobs import ChatJob, run_chat_job
@@ -49,10 +53,6 @@ class ModelReplica:
     """One LongVU model; streams a chat job's text pieces, then its Answer."""
 
     def __init__(self, model: str, load: dict, cache_dir: str | None, threads: int | None) -> None:
-        import torch
-
-        from ..cache import FeatureCache
-        from ..pipeline import LongVU
 
         if threads:
             torch.set_num_threads(threads)
@@ -125,6 +125,7 @@ class RemoteStream:
         self.answer = None
 
     def __iter__(self):
+        # lazy: ray comes with the eval/serve-ray extras
         from ray.exceptions import RayError
 
         for attempt in range(2):
@@ -197,6 +198,7 @@ def start(model: str, load: dict, settings: ServerSettings, *, host: str, port: 
           address: str | None = None, gpus: float | None = None, cpus: float = 1.0, cache_dir: str | None = None,
           ray_init: dict | None = None) -> str:  # fmt: skip
     """Connect to (``address``) or start a local Ray cluster, deploy, and return the HTTP base URL."""
+    # lazy: ray comes with the eval/serve-ray extras
     import ray
 
     if not ray.is_initialized():
@@ -219,8 +221,8 @@ def run(model: str, load: dict, settings: ServerSettings, **kw) -> None:
     On the way out the application is deleted and a local Ray cluster this process started
     is stopped (SIGTERM is turned into KeyboardInterrupt so that this cleanup runs).
     """
-    import signal
 
+    # lazy: ray comes with the eval/serve-ray extras
     import ray
 
     def _interrupt(*_):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..video import MediaLimits
+from ..model.intake import MediaLimits
 from .guard import LOOPBACK_HOSTS
 
 

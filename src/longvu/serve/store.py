@@ -169,6 +169,7 @@ async def receive_upload(stream, content_type: str, store: MediaStore, max_bytes
     Raises :class:`UploadError` (or python-multipart's ``FormParserError``), :class:`UploadTooLarge`
     or :class:`QuotaExceeded`.
     """
+    # lazy: python_multipart only on this path (the module imports without it)
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     _, params = parse_options_header(content_type)
@@ -250,6 +251,7 @@ class _Parts:
         self._value.clear()
 
     def _hdone(self) -> None:
+        # lazy: python_multipart only on this path (the module imports without it)
         from python_multipart.multipart import parse_options_header
 
         kind, params = parse_options_header(self._disposition)

@@ -18,7 +18,8 @@ import threading
 from collections import OrderedDict
 
 from ..errors import VideoError
-from ..video import NO_LIMITS, MediaLimits
+from ..model.intake import NO_LIMITS, MediaLimits, open_video, probe_fps
+from ..model.video import Orientation
 
 MAX_WIDTH = 320
 _CACHE: OrderedDict[tuple, bytes] = OrderedDict()
@@ -55,9 +56,8 @@ def thumbnail_jpeg(path: str, seconds: float, width: int = 160, limits: MediaLim
 
 def _frame_at(path: str, seconds: float, limits: MediaLimits):
     """The decoded frame (a PyAV ``VideoFrame``) at ``seconds``: seek to the keyframe before, decode forward."""
+    # lazy: av only on this path (the module imports without it)
     import av
-
-    from ..video import open_video, probe_fps
 
     with open_video(path, limits) as (container, stream):
         half_frame = 0.5 / probe_fps(stream, path)
@@ -82,9 +82,8 @@ def _frame_at(path: str, seconds: float, limits: MediaLimits):
 
 
 def _encode_jpeg(frame, width: int) -> bytes:
+    # lazy: PIL only on this path (the module imports without it)
     from PIL import Image
-
-    from ..video import Orientation
 
     image = Image.fromarray(
         Orientation.of(frame).apply(frame.to_ndarray(format="rgb24"))

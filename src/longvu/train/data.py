@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LongVUError
-from ..prompt import IMAGE_MARKER
+from ..model.prompt import IMAGE_MARKER
 
 DATA_FILE = "data.jsonl"
 ROLES = ("human", "gpt")

@@ -2,7 +2,7 @@
 
     data.jsonl -> per example: prompt ids (the first question, as inference builds them),
     the rest of the conversation and its labels (answers only)
-    -> forward: encoded video (computed once per video) -> :func:`longvu.compose.compose`,
+    -> forward: encoded video (computed once per video) -> :func:`longvu.model.compose.compose`,
     the very stages inference runs (budgets, text-guided selection, STC, prompt template),
     with gradients -> the LLM on ``inputs_embeds`` with labels
 
@@ -29,8 +29,11 @@ conversation: its prompt goes to the LLM as text, through the same composition.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +41,14 @@ import torch
 from torch import nn
 
 from ..errors import LongVUError
-from ..observe import Observer
+from ..files import atomic_write_text
+from ..loading.adapter import CONNECTOR_FILE, LLM_FILE, MANIFEST, write_manifest
+from ..loading.quantize import quiet_quantizers
+from ..model.compose import compose
+from ..model.observe import Observer
+from ..model.prompt import check_message, reserved_markers
+from ..pipeline.api import LongVU
+from ..pipeline.cache import FeatureCache
 from .config import PARTS, TrainConfig
 from .data import DataError, Example, load_examples, resolve_data
 
@@ -64,7 +74,6 @@ class Sample:
 # ------------------------------------------------------------------ data
 def example_tokens(lv, ex: Example) -> Sample:
     """Tokenize one example as inference would see it; ValueError if a turn cannot be used."""
-    from ..prompt import check_message, reserved_markers
 
     markers = reserved_markers(lv.tokenizer)
     turns = [("user" if role == "human" else "assistant", text) for role, text in ex.turns]
@@ -179,6 +188,7 @@ class FeatureStore:
 
     def prepare(self, samples: list[Sample], lines: list[str], progress: bool) -> None:
         """Encode every video before training, so a broken one stops the run at once (naming its line)."""
+        # lazy: tqdm is imported only when this runs (keeps the import light and quiet)
         from tqdm.auto import tqdm
 
         videos = {s.video: where for s, where in zip(samples, lines) if s.video is not None}
@@ -213,7 +223,6 @@ class LongVUForTraining(nn.Module):
 
     def sample_inputs(self, s: Sample) -> tuple[torch.Tensor, list[int]]:
         """``[L, H]`` input embeddings (the same composition as inference) and the ``[L]`` labels."""
-        from ..compose import compose
 
         model = self.lv.model
         feats = None if s.video is None else self.video_features(s.video)
@@ -254,6 +263,7 @@ class LongVUForTraining(nn.Module):
             mask[i, : e.shape[0]] = 1
         full = bool(mask.all())  # no padding: no mask, so attention takes its causal fast path
         hidden = self.llm.model(inputs_embeds=embeds, attention_mask=None if full else mask, use_cache=False)
+        # lazy: transformers is imported only when this runs (keeps the import light and quiet)
         from transformers.modeling_outputs import CausalLMOutput
 
         return CausalLMOutput(loss=answer_loss(hidden.last_hidden_state, labels, self.llm.lm_head))
@@ -296,10 +306,12 @@ def mark_trainable(lv, parts: set[str], cfg: TrainConfig):
         p.requires_grad_(False)
     peft_model = None
     if "llm" in parts and cfg.lora:
-        from ..quantize import quiet_quantizers
+        # lazy: imported under the statement around it (warnings silenced, or only on this branch)
+        from ..loading.quantize import quiet_quantizers
 
         try:
             with quiet_quantizers():  # peft imports torchao when it is installed
+                # lazy: imported under the statement around it (warnings silenced, or only on this branch)
                 from peft import LoraConfig, get_peft_model
         except ImportError:
             raise LongVUError("--lora needs peft: pip install 'longvu[train]'") from None
@@ -308,7 +320,8 @@ def mark_trainable(lv, parts: set[str], cfg: TrainConfig):
         targets = [t for t in LORA_TARGETS if t in present]
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
-        from ..adapter import peft_quietly
+        # lazy: imported under the statement around it (warnings silenced, or only on this branch)
+        from ..loading.adapter import peft_quietly
 
         with peft_quietly():
             peft_model = get_peft_model(model.llm, lcfg)  # injects the LoRA layers into model.llm in place
@@ -331,15 +344,18 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def _trainer_classes():
     """The Trainer and callbacks, built on first use (transformers' Trainer imports accelerate)."""
     try:
+        # lazy: guarded, to say which extra is missing
         from transformers import Trainer, TrainerCallback
     except ImportError as e:  # the Trainer needs accelerate
         raise LongVUError(f"training needs the train extra: pip install 'longvu[train]' ({e})") from None
+    # lazy: transformers is imported only when this runs (keeps the import light and quiet)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class LongVUTrainer(Trainer):
         """Checkpoints hold only the trained tensors (not the frozen base), loaded back by name."""
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            # lazy: safetensors is imported only when this runs (keeps the import light and quiet)
             from safetensors.torch import save_file
 
             output_dir = output_dir or self.args.output_dir
@@ -348,6 +364,7 @@ def _trainer_classes():
                 save_file(trainable_state(self.model), os.path.join(output_dir, STATE_FILE))
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+            # lazy: safetensors is imported only when this runs (keeps the import light and quiet)
             from safetensors.torch import load_file
 
             load_into(model or self.model, load_file(os.path.join(resume_from_checkpoint, STATE_FILE)))
@@ -361,7 +378,7 @@ def _trainer_classes():
         def on_train_begin(self, args, state, control, **kw):
             if state.is_world_process_zero:  # a resumed run drops the lines logged after its checkpoint
                 keep = [x for x in _read_log(self.path) if x["step"] <= state.global_step]
-                _atomic_write(self.path, "".join(json.dumps(x) + "\n" for x in keep))
+                atomic_write_text(self.path, "".join(json.dumps(x) + "\n" for x in keep))
 
         def on_log(self, args, state, control, logs=None, **kw):
             if state.is_world_process_zero and logs and "loss" in logs:
@@ -402,12 +419,6 @@ def _read_log(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    from ..adapter import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 def last_checkpoint(checkpoints: Path) -> Path | None:
     """The newest complete ``checkpoint-N`` folder (one cut off while written has no marker)."""
     done = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
@@ -415,6 +426,7 @@ def last_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def training_arguments(cfg: TrainConfig, out: Path, device):
+    # lazy: transformers is imported only when this runs (keeps the import light and quiet)
     from transformers import TrainingArguments
 
     if cfg.precision not in ("no", "bf16", "fp16"):
@@ -441,7 +453,6 @@ def _checkpointing(cls, on: bool) -> dict:
     """Gradient checkpointing under the name this transformers knows (``activation_checkpointing`` from 5.x)."""
     if not on:
         return {}
-    import inspect
 
     name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(cls).parameters else None
     return {name or "gradient_checkpointing": True}
@@ -456,7 +467,6 @@ def _device(cfg: TrainConfig) -> str:
 
 
 def _check_out(cfg: TrainConfig, out: Path) -> None:
-    from ..adapter import MANIFEST
 
     if cfg.resume:
         return
@@ -466,11 +476,9 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
 
 def train(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     """Fine-tune ``cfg.model`` on ``cfg.data``; returns the output folder (see :func:`save_outputs`)."""
-    from ..cache import FeatureCache
-    from ..pipeline import LongVU
-    from ..quantize import quiet_quantizers
 
     with quiet_quantizers():  # the first transformers import of a run loads torchao (when installed), which notes
+        # lazy: imported under the statement around it (warnings silenced, or only on this branch)
         from transformers import set_seed  # missing CUDA kernels; the Trainer's imports below find it loaded
 
     out = Path(cfg.out)
@@ -508,12 +516,9 @@ def save_outputs(
     lv, wrapper: LongVUForTraining, peft_model, out: Path, *, parts: set[str], overrides: dict | None = None
 ) -> None:
     """Write the adapter folder: peft's LoRA files, ``connector.safetensors`` / ``llm.safetensors``, manifest last."""
-    import shutil
-    import tempfile
 
+    # lazy: safetensors is imported only when this runs (keeps the import light and quiet)
     from safetensors.torch import save_file
-
-    from ..adapter import CONNECTOR_FILE, LLM_FILE, write_manifest
 
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".adapter-"))
     try:

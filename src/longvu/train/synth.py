@@ -67,6 +67,7 @@ def word_frame(word: str, h: int, w: int, scale: float = 1.0) -> np.ndarray:
 
     ``scale`` 1 is V-NIAH's size (a 6-letter word spans about half the width); synth uses 1.6.
     """
+    # lazy: PIL only on this path (the module imports without it)
     from PIL import Image, ImageDraw, ImageFont
 
     img = Image.new("RGB", (w, h), (255, 255, 255))
@@ -154,6 +155,7 @@ def background(scene: Scene, size: int) -> np.ndarray:
 # ------------------------------------------------------------------ writing
 def write_video(path: str | Path, frames: list[np.ndarray], *, fps: int = 1, crf: int = 18) -> None:
     """Encode ``[H, W, 3]`` uint8 frames as H.264 (PyAV), atomically (a temporary file, then rename)."""
+    # lazy: av only on this path (the module imports without it)
     import av
 
     path = Path(path)
@@ -303,6 +305,7 @@ def appearance_centre(plan: Plan, a: Appearance, t: int, size: int) -> tuple[flo
 
 def render(plan: Plan, size: int) -> list[np.ndarray]:
     """The video's frames, ``[size, size, 3]`` uint8 each, word frames included."""
+    # lazy: PIL only on this path (the module imports without it)
     from PIL import Image, ImageDraw
 
     frames = []

@@ -1,0 +1,152 @@
+"""The light half of loading a checkpoint: its folder, config, weight index and tokenizer.
+
+Nothing here imports torch or transformers' modeling code, so the CLI can open a
+checkpoint and refuse a bad folder or a question that cannot fit the context in about a
+second, before :func:`longvu.model.load_model` (which starts with :func:`open_checkpoint`)
+reads any weight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import LongVUConfig
+from ..errors import CheckpointError
+from .quantize import quiet_quantizers
+
+
+def offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local checkpoint folder, or a hub id downloaded (or found in the hub cache)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: a checkpoint must be a folder")
+        return path
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"{name}: no such checkpoint folder")
+    try:
+        # lazy: huggingface_hub only on this path (the module imports without it)
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                name,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"],
+                local_files_only=offline_mode(),
+            )
+        )
+    except Exception as e:  # any hub failure becomes one actionable line
+        raise CheckpointError(
+            f"could not get checkpoint {name!r} from the Hugging Face hub ({type(e).__name__}); "
+            "pass --model PATH to a local checkpoint folder"
+        ) from None
+
+
+def weight_index(folder: Path) -> dict[str, str]:
+    """Tensor name -> shard file, from ``model.safetensors.index.json`` or a single file."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{index}: unreadable index ({e})") from None
+        missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
+        if missing:
+            raise CheckpointError(f"{folder}: missing weight shard(s) {', '.join(missing)}")
+        return dict(weight_map)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        # lazy: safetensors only on this path (the module imports without it)
+        from safetensors import safe_open
+
+        with safe_open(str(single), "numpy") as f:  # the names only: no tensor is read, torch is not imported
+            return {k: single.name for k in f.keys()}
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def load_tokenizer(folder: Path):
+    # lazy: transformers only on this path (the module imports without it)
+    import transformers
+
+    cfg_path = folder / "tokenizer_config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder}: no tokenizer_config.json")
+    cls_name = json.loads(cfg_path.read_text()).get("tokenizer_class") or "PreTrainedTokenizerFast"
+    cls = getattr(transformers, cls_name, None) or getattr(transformers, cls_name.removesuffix("Fast"), None)
+    if cls is None:
+        cls = transformers.PreTrainedTokenizerFast
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # tokenizers raise many types for bad files
+        raise CheckpointError(f"{folder}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars inside the block, then restore them.
+
+    We report loading problems ourselves; the user's own transformers logging settings
+    are left as they were.
+    """
+    # lazy: transformers only on this path (the module imports without it)
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    try:
+        with quiet_quantizers():  # transformers may import torchao, which notes missing CUDA kernels
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint opened without reading a weight: what it is, and what its prompts look like."""
+
+    folder: Path
+    cfg: LongVUConfig
+    weights: dict[str, str]  # tensor name -> shard file
+    tokenizer: object
+
+
+def open_checkpoint(model: str | os.PathLike, overrides: dict | None = None) -> Checkpoint:
+    """Resolve ``model`` (a folder or hub id), read its config (``overrides`` applied), check its
+    weight index and load its tokenizer; a missing or malformed checkpoint is a :class:`CheckpointError`."""
+    folder = resolve_checkpoint(model)
+    cfg = LongVUConfig.from_checkpoint(folder)
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    weights = weight_index(folder)
+    with quiet_transformers():
+        tokenizer = load_tokenizer(folder)
+    return Checkpoint(folder, cfg, weights, tokenizer)
+
+
+def weights_fingerprint(files: list[Path]) -> str:
+    """Cheap identity of weight files: name, size and the sha256 of their first and last MiB."""
+    h = hashlib.sha256()
+    for p in sorted(files):
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()
