@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import Cancelled, LongVUError
+from ..model.encode import VisualFeatures
 from ..model.generation import GenerationOptions
 from ..model.intake import MediaLimits
 from ..pipeline.api import LongVU
@@ -146,7 +147,7 @@ class ChatJob:
     system: str | None
     turns: list[tuple[str, str]]
     media: Media
-    source: str | list[str]
+    source: str | list[str] | VisualFeatures
     gen: GenerationOptions
     limits: MediaLimits
     frames_bytes: int
@@ -154,6 +155,8 @@ class ChatJob:
     @property
     def video_key(self) -> str:
         """Names the video for routing its follow-up turns to the replica holding its features."""
+        if isinstance(self.source, VisualFeatures):
+            return self.source.path
         return self.source if isinstance(self.source, str) else "frames:" + "|".join(self.source)
 
 
@@ -168,7 +171,9 @@ def run_chat_job(lv: LongVU, job: ChatJob, cancel: threading.Event):
     :class:`~longvu.errors.MediaLimitError` past them), not from the header.
     """
     media = job.media
-    if isinstance(job.source, list):  # image parts: the frames of one video
+    if isinstance(job.source, VisualFeatures):  # a live session's snapshot (longvu.serve.live)
+        feats = job.source
+    elif isinstance(job.source, list):  # image parts: the frames of one video
         clip = frames_from_images(job.source, media, job.limits, job.frames_bytes)
         feats = lv.features(clip, cancel=cancel, limits=job.limits)
     else:
