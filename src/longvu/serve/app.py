@@ -48,7 +48,11 @@ from .thumbnails import thumbnail_jpeg
 STATIC = Path(__file__).parent / "static"
 
 
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # what /static/ serves, by name
+STATIC_FILES = {
+    "app.js": "text/javascript",
+    "live.js": "text/javascript",
+    "style.css": "text/css",
+}  # what /static/ serves, by name
 
 
 def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backend=None):
