@@ -96,6 +96,8 @@ def _source(args):
     idle = FollowOptions().idle_end_s if args.idle_end is None else (args.idle_end or None)
     follow = FollowOptions(idle_end_s=idle)
     if args.source == "-":
+        if sys.stdin.isatty():
+            raise LongVUError("standard input is a terminal: pipe the video into `longvu watch -`")
         return LiveSource.open_stream(sys.stdin.buffer, "<stdin>", follow)
     return LiveSource.open_file(args.source, follow)
 

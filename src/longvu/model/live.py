@@ -199,4 +199,4 @@ def live_frames(
     """Sampled frames of a live source as they arrive (see :func:`longvu.model.video.iter_frames`)."""
     limits = limits or NO_LIMITS
     with open_live(source, limits) as opened:
-        yield from sampled_frames(opened, source.name, sampling, info, None, limits, thread_type)
+        yield from sampled_frames(opened, source.name, sampling, info, None, limits, thread_type, True)

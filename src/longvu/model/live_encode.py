@@ -179,8 +179,12 @@ class LiveEncoder:
                 while len(self._backlog) >= 2 * self.model.cfg.dino_window and not self._stop.is_set():
                     self._lock.wait(0.1)
             elif len(self._backlog) >= self.max_backlog:  # behind: keep every other queued frame, the newest last
-                kept = list(self._backlog)[len(self._backlog) % 2 :: 2]
-                self._dropped += len(self._backlog) - len(kept)
+                queued = list(self._backlog)
+                kept = queued[(len(queued) - 1) % 2 :: 2]  # the last one among them
+                for dropped in queued[len(queued) % 2 :: 2]:  # their preprocessing is not needed any more
+                    dropped.dino.cancel()
+                    dropped.siglip.cancel()
+                self._dropped += len(queued) - len(kept)
                 self._backlog = deque(kept)
             self._backlog.append(frame)
             self._decoded_s = frame.time + self._frame_span()
@@ -301,7 +305,8 @@ class LiveEncoder:
             stored = select_frames(sims, sizes, max_frames=0, threshold=cfg.dino_threshold, window=cfg.dino_window,
                                    cap=cfg.max_frames_cap, fix_middle_frame=cfg.fix_dino_middle_frame).kept  # fmt: skip
             all_frames = False
-        sampled = self._log.read([base + p for p in stored])
+        with self._lock:  # not while a window older than the horizon is being deleted
+            sampled = self._log.read([base + p for p in stored])
         indices = [i for w in windows for i in w.indices]
         times = [t for w in windows for t in w.times]
         return VisualFeatures(

@@ -298,15 +298,25 @@ def iter_frames(
 
 def sampled_frames(
     opened: tuple, path: str, sampling: Sampling, info: StreamInfo, only: set[int] | None = None,
-    limits: MediaLimits = NO_LIMITS, thread_type: str = "SLICE",
+    limits: MediaLimits = NO_LIMITS, thread_type: str = "SLICE", by_time_without_rate: bool = False,
 ) -> Iterator[tuple[int, float, np.ndarray]]:  # fmt: skip
-    """:func:`iter_frames`'s frames from an open ``(container, stream)`` (a file's or a live stream's)."""
+    """:func:`iter_frames`'s frames from an open ``(container, stream)`` (a file's or a live stream's).
+
+    ``by_time_without_rate``: a stream that declares no average frame rate (a browser's WebM) is
+    sampled by its timestamps, ``1 / fps`` apart, instead of counting frames at a guessed rate.
+    """
     container, stream = opened
     shape = orientation = None
     info.avg_fps = probe_fps(stream, path)
     info.step = sampling.step(info.avg_fps)
+    due = None if not (by_time_without_rate and not stream.average_rate) else (sampling.start or 0.0)
     for index, frame in _decode(container, stream, limits, path, info, thread_type):
-        if not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
+        if due is not None:  # by time: the first frame at or after each sampling instant
+            t = info.seconds(frame, index)
+            if t < due - 1e-6:
+                continue
+            due += math.floor((t - due) * sampling.fps + 1e-6) / sampling.fps + 1 / sampling.fps
+        elif not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
             continue
         orientation = orientation or Orientation.of(frame)
         rgb = orientation.apply(to_rgb(frame))
