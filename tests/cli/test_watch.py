@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from conftest import QWEN
-from live_util import writer_command
+from live_util import write, writer_command
 
 from longvu.cli.main import main
 
@@ -45,3 +45,18 @@ def test_watch_usage_errors(capsys, tmp_path):
     assert "missing.ts: no such file" in err and "Traceback" not in err and "loading" not in err  # before the model
     assert main(["watch", str(tmp_path), "--ask", "q"]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_watch_file_chat_from_stdin(tmp_path):
+    path = tmp_path / "rec.ts"
+    with open(path, "wb") as f:
+        write(f, 40)
+    r = subprocess.run(
+        [*WATCH, str(path), "--fps", "0.5", "--idle-end", "0", "--max-new-tokens", "3", "--greedy", "--no-stream"],
+        input="/status\nWhat is happening?\n/exit\n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 1  # one answer
+    # a question before the first window waits for it; the file is never taken as finished (--idle-end 0)
+    assert "(waiting for the first window of frames ...)\n[seen 0s to 32s, lag " in r.stderr
+    assert "stream ended" not in r.stderr

@@ -165,6 +165,9 @@ def _chat(args, live, generation, questions) -> None:
                 if not chat._command(args, question.lower(), session):
                     break
             elif question:
+                if live.status()["covered_s"] is None:
+                    c.log(args, "(waiting for the first window of frames ...)")
+                    live.wait(1e-9)
                 c.log(args, status_line(live.status()))
                 chat._turn(args, session, question, generation, stream)
     finally:
