@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import FIXTURES, QWEN
 
-pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'longvu[serve-ray]')")
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install -e '.[serve-ray]' in a clone)")
 
 from longvu.serve.settings import ServerSettings  # noqa: E402
 

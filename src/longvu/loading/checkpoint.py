@@ -26,15 +26,20 @@ def offline_mode() -> bool:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A local checkpoint folder, or a hub id downloaded (or found in the hub cache)."""
+    """A local checkpoint folder, or a hub id downloaded (or found in the hub cache).
+
+    A name that cannot be a hub id (``./x``, ``/x``, ``a/b/c``), or whose first part is a local
+    folder (``models/typo``), is a missing folder; otherwise the hub is asked, and a failure
+    names both readings: not a local folder, and not on the hub (or its local cache, offline).
+    """
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path}: a checkpoint must be a folder")
         return path
     name = str(name_or_path)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise CheckpointError(f"{name}: no such checkpoint folder")
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or path.parent.is_dir():
+        raise CheckpointError(f"{name}: no such checkpoint folder{_nearby(path)}")
     try:
         # lazy: huggingface_hub only on this path (the module imports without it)
         from huggingface_hub import snapshot_download
@@ -48,9 +53,32 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         )
     except Exception as e:  # any hub failure becomes one actionable line
         raise CheckpointError(
-            f"could not get checkpoint {name!r} from the Hugging Face hub ({type(e).__name__}); "
-            "pass --model PATH to a local checkpoint folder"
+            f"{name}: not a local folder, and {_hub_failure(e)}; pass --model PATH to a local checkpoint folder"
         ) from None
+
+
+def _hub_failure(e: Exception) -> str:
+    kind = type(e).__name__
+    if kind == "LocalEntryNotFoundError":
+        why = "HF_HUB_OFFLINE is set" if offline_mode() else "the hub could not be reached"
+        return f"not in the local Hugging Face hub cache ({why})"
+    if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
+        return f"not a checkpoint the Hugging Face hub gives ({kind})"
+    return f"could not be fetched from the Hugging Face hub ({kind})"
+
+
+def _nearby(path: Path) -> str:
+    """`` (did you mean models/x?)`` for a sibling folder with a close name, else nothing."""
+    # lazy: difflib only on this error path
+    import difflib
+
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    near = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    return f" (did you mean {parent / near[0]}?)" if near else ""
 
 
 def weight_index(folder: Path) -> dict[str, str]:
