@@ -134,7 +134,15 @@ def examples(*lines: str) -> str:
 
 TINY_VIDEO = "tests/fixtures/parity/videos/video1.mp4"
 TINY_MODEL = "tests/fixtures/parity/checkpoints/tiny-longvu-qwen2"
-TINY_NOTE = "# the tiny test checkpoint: offline, on a CPU, in seconds (its answers are gibberish by design)"
+TINY_NOTE = "# plumbing only: the tiny test checkpoint (offline, a CPU, seconds); its answers are gibberish by design"
+TRAINED_MODEL = "models/longvu-synth-tiny"
+TRAINED_NOTE = ("# an answer that is right: the model trained here (in a clone; 21 MB, a CPU, seconds) names the word "
+                "one frame of a synth video shows")  # fmt: skip
+TRAINED_DEMO = "longvu synth --out demo --n 1 --seed 5 --cast 1 -q"
+TRAINED_QUESTION = (
+    "One frame of this video shows a single word in large letters. What is that word? Answer with the word only."
+)
+TRAINED_ASK = f'longvu ask demo/videos/s5_000000.mp4 "{TRAINED_QUESTION}" --model {TRAINED_MODEL} --greedy'
 
 
 def sampling_defaults() -> str:
@@ -369,8 +377,10 @@ def load_model(args, overrides: dict, progress: bool, question: str | None = Non
     dtype = str(lv.dtype).removeprefix("torch.")
     if lv.model.options.quantize:
         dtype += f", LLM {lv.model.options.quantize}"
-    log(args, f"loaded in {format_duration(t3 - t0)} (imports {format_duration(t2 - t1)}, weights "
-              f"{format_duration(t3 - t2)}, tokenizer {format_duration(t1 - t0)}) on {lv.device} ({dtype})")  # fmt: skip
+    imports = ckpt.import_s + t2 - t1
+    log(args, f"loaded in {format_duration(t3 - t0)} (imports {format_duration(imports)}, weights "
+              f"{format_duration(t3 - t2)}, config and tokenizer {format_duration(t1 - t0 - ckpt.import_s)}) "
+              f"on {lv.device} ({dtype})")  # fmt: skip
     return lv
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,7 +104,8 @@ def weight_index(folder: Path) -> dict[str, str]:
     raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
-def load_tokenizer(folder: Path):
+def tokenizer_class(folder: Path):
+    """The checkpoint's tokenizer class (importing it is most of a tokenizer's load time)."""
     # lazy: transformers only on this path (the module imports without it)
     import transformers
 
@@ -112,8 +114,11 @@ def load_tokenizer(folder: Path):
         raise CheckpointError(f"{folder}: no tokenizer_config.json")
     cls_name = json.loads(cfg_path.read_text()).get("tokenizer_class") or "PreTrainedTokenizerFast"
     cls = getattr(transformers, cls_name, None) or getattr(transformers, cls_name.removesuffix("Fast"), None)
-    if cls is None:
-        cls = transformers.PreTrainedTokenizerFast
+    return transformers.PreTrainedTokenizerFast if cls is None else cls
+
+
+def load_tokenizer(folder: Path, cls=None):
+    cls = cls or tokenizer_class(folder)
     try:
         return cls.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # tokenizers raise many types for bad files
@@ -151,6 +156,7 @@ class Checkpoint:
     cfg: LongVUConfig
     weights: dict[str, str]  # tensor name -> shard file
     tokenizer: object
+    import_s: float = 0.0  # of the time opening it took, the seconds spent importing the tokenizer's modules
 
 
 def open_checkpoint(model: str | os.PathLike, overrides: dict | None = None) -> Checkpoint:
@@ -161,9 +167,12 @@ def open_checkpoint(model: str | os.PathLike, overrides: dict | None = None) -> 
     if overrides:
         cfg = cfg.with_overrides(overrides)
     weights = weight_index(folder)
+    t0 = time.perf_counter()
     with quiet_transformers():
-        tokenizer = load_tokenizer(folder)
-    return Checkpoint(folder, cfg, weights, tokenizer)
+        cls = tokenizer_class(folder)
+        import_s = time.perf_counter() - t0
+        tokenizer = load_tokenizer(folder, cls)
+    return Checkpoint(folder, cfg, weights, tokenizer, import_s)
 
 
 def weights_fingerprint(files: list[Path]) -> str:

@@ -302,11 +302,12 @@ def _fit_vocab(llm, n_tok: int) -> None:
 def decoder_class(cfg: LongVUConfig):
     """The transformers class of the checkpoint's decoder; importing its modeling module is most of
     a load's import time (the CLI calls this first, to say how long imports took)."""
-    # lazy: transformers is imported only when this runs (keeps the import light and quiet)
-    import transformers
+    with quiet_transformers():  # the modeling import may bring torchao, whose notes stay silent
+        # lazy: transformers is imported only when this runs (keeps the import light and quiet)
+        import transformers
 
-    # the one modeling module this checkpoint needs (transformers imports each on first access)
-    return transformers.Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else transformers.LlamaForCausalLM
+        # the one modeling module this checkpoint needs (transformers imports each on first access)
+        return transformers.Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else transformers.LlamaForCausalLM
 
 
 def _load_llm(
