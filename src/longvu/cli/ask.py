@@ -127,6 +127,6 @@ def encode(args, lv, sampling, observer=None):
     t0 = time.perf_counter()
     feats = lv.features(args.video, sampling, observer=observer)
     how = "from the feature cache" if feats.from_cache else "encoded"
-    c.log(args, f"{len(feats)} frames sampled from {feats.num_frames_total} ({feats.avg_fps:.2f} fps, every "
+    c.log(args, f"{c.plural(len(feats), 'frame')} sampled from {feats.num_frames_total} ({feats.avg_fps:.2f} fps, every "
                 f"{feats.step}); {how} in {time.perf_counter() - t0:.1f}s")  # fmt: skip
     return feats

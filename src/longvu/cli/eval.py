@@ -157,12 +157,13 @@ def _run_vniah(args, overrides: dict) -> int:
                         overrides=overrides, limit=args.limit, sample_fps=args.sample_fps, max_frames=args.max_frames,
                         workers=args.workers, ray_address=args.ray, ray_gpus=args.ray_gpus, force=args.force,
                         adapter=args.adapter)  # fmt: skip
-    print(f"V-NIAH ({summary['mode']}): {summary['accuracy']}% of {summary['items']} items; "
+    print(f"V-NIAH ({summary['mode']}): {summary['accuracy']}% of {c.plural(summary['items'], 'item')}; "
           f"needle frame kept in {summary['needle_kept_rate']}%; heatmap {args.out}/heatmap.png")  # fmt: skip
     if summary["errors"]:
         c.log(
             args,
-            f"{summary['errors']} items failed (counted wrong; see {args.out}/results.jsonl); run again to retry them",
+            f"{c.plural(summary['errors'], 'item')} failed (counted wrong; see {args.out}/results.jsonl); "
+            "run again to retry them",
         )
     return 0
 
