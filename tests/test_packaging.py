@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from longvu.cli.common import TRAINED_QUESTION
+
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = sorted(p.name for p in (ROOT / "src" / "longvu" / "serve" / "static").iterdir() if p.is_file())
 
@@ -88,8 +90,7 @@ def test_the_installed_wheel_answers(installed, tmp_path):
     res = run_installed(installed, "synth", "--out", str(tmp_path / "demo"), "--n", "1", "--seed", "5", "--cast", "1",
                         "-q")  # fmt: skip
     assert res.returncode == 0, res.stderr
-    question = "One frame of this video shows a single word in large letters. What is that word? Answer with the word only."
-    res = run_installed(installed, "ask", str(tmp_path / "demo" / "videos" / "s5_000000.mp4"), question, "--model",
+    res = run_installed(installed, "ask", str(tmp_path / "demo" / "videos" / "s5_000000.mp4"), TRAINED_QUESTION, "--model",
                         str(ROOT / "models" / "longvu-synth-tiny"), "--greedy", "--device", "cpu", "--no-cache")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "RIVER"
