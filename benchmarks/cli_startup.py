@@ -75,7 +75,8 @@ def compare_server(model: str, video: str, runs: int, env: dict) -> dict[str, fl
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([*longvu, "serve", "--model", model, "--device", "cpu", "--port", str(port), "-q",
-                               "--allowed-local-media-path", str(Path(video).resolve().parent)], env=env)  # fmt: skip
+                               "--allowed-local-media-path", str(Path(video).resolve().parent)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         for _ in range(600):
             try:
