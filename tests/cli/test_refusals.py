@@ -32,7 +32,8 @@ def one_line_refusal(capsys, command: str, *argv: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, err
     assert len(lines) == 1, err
-    assert lines[0].startswith(f"longvu {command}: error: "), err
+    assert lines[0].startswith(f"longvu {command}"), err
+    assert ": error: " in lines[0], err
     assert "loading" not in err and "weights were loaded" not in err
     return lines[0]
 
@@ -95,3 +96,12 @@ def test_serve_on_a_foreign_address_is_refused_before_loading(capsys):
 def test_model_with_server_is_refused(capsys):
     line = ask(capsys, "--server", "http://127.0.0.1:9")  # nothing listens there: refused before any request
     assert "--model: not with --server" in line and "the server decides its model" in line
+
+
+def test_eval_on_an_absent_device_is_refused_before_loading(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "data").mkdir()
+    line = one_line_refusal(capsys, "eval", "synthetic", "--data", str(tmp_path / "data"), "--out",
+                            str(tmp_path / "out"), "--model", str(QWEN), "--device", "cuda", "-q")  # fmt: skip
+    assert line.startswith("longvu eval synthetic: error: --device cuda: no CUDA GPU")
+    assert not (tmp_path / "out").exists()

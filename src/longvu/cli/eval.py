@@ -145,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.data):
         raise LongVUError(f"--data {args.data}: no such folder")
     c.check_output_dir(args.out, "--out")
+    if not args.ray:  # local workers: the device must be here (Ray workers run where the cluster has one)
+        c.check_devices(args)
     if args.benchmark == "vniah":
         return _run_vniah(args, overrides)
     return _run_benchmark(args, overrides)
