@@ -45,6 +45,18 @@ class MediaLimitError(VideoError):
         self.limit = limit
 
 
+class UnsafePathError(LongVUError):
+    """A path that must stay inside a folder leaves it: ``..``, an absolute path, or a symbolic link.
+
+    Raised by :func:`longvu.files.open_beneath`; ``str(e)`` names the path, :attr:`reason` does not.
+    """
+
+    def __init__(self, reason: str, path: str | os.PathLike | None = None) -> None:
+        self.reason = _one_line(reason)
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(self.reason if path is None else f"{display_path(path)}: {self.reason}")
+
+
 class CheckpointError(LongVUError):
     """A checkpoint folder is incomplete, or its weights do not match the model."""
 
