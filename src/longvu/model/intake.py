@@ -10,14 +10,21 @@
   ``file:``, ``http:``, ``data:``, ``subfile:`` ... fails) and nested opens through the
   demuxer's I/O callback are refused.  Either alone stops the concat and HLS tricks;
   the tests check each layer on its own.
-* :class:`MediaLimits` bounds the work while decoding (pixels per frame, decoded frames,
-  seconds by the stream's own clock), whatever the header claims.
+* :class:`MediaLimits` bounds the work: each side, the aspect ratio and the pixels of a
+  frame (on the header before decoding, then on every decoded frame), decoded frames and
+  seconds by the stream's own clock, whatever the header claims.
+* Probing decodes nothing: FFmpeg's stream probe (``avformat_find_stream_info``) would
+  decode a frame of every stream, so a small file with a 64x64 stream beside six 8192x8192
+  ones cost GBs before any check.  The probe may open no decoder (the sizes and rates we
+  read come from the codec parameters and packet times), a file may have at most
+  :data:`MAX_STREAMS` streams, and only the chosen stream is ever decoded.
 
 Decoding and sampling the frames is :mod:`longvu.model.video`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from contextlib import contextmanager
@@ -60,15 +67,22 @@ _REFERENCE_KINDS = (
 
 _ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC
 
+# Streams a file may have (FFmpeg's ``max_streams``; its default is 1000).  Real files have
+# a video, a few audio and some subtitle streams; every stream costs a probe decoder.
+MAX_STREAMS = 64
+
 
 # ---------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class MediaLimits:
-    """Bounds on the work one video may cost; ``None`` is no bound (the CLI's default).
+    """Bounds on the work one video (or image frame) may cost; ``None`` is no bound.
 
-    Each is enforced while decoding, from the frames themselves, so a stream with no
-    duration in its header (raw ``.h264``) or a patched header is stopped all the same.
-    Going over one raises :class:`~longvu.errors.MediaLimitError`.
+    The size bounds are checked on the header (the stream's codec parameters, an image's
+    header) before anything that grows with the size is allocated, and again on every
+    decoded frame, so a stream with no size or duration in its header (raw ``.h264``) or a
+    patched header is stopped all the same.  Going over one raises
+    :class:`~longvu.errors.MediaLimitError`; a frame under :data:`MIN_SIDE` a side is a
+    :class:`~longvu.errors.VideoError` whatever the limits.
 
     Args:
         max_seconds: longest video, by the stream's own clock (frame PTS, or the decoded
@@ -77,27 +91,50 @@ class MediaLimits:
             whatever the timestamps say.  A server should set it with ``max_seconds``.
         max_pixels: largest frame, width x height.  Also given to the decoder, which
             then refuses to allocate a larger picture.
+        max_side: longest width or height.  The default (16384) passes 8K and 16K video.
+        max_aspect: longest side over shortest.  Preprocessing pads a frame to a square of
+            its long side, so a 1,000,000x1 frame of one megapixel costs like a square
+            terapixel one; the default (8) passes every real shape (4K 16:9, 21:9 and 32:9
+            wide screens, 9:16 and 9:21 phone video, 2:1 panoramas) and keeps at least one
+            row of the model's coarsest (8x8) token grid.
     """
 
     max_seconds: float | None = None
     max_frames: int | None = None
     max_pixels: int | None = None
+    max_side: int | None = 16384
+    max_aspect: float | None = 8.0
 
     def __post_init__(self) -> None:
-        for name in ("max_seconds", "max_frames", "max_pixels"):
+        for name in ("max_seconds", "max_frames", "max_pixels", "max_side", "max_aspect"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise VideoError(f"MediaLimits.{name} must be positive, got {value}")
+        if self.max_aspect is not None and self.max_aspect < 1:
+            raise VideoError(f"MediaLimits.max_aspect must be at least 1, got {self.max_aspect}")
 
-    def check_size(self, width: int, height: int, path: str) -> None:
+    def check_size(self, width: int, height: int, path: str | None, *, header: bool = False) -> None:
+        """Refuse a frame of ``width`` x ``height`` over the bounds, or under :data:`MIN_SIDE`.
+
+        ``header``: the size comes from a header, where 0 means "not said" (checked again
+        on the decoded frames).
+        """
+        if header and (width <= 0 or height <= 0):
+            return
+        if min(width, height) < MIN_SIDE:
+            raise VideoError(f"frames of {width}x{height} are too small (at least {MIN_SIDE} pixels a side)", path)
+        what = f"frames of {width}x{height}"
+        if self.max_side is not None and max(width, height) > self.max_side:
+            raise MediaLimitError(f"{what} are over the limit of {self.max_side} pixels a side", path,
+                                  limit="max_side")  # fmt: skip
+        if self.max_aspect is not None and max(width, height) > self.max_aspect * min(width, height):
+            raise MediaLimitError(f"{what} are more than {self.max_aspect:g} times longer than wide", path,
+                                  limit="max_aspect")  # fmt: skip
         if self.max_pixels is not None and width * height > self.max_pixels:
-            raise MediaLimitError(
-                f"frames of {width}x{height} are larger than the limit of {self.max_pixels} pixels",
-                path,
-                limit="max_pixels",
-            )
+            raise MediaLimitError(f"{what} are larger than the limit of {self.max_pixels} pixels", path,
+                                  limit="max_pixels")  # fmt: skip
 
-    def check_progress(self, frames: int, seconds: float, path: str) -> None:
+    def check_progress(self, frames: int, seconds: float, path: str | None) -> None:
         """After ``frames`` decoded frames reaching ``seconds`` into the stream."""
         if self.max_frames is not None and frames > self.max_frames:
             raise MediaLimitError(
@@ -108,6 +145,16 @@ class MediaLimits:
                 f"the video lasts more than {self.max_seconds:g}s (the limit)", path, limit="max_seconds"
             )
 
+    @property
+    def decoder_pixels(self) -> int:
+        """The decoder's own ``max_pixels``: it counts padded sizes, so it gets headroom; ours is exact."""
+        largest = self.max_pixels or (self.max_side or 1 << 16) ** 2
+        return 2 * largest + (1 << 16)
+
+
+# Frames smaller than this a side are refused: the model's coarse token grid divides the
+# frame's sides by 1.5, and a side of 0 tokens breaks unpadding (64 frames of 1x1 gave a 500).
+MIN_SIDE = 2
 
 NO_LIMITS = MediaLimits()
 
@@ -222,7 +269,16 @@ def ffmpeg_reason(e: Exception) -> str:
 
 
 def _container_options(formats: tuple[str, ...] | None) -> dict[str, str]:
-    options = {"protocol_whitelist": ""}  # empty: no protocol at all for nested opens
+    options = {
+        "protocol_whitelist": "",  # empty: no protocol at all for nested opens
+        "max_streams": str(MAX_STREAMS),
+        # The decoders FFmpeg's probe opens may be none of them: a frame of every stream would be
+        # decoded otherwise.  (Per-stream probe options, e.g. skip_frame, cannot be used: PyAV 15
+        # sizes their array by the streams known before the probe, and formats that find their
+        # streams while probing, like MPEG-PS, then write past it.)  The decoder we open for the
+        # chosen stream is a new one, not bound by this list.
+        "codec_whitelist": "none",
+    }
     if formats is not None:
         options["format_whitelist"] = ",".join(formats)
     return options
@@ -278,6 +334,13 @@ def _video_stream(container, path: str):
 @contextmanager
 def open_container(path: str, limits: MediaLimits):
     """Open ``path`` as described in the module docstring; yields ``(container, video stream)``."""
+    with _open_checked(path, limits) as (container, stream, _):
+        yield container, stream
+
+
+@contextmanager
+def _open_checked(path: str, limits: MediaLimits):
+    """:func:`open_container`, also yielding the stream's ``(width, height)`` (``(0, 0)``: not known before decoding)."""
     f = _open_regular_file(path)
     try:
         _refuse_text(f.read(4096), path)
@@ -285,12 +348,44 @@ def open_container(path: str, limits: MediaLimits):
         container = _open_av(f, path)
         try:
             stream = _video_stream(container, path)
-            limits.check_size(stream.codec_context.width, stream.codec_context.height, path)
-            yield container, stream
+            size = _stream_size(stream, f, path, limits)
+            limits.check_size(*size, path, header=True)
+            yield container, stream, size
         finally:
             container.close()
     finally:
         f.close()
+
+
+def _stream_size(stream, f, path: str, limits: MediaLimits) -> tuple[int, int]:
+    """The stream's frame size: from its codec parameters, else from its first frame, decoded on its own.
+
+    Some codecs (MPEG-4 part 2 in MP4, raw streams) give their size only to a decoder, and
+    the probe decodes nothing (see the module docstring): the first frame is decoded by a
+    decoder of its own, bounded by ``limits``, on a second demuxer of the same open file.
+    """
+    cc = stream.codec_context
+    if cc.width > 0 and cc.height > 0:
+        return int(cc.width), int(cc.height)
+    # lazy: av only on this path (the module imports without it)
+    import av
+
+    pos = f.tell()
+    try:
+        f.seek(0)
+        peek = _open_av(f, path)
+        try:
+            s = peek.streams[stream.index]
+            s.codec_context.options = {"max_pixels": str(limits.decoder_pixels)}
+            for frame in peek.decode(s):
+                return int(frame.width), int(frame.height)
+        except av.error.FFmpegError:
+            pass  # decoding the stream gives the error
+        finally:
+            peek.close()
+    finally:
+        f.seek(pos)
+    return 0, 0
 
 
 def open_video(path: str | os.PathLike, limits: MediaLimits | None = None):
@@ -325,7 +420,7 @@ def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> M
     proves nothing: decoding checks again).
     """
     path, limits = os.fspath(path), limits or NO_LIMITS
-    with open_container(path, limits) as (container, stream):
+    with _open_checked(path, limits) as (container, stream, (width, height)):
         cc = stream.codec_context
         duration = _header_duration(container, stream)
         if duration is not None:
@@ -333,8 +428,8 @@ def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> M
         return MediaInfo(
             format=container.format.name,
             codec=cc.name,
-            width=int(cc.width),
-            height=int(cc.height),
+            width=width,
+            height=height,
             avg_fps=probe_fps(stream, path),
             duration=duration,
             frames=int(stream.frames) or None,

@@ -238,10 +238,8 @@ def _decode(
     import av
 
     stream.thread_type = thread_type  # SLICE unless the cores are free (the model is off the CPU)
-    if limits.max_pixels is not None:
-        # The decoder's own bound stops it before it allocates a huge picture; it counts
-        # padded sizes, so it gets headroom and the exact check is ours, per frame.
-        stream.codec_context.options = {"max_pixels": str(2 * limits.max_pixels + (1 << 16))}
+    # The decoder's own bound stops it before it allocates a huge picture; the exact check is ours, per frame.
+    stream.codec_context.options = {"max_pixels": str(limits.decoder_pixels)}
     try:
         for index, frame in enumerate(container.decode(stream)):
             if index == 0:  # a stream whose first frame has no PTS is timed by index throughout
