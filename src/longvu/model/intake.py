@@ -197,6 +197,83 @@ class _Unnamed:
         return self._raw.tell()
 
 
+class HeldFile:
+    """A file opened once and read only through that descriptor: what was checked is what is read.
+
+    A server opens a client's local path without following links
+    (:func:`longvu.files.open_beneath`) and passes this object wherever a path goes (probe,
+    frame count, decoding, the feature cache's hash, the file served to the page).  Each
+    :meth:`reader` reads the same open file at its own position (``os.pread``), so a name
+    swapped for a link meanwhile changes nothing.  ``name`` is for messages only.  Sent to
+    another process (a Ray replica), it becomes its name: a descriptor cannot travel.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd, self.name = fd, name
+
+    def reader(self) -> _FdReader:
+        return _FdReader(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> HeldFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __reduce__(self):
+        return (str, (self.name,))
+
+
+class _FdReader:
+    """A read-only file object on a descriptor it does not own, with its own position."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pos = fd, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, os.fstat(self.fd).st_size - self.pos)
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: os.fstat(self.fd).st_size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        pass  # the descriptor is the HeldFile's
+
+    def __enter__(self) -> _FdReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+VideoSource = str | os.PathLike | HeldFile  # what the intake opens
+
+
+def source_name(source: VideoSource) -> str:
+    """The name of a video source, for messages (a :class:`HeldFile` is never opened by it)."""
+    return source.name if isinstance(source, HeldFile) else os.fspath(source)
+
+
 class _NestedOpen(Exception):
     """Raised by our I/O callback: the demuxer tried to open another file or URL."""
 
@@ -222,8 +299,13 @@ def _stat_kind(mode: int) -> str | None:
     return "is not a regular file"
 
 
-def _open_regular_file(path: str):
-    """Open ``path`` for reading if it is a regular, non-empty file; else a :class:`VideoError`."""
+def _open_regular_file(source: VideoSource, path: str):
+    """Open ``source`` for reading if it is a regular, non-empty file; else a :class:`VideoError`."""
+    if isinstance(source, HeldFile):
+        st = os.fstat(source.fd)
+        if _stat_kind(st.st_mode) is not None or st.st_size == 0:
+            raise VideoError(_stat_kind(st.st_mode) or "empty file", path)
+        return source.reader()
     try:
         st = os.stat(path)
         if _stat_kind(st.st_mode) is None:  # only then open: opening a device can have effects
@@ -332,16 +414,17 @@ def _video_stream(container, path: str):
 
 
 @contextmanager
-def open_container(path: str, limits: MediaLimits):
-    """Open ``path`` as described in the module docstring; yields ``(container, video stream)``."""
-    with _open_checked(path, limits) as (container, stream, _):
+def open_container(source: VideoSource, limits: MediaLimits):
+    """Open ``source`` as described in the module docstring; yields ``(container, video stream)``."""
+    with _open_checked(source, limits) as (container, stream, _):
         yield container, stream
 
 
 @contextmanager
-def _open_checked(path: str, limits: MediaLimits):
+def _open_checked(source: VideoSource, limits: MediaLimits):
     """:func:`open_container`, also yielding the stream's ``(width, height)`` (``(0, 0)``: not known before decoding)."""
-    f = _open_regular_file(path)
+    path = source_name(source)
+    f = _open_regular_file(source, path)
     try:
         _refuse_text(f.read(4096), path)
         f.seek(0)
@@ -388,13 +471,13 @@ def _stream_size(stream, f, path: str, limits: MediaLimits) -> tuple[int, int]:
     return 0, 0
 
 
-def open_video(path: str | os.PathLike, limits: MediaLimits | None = None):
+def open_video(path: VideoSource, limits: MediaLimits | None = None):
     """Open a video the only accepted way: ``with open_video(path) as (container, stream): ...``.
 
     A regular file, its container format chosen by content from the allow-list, no nested
     opens, the real video stream (see the module docstring); anything else is a VideoError.
     """
-    return open_container(os.fspath(path), limits or NO_LIMITS)
+    return open_container(path, limits or NO_LIMITS)
 
 
 def probe_fps(stream, path: str | None = None) -> float:
@@ -412,15 +495,15 @@ def _header_duration(container, stream) -> float | None:
     return None
 
 
-def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> MediaInfo:
+def probe_video(source: VideoSource, limits: MediaLimits | None = None) -> MediaInfo:
     """Check that ``path`` is an accepted video file and read its header.
 
     Fails fast (a :class:`VideoError`) on anything :func:`iter_frames` would refuse
     before decoding, including a header that is over ``limits`` (a header under them
     proves nothing: decoding checks again).
     """
-    path, limits = os.fspath(path), limits or NO_LIMITS
-    with _open_checked(path, limits) as (container, stream, (width, height)):
+    path, limits = source_name(source), limits or NO_LIMITS
+    with _open_checked(source, limits) as (container, stream, (width, height)):
         cc = stream.codec_context
         duration = _header_duration(container, stream)
         if duration is not None:
