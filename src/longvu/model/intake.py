@@ -121,8 +121,6 @@ class MediaLimits:
         """
         if header and (width <= 0 or height <= 0):
             return
-        if min(width, height) < MIN_SIDE:
-            raise VideoError(f"frames of {width}x{height} are too small (at least {MIN_SIDE} pixels a side)", path)
         what = f"frames of {width}x{height}"
         if self.max_side is not None and max(width, height) > self.max_side:
             raise MediaLimitError(f"{what} are over the limit of {self.max_side} pixels a side", path,
@@ -133,6 +131,8 @@ class MediaLimits:
         if self.max_pixels is not None and width * height > self.max_pixels:
             raise MediaLimitError(f"{what} are larger than the limit of {self.max_pixels} pixels", path,
                                   limit="max_pixels")  # fmt: skip
+        if min(width, height) < MIN_SIDE:
+            raise VideoError(f"{what} are too small (at least {MIN_SIDE} pixels a side)", path)
 
     def check_progress(self, frames: int, seconds: float, path: str | None) -> None:
         """After ``frames`` decoded frames reaching ``seconds`` into the stream."""

@@ -18,6 +18,7 @@ are refused with a 400 whose code is ``multiple_videos``: LongVU answers about o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,8 @@ def parse_media_io_kwargs(body: dict, media: Media, error) -> None:
                     "media_io_kwargs")  # fmt: skip
     n, fps, start, end = (video.get(k) for k in ("num_frames", "fps", "start", "end"))
     for name, v, lo in (("num_frames", n, 1), ("fps", fps, 1e-6), ("start", start, 0), ("end", end, 1e-6)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo):
-            raise error(f"media_io_kwargs.video.{name} must be a number >= {lo:g}", "media_io_kwargs")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo):
+            raise error(f"media_io_kwargs.video.{name} must be a number >= {lo:g} (finite)", "media_io_kwargs")
     if n is not None and int(n) != n:
         raise error("media_io_kwargs.video.num_frames must be an integer", "media_io_kwargs")
     if start is not None and end is not None and end <= start:
