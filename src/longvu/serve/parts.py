@@ -147,7 +147,7 @@ def _image_frame(path: str | HeldFile, k: int, limits: MediaLimits, size: tuple[
             limits.check_size(im.width, im.height, f"image frame {k + 1}")  # before decoding a pixel
             im = im.convert("RGB")
             return np.asarray(im if size is None or im.size == size else im.resize(size, Image.BICUBIC))
-    except MediaLimitError:
+    except VideoError:  # over the limits, or too small: said with the frame's size
         raise
     except Image.DecompressionBombError:
         raise MediaLimitError(f"image frame {k + 1} is larger than the limit", limit="max_pixels") from None
