@@ -37,7 +37,8 @@ class VideoError(LongVUError):
 class MediaLimitError(VideoError):
     """The video is over a :class:`longvu.model.intake.MediaLimits` bound (a server answers 413).
 
-    ``limit`` names the bound: ``"max_pixels"``, ``"max_frames"`` or ``"max_seconds"``.
+    ``limit`` names the bound: ``"max_pixels"``, ``"max_side"``, ``"max_aspect"``, ``"max_frames"``,
+    ``"max_seconds"`` (or, for image frames, ``"max_image_frames_mb"``).
     """
 
     def __init__(self, reason: str, path: str | os.PathLike | None = None, *, limit: str) -> None:
