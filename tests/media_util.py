@@ -155,15 +155,23 @@ def write_shaped(path: Path, width: int, height: int, frames: int = 1) -> Path:
     with av.open(str(path), "w", format="matroska") as out:
         s = out.add_stream("ffv1", rate=1)
         s.width, s.height, s.pix_fmt = width, height, "gray"
+        grey = []
         for i in range(frames):
             f = av.VideoFrame(width, height, "gray")
             f.planes[0].update(bytes([i * 40 % 256]) * f.planes[0].buffer_size)
-            f.pts = i
-            for pkt in s.encode(f):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
+            grey.append(f)
+        _encode_all(out, s, grey)
     return path
+
+
+def _encode_all(out, stream, frames) -> None:
+    """Encode ``frames`` (PTS 0, 1, ...) into ``stream`` of ``out``, then flush the encoder."""
+    for i, f in enumerate(frames):
+        f.pts = i
+        for pkt in stream.encode(f):
+            out.mux(pkt)
+    for pkt in stream.encode():
+        out.mux(pkt)
 
 
 def _big_frame_packets(cache: Path, side: int) -> Path:
@@ -179,8 +187,7 @@ def _big_frame_packets(cache: Path, side: int) -> Path:
             f = av.VideoFrame(side, side, "yuv420p")
             for p in f.planes:
                 p.update(bytes(p.buffer_size))
-            for pkt in [*s.encode(f), *s.encode()]:
-                out.mux(pkt)
+            _encode_all(out, s, [f])
     return tpl
 
 
@@ -211,11 +218,6 @@ def write_stream_bomb(path: Path, fmt: str, n_big: int, side: int = 8192, small_
                     pkt = av.Packet(data)
                     pkt.stream, pkt.pts, pkt.dts, pkt.time_base, pkt.is_keyframe = s, 0, 0, ins.time_base, True
                     out.mux(pkt)
-            for i in range(20):
-                f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 10, np.uint8), format="rgb24")
-                f.pts = i
-                for pkt in small.encode(f):
-                    out.mux(pkt)
-            for pkt in small.encode():
-                out.mux(pkt)
+            frames = [np.full((64, 64, 3), i * 10, np.uint8) for i in range(20)]
+            _encode_all(out, small, [av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames])
     return path
