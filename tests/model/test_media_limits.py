@@ -166,3 +166,27 @@ def test_cancel_stops_decoding_within_a_few_frames_whatever_the_sampling(long_cl
     assert info.total <= 3 * CANCEL_EVERY + 1, info.total  # decoded frames before it stopped (of 600)
     with pytest.raises(Cancelled):
         count_frames(long_clip, cancel=CountingCancel(after=2))
+
+
+# ---------------------------------------------------------------------- held files
+def test_a_held_file_is_closed_after_its_last_reader(tmp_path):
+    """A request may end (and close its file) while its job still reads: the descriptor must outlive the reader."""
+    import os
+
+    from longvu.model.intake import HeldFile
+
+    path = write_clip(tmp_path / "v.mp4", pattern(5))
+    held = HeldFile(os.open(path, os.O_RDONLY), "v.mp4")
+    fd, reader = held.fd, held.reader()
+    held.close()
+    assert reader.read(8) == path.read_bytes()[:8]  # still readable
+    os.fstat(fd)
+    reader.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # now closed, once
+    with pytest.raises(VideoError, match="closed"):
+        held.reader()
+    held.close()
+    with HeldFile(os.open(path, os.O_RDONLY), "v.mp4") as held:
+        assert probe_video(held).width == 64 and len(list(iter_frames(held, Sampling(fps=10)))) == 5
+        assert str(held) == "v.mp4"

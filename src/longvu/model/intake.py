@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -204,20 +205,45 @@ class HeldFile:
     (:func:`longvu.files.open_beneath`) and passes this object wherever a path goes (probe,
     frame count, decoding, the feature cache's hash, the file served to the page).  Each
     :meth:`reader` reads the same open file at its own position (``os.pread``), so a name
-    swapped for a link meanwhile changes nothing.  ``name`` is for messages only.  Sent to
-    another process (a Ray replica), it becomes its name: a descriptor cannot travel.
+    swapped for a link meanwhile changes nothing.  :meth:`close` may come while a reader is
+    still at work (a request that ended while its job stops): the descriptor is closed when
+    the last reader is, so its number is never reused under a reader.  ``name`` is for
+    messages only.  Sent to another process (a Ray replica), it becomes its name: a
+    descriptor cannot travel.
     """
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd, self.name = fd, name
+        self._lock, self._readers, self._closing = threading.Lock(), 0, False
 
     def reader(self) -> _FdReader:
-        return _FdReader(self.fd)
+        """A new reader at position 0; a :class:`VideoError` once the file is closed."""
+        with self._lock:
+            if self._closing:
+                raise VideoError("the file was closed", self.name)
+            self._readers += 1
+        return _FdReader(self)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            last = self._closing and self._readers == 0
+        if last:
+            self._close_fd()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._readers == 0
+        if idle:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __enter__(self) -> HeldFile:
         return self
@@ -233,20 +259,20 @@ class HeldFile:
 
 
 class _FdReader:
-    """A read-only file object on a descriptor it does not own, with its own position."""
+    """A read-only file object on a :class:`HeldFile`'s descriptor, with its own position."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd, self.pos = fd, 0
+    def __init__(self, held: HeldFile) -> None:
+        self.held, self.fd, self.pos = held, held.fd, 0
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
-            n = max(0, os.fstat(self.fd).st_size - self.pos)
+            n = max(0, self.size() - self.pos)
         data = os.pread(self.fd, n, self.pos)
         self.pos += len(data)
         return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: os.fstat(self.fd).st_size}[whence]
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size()}[whence]
         self.pos = max(0, base + offset)
         return self.pos
 
@@ -256,14 +282,19 @@ class _FdReader:
     def fileno(self) -> int:
         return self.fd
 
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
     def close(self) -> None:
-        pass  # the descriptor is the HeldFile's
+        if self.fd >= 0:
+            self.fd = -1
+            self.held._release()
 
     def __enter__(self) -> _FdReader:
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        self.close()
 
 
 VideoSource = str | os.PathLike | HeldFile  # what the intake opens
@@ -302,10 +333,12 @@ def _stat_kind(mode: int) -> str | None:
 def _open_regular_file(source: VideoSource, path: str):
     """Open ``source`` for reading if it is a regular, non-empty file; else a :class:`VideoError`."""
     if isinstance(source, HeldFile):
-        st = os.fstat(source.fd)
+        reader = source.reader()
+        st = os.fstat(reader.fileno())
         if _stat_kind(st.st_mode) is not None or st.st_size == 0:
+            reader.close()
             raise VideoError(_stat_kind(st.st_mode) or "empty file", path)
-        return source.reader()
+        return reader
     try:
         st = os.stat(path)
         if _stat_kind(st.st_mode) is None:  # only then open: opening a device can have effects

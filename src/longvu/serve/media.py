@@ -223,7 +223,9 @@ def held_file_response(held: HeldFile, range_header: str | None, media_type: str
     malformed header the whole file (200), a range past the end 416.  The descriptor is
     closed when the body is done or abandoned.
     """
-    size = os.fstat(held.fd).st_size
+    reader = held.reader()  # the descriptor stays open until the body is done
+    held.close()
+    size = reader.size()
     start, end, status = 0, size - 1, 200
     m = _RANGE.match((range_header or "").strip())
     if m and (m.group(1) or m.group(2)):
@@ -232,7 +234,7 @@ def held_file_response(held: HeldFile, range_header: str | None, media_type: str
         else:  # the last N bytes
             start = max(0, size - int(m.group(2)))
         if start > end or start >= size:
-            held.close()
+            reader.close()
             raise APIError(416, "the range is outside the file", code="range_not_satisfiable",
                            headers={"Content-Range": f"bytes */{size}"})  # fmt: skip
         status = 206
@@ -243,14 +245,13 @@ def held_file_response(held: HeldFile, range_header: str | None, media_type: str
 
     def body() -> Iterator[bytes]:
         try:
-            pos = start
-            while pos <= end:
-                chunk = os.pread(held.fd, min(CHUNK, end + 1 - pos), pos)
+            reader.seek(start)
+            while (left := end + 1 - reader.tell()) > 0:
+                chunk = reader.read(min(CHUNK, left))
                 if not chunk:
                     return  # the file shrank: the client sees a short body
-                pos += len(chunk)
                 yield chunk
         finally:
-            held.close()
+            reader.close()
 
     return StreamingResponse(body(), status_code=status, media_type=media_type, headers=headers)

@@ -31,7 +31,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import Cancelled, VideoError
-from ..model.intake import NO_LIMITS, MediaLimits, VideoSource, open_video, probe_fps, source_name
+from ..model.intake import NO_LIMITS, HeldFile, MediaLimits, VideoSource, open_video, probe_fps, source_name
 from ..model.video import Orientation
 from .errors import APIError
 
@@ -70,8 +70,12 @@ def thumbnail_jpeg(
 
 def _cache_key(path: VideoSource, seconds: float, width: int) -> tuple | None:
     try:
-        st = os.fstat(path.fd) if hasattr(path, "fd") else os.stat(path)
-    except (OSError, ValueError):
+        if isinstance(path, HeldFile):
+            with path.reader() as f:
+                st = os.fstat(f.fileno())
+        else:
+            st = os.stat(path)
+    except (OSError, ValueError, VideoError):
         return None  # the intake gives the error
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, round(seconds, 3), width)
 
