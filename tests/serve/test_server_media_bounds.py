@@ -258,3 +258,48 @@ def test_the_player_gets_byte_ranges_from_the_held_file(client):
     r = client.get("/v1/video", params={"video": "clip.mp4"})
     assert r.status_code == 200 and r.content == real and r.headers["accept-ranges"] == "bytes"
     assert np.frombuffer(r.content[:8], np.uint8).size == 8
+
+
+@pytest.mark.slow
+def test_thumbnails_do_not_delay_a_cached_chat(qwen_model, tmp_path):
+    """Eight clients asking for thumbnails of a one-keyframe video, over and over, while a cached chat is asked."""
+    import time
+
+    from server_util import LiveServer
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_clip(media / "one_key.mkv", pattern(1500, 360, 640), fps=30, codec="libx264")  # 50 s, one keyframe
+    settings = ServerSettings(model_name="tiny", allowed_local_media_path=str(media), upload_dir=str(tmp_path / "up"))
+    body = chat([video_part("one_key.mkv")])
+    with LiveServer(create_app(qwen_model, settings)) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        assert c.post(CHAT, json=body).status_code == 200  # now cached
+        t0 = time.monotonic()
+        assert c.post(CHAT, json=body).status_code == 200
+        alone = time.monotonic() - t0
+        stop, codes = threading.Event(), []
+
+        def hammer(k: int) -> None:
+            with httpx.Client(base_url=srv.url, timeout=120) as h:
+                while not stop.is_set():
+                    codes.append(
+                        h.get("/v1/thumbnail", params={"video": "one_key.mkv", "t": 45 + k, "w": 32}).status_code
+                    )
+
+        threads = [threading.Thread(target=hammer, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        r = c.post(CHAT, json=body)
+        busy = time.monotonic() - t0
+        stop.set()
+        for t in threads:
+            t.join()
+    assert r.status_code == 200
+    print(
+        f"\ncached chat: {alone:.2f} s alone, {busy:.2f} s beside 8 thumbnail clients; thumbnails: "
+        f"{codes.count(200)} x 200, {codes.count(503)} x 503"
+    )
+    assert busy < alone + 5.0, (alone, busy)  # the issue: 69 s instead of 0.3 s before
+    assert set(codes) <= {200, 503} and 200 in codes
