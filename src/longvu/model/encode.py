@@ -18,7 +18,8 @@ chat turn) about the same video starts from.  Its named parts:
   the connector run on them in chunks.
 
 The arithmetic is the reference's, so the result equals the in-memory path (the parity
-tests run through this code).  ``cancel`` is checked for every frame and every chunk.
+tests run through this code).  ``cancel`` is checked every few decoded frames (sampled or not), for
+every sampled frame and every chunk.
 """
 
 from __future__ import annotations
@@ -39,13 +40,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import Cancelled, VideoError
+from ..errors import VideoError
 from .compress.temporal import select_frames, select_in_window, window_similarity
 from .devices import decode_threads, host_batch, preprocess_workers, upload
-from .intake import MediaLimits
+from .intake import MediaLimits, VideoSource, source_name
 from .observe import Observer
 from .preprocess import ImageSpec, normalize, pad_and_resize, preprocess_frame
-from .video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames, planned_indices, sampled_indices
+from .video import (
+    Sampling,
+    StreamInfo,
+    VideoClip,
+    check_cancel,
+    count_frames,
+    iter_frames,
+    planned_indices,
+    sampled_indices,
+)
 
 # A decoded frame up to this size is held as it is until stage 1 decides whether SigLIP
 # needs it (720p and smaller: the cheap path); a larger one is padded and resized for
@@ -178,17 +188,17 @@ class _Prefetch:
 
 
 def _decoded_frames(
-    video: str | os.PathLike | VideoClip, sampling: Sampling, info: StreamInfo, pool: ThreadPoolExecutor, model,
-    limits: MediaLimits | None = None,
+    video: VideoSource | VideoClip, sampling: Sampling, info: StreamInfo, pool: ThreadPoolExecutor, model,
+    limits: MediaLimits | None = None, cancel=None,
 ) -> Iterator[_Frame]:  # fmt: skip
     """Sampled frames, their preprocessing submitted to ``pool`` by a decoding thread."""
     if isinstance(video, VideoClip):
         info.avg_fps, info.step, info.total = video.avg_fps, video.step, video.num_frames_total
         frames: Iterator = zip(video.source_indices, video.timestamps, video.frames)
     else:
-        wanted = planned_indices(video, sampling, limits) if sampling.max_frames is not None else None
+        wanted = planned_indices(video, sampling, limits, cancel) if sampling.max_frames is not None else None
         frames = iter_frames(
-            video, sampling, info, only=wanted, limits=limits, thread_type=decode_threads(model.device)
+            video, sampling, info, only=wanted, limits=limits, thread_type=decode_threads(model.device), cancel=cancel
         )
     dino_spec, siglip_spec = model.dinov2.spec, model.siglip.spec
 
@@ -357,7 +367,7 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
     chunks = []
     pending = submit(parts[0]) if parts else []
     for k, part in enumerate(parts):
-        _check(cancel)
+        check_cancel(cancel)
         current, pending = pending, submit(parts[k + 1]) if k + 1 < len(parts) else []
         t0 = time.perf_counter()
         sig = siglip(host_batch([fut.result() for fut, _ in current], device), cfg.aux_side)  # [n, 576, C]
@@ -378,7 +388,7 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
 
 def encode_video(
     model,
-    video: str | os.PathLike | VideoClip,
+    video: VideoSource | VideoClip,
     sampling: Sampling | None = None,
     *,
     keep_all_below: int,
@@ -402,7 +412,7 @@ def encode_video(
             (a :class:`~longvu.errors.MediaLimitError` past them).
     """
     sampling = sampling or Sampling()
-    path = video.path if isinstance(video, VideoClip) else str(video)
+    path = video.path if isinstance(video, VideoClip) else source_name(video)
     info = StreamInfo()
     timings = dict.fromkeys(("decode_wait", "dino", "siglip", "connector"), 0.0)
     t_start = time.perf_counter()
@@ -411,9 +421,9 @@ def encode_video(
     try:
         with tempfile.TemporaryDirectory(prefix="longvu-") as tmp, _Spill(tmp) as spill:
             stage1 = _Stage1(model, spill, keep_all_below, observer, timings)
-            with closing(_decoded_frames(video, sampling, info, pool, model, limits)) as frames:
+            with closing(_decoded_frames(video, sampling, info, pool, model, limits, cancel)) as frames:
                 for frame in _timed(frames, timings):
-                    _check(cancel)
+                    check_cancel(cancel)
                     stage1.add(frame)
                     bar.frame()
             stage1.flush()
@@ -441,11 +451,6 @@ def _timed(frames: Iterator[_Frame], timings: dict) -> Iterator[_Frame]:
         if frame is None:
             return
         yield frame
-
-
-def _check(cancel) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled()
 
 
 def _check_nonempty(indices: list[int], info: StreamInfo, path: str) -> None:

@@ -37,7 +37,7 @@ from ..model.compose import Decisions, compose
 from ..model.context import prompt_ids, tokenize
 from ..model.encode import ProgressCallback, VisualFeatures, encode_video
 from ..model.generation import Generated, GenerationOptions, TokenThread, answer_room, generate_ids
-from ..model.intake import MediaLimits, probe_video
+from ..model.intake import HeldFile, MediaLimits, VideoSource, probe_video, source_name
 from ..model.observe import Observer, ParityObserver
 from ..model.prompt import DESCRIBE_PROMPT, Conversation, reserved_markers
 from ..model.video import Sampling, VideoClip
@@ -206,7 +206,7 @@ class LongVU:
 
     # ------------------------------------------------------------------ features
     def features(
-        self, video: str | os.PathLike | VideoClip, sampling: Sampling | None = None, *, cancel=None,
+        self, video: VideoSource | VideoClip, sampling: Sampling | None = None, *, cancel=None,
         observer: Observer | None = None, limits: MediaLimits | None = None,
         progress: ProgressCallback | None = None,
     ) -> VisualFeatures:  # fmt: skip
@@ -235,11 +235,11 @@ class LongVU:
         key = self._cache_key(video, sampling)
         hit = self.cache.get(key, video=video)
         if hit is not None:
-            _check_cached(hit, limits, os.fspath(video))
+            _check_cached(hit, limits, source_name(video))
             hit.timings = {"cache_hit": 1.0, "cache_read": time.perf_counter() - t0}
             return hit
         feats = self._encode(video, sampling, cancel, observer, limits, progress)
-        self.cache.put(key, feats, video=os.path.realpath(video))
+        self.cache.put(key, feats, video=video.name if isinstance(video, HeldFile) else os.path.realpath(video))
         return feats
 
     def _encode(self, video, sampling: Sampling, cancel, observer, limits=None, progress=None) -> VisualFeatures:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..errors import Cancelled, LongVUError
 from ..model.encode import ProgressCallback
 from ..model.generation import GenerationOptions
-from ..model.intake import MediaLimits
+from ..model.intake import HeldFile, MediaLimits, source_name
 from ..pipeline.api import LongVU
 from .errors import APIError, ended, public_error, timed_out
 from .parts import Media, frames_from_images
@@ -141,14 +141,15 @@ class Jobs:
 class ChatJob:
     """What one chat request asks of a model (picklable: it travels to Ray Serve replicas).
 
-    ``source`` is the video's local path, or the image frames' paths (see :class:`Media`);
+    ``source`` is the video's local path or held file, or the image frames' (see :class:`Media`;
+    a held file travels to a replica as its name);
     ``limits`` bound its decoding, ``frames_bytes`` the decoded size of image frames.
     """
 
     system: str | None
     turns: list[tuple[str, str]]
     media: Media
-    source: str | list[str]
+    source: str | HeldFile | list[str | HeldFile]
     gen: GenerationOptions
     limits: MediaLimits
     frames_bytes: int
@@ -156,7 +157,9 @@ class ChatJob:
     @property
     def video_key(self) -> str:
         """Names the video for routing its follow-up turns to the replica holding its features."""
-        return self.source if isinstance(self.source, str) else "frames:" + "|".join(self.source)
+        if isinstance(self.source, list):
+            return "frames:" + "|".join(source_name(s) for s in self.source)
+        return source_name(self.source)
 
 
 def frames_budget(settings: ServerSettings) -> int:
