@@ -146,3 +146,78 @@ def patch_mp4_u32(path: Path, box_path: list[bytes], offset: int, value: int) ->
         start, end = at + 8, at + size
     data[start - 8 + offset : start - 8 + offset + 4] = struct.pack(">I", value)
     path.write_bytes(bytes(data))
+
+
+def write_shaped(path: Path, width: int, height: int, frames: int = 1) -> Path:
+    """A Matroska file of ``frames`` grey FFV1 frames of any shape (odd and 1-pixel sides included): a few KB."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as out:
+        s = out.add_stream("ffv1", rate=1)
+        s.width, s.height, s.pix_fmt = width, height, "gray"
+        grey = []
+        for i in range(frames):
+            f = av.VideoFrame(width, height, "gray")
+            f.planes[0].update(bytes([i * 40 % 256]) * f.planes[0].buffer_size)
+            grey.append(f)
+        _encode_all(out, s, grey)
+    return path
+
+
+def _encode_all(out, stream, frames) -> None:
+    """Encode ``frames`` (PTS 0, 1, ...) into ``stream`` of ``out``, then flush the encoder."""
+    for i, f in enumerate(frames):
+        f.pts = i
+        for pkt in stream.encode(f):
+            out.mux(pkt)
+    for pkt in stream.encode():
+        out.mux(pkt)
+
+
+def _big_frame_packets(cache: Path, side: int) -> Path:
+    """One x264 keyframe of ``side x side`` (flat grey: a few hundred KB), encoded once and kept in ``cache``."""
+    import av
+
+    tpl = cache / f"big{side}.mkv"
+    if not tpl.exists():
+        with av.open(str(tpl), "w", format="matroska") as out:
+            s = out.add_stream("libx264", rate=1)
+            s.width, s.height, s.pix_fmt = side, side, "yuv420p"
+            s.options = {"preset": "ultrafast", "crf": "51"}
+            f = av.VideoFrame(side, side, "yuv420p")
+            for p in f.planes:
+                p.update(bytes(p.buffer_size))
+            _encode_all(out, s, [f])
+    return tpl
+
+
+def write_stream_bomb(path: Path, fmt: str, n_big: int, side: int = 8192, small_first: bool = True,
+                      cache: Path | None = None) -> Path:  # fmt: skip
+    """A small video (a 64x64 x264 stream, 20 frames) beside ``n_big`` streams of one ``side x side`` frame.
+
+    Each big stream's frame is the same packet (encoded once): the file stays under a MB while
+    decoding a frame of every stream would take ``1.5 * side**2`` bytes each, and more for the decoder.
+    """
+    import av
+
+    with av.open(str(_big_frame_packets(cache or path.parent, side))) as src:
+        ins = src.streams.video[0]
+        packets = [bytes(p) for p in src.demux(ins) if p.size]
+        with av.open(str(path), "w", format=fmt) as out:
+
+            def add_small():
+                s = out.add_stream("libx264", rate=10)
+                s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+                return s
+
+            small = add_small() if small_first else None
+            bigs = [out.add_stream_from_template(ins) for _ in range(n_big)]
+            small = small or add_small()
+            for s in bigs:
+                for data in packets:
+                    pkt = av.Packet(data)
+                    pkt.stream, pkt.pts, pkt.dts, pkt.time_base, pkt.is_keyframe = s, 0, 0, ins.time_base, True
+                    out.mux(pkt)
+            frames = [np.full((64, 64, 3), i * 10, np.uint8) for i in range(20)]
+            _encode_all(out, small, [av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames])
+    return path

@@ -37,12 +37,25 @@ class VideoError(LongVUError):
 class MediaLimitError(VideoError):
     """The video is over a :class:`longvu.model.intake.MediaLimits` bound (a server answers 413).
 
-    ``limit`` names the bound: ``"max_pixels"``, ``"max_frames"`` or ``"max_seconds"``.
+    ``limit`` names the bound: ``"max_pixels"``, ``"max_side"``, ``"max_aspect"``, ``"max_frames"``,
+    ``"max_seconds"`` (or, for image frames, ``"max_image_frames_mb"``).
     """
 
     def __init__(self, reason: str, path: str | os.PathLike | None = None, *, limit: str) -> None:
         super().__init__(reason, path)
         self.limit = limit
+
+
+class UnsafePathError(LongVUError):
+    """A path that must stay inside a folder leaves it: ``..``, an absolute path, or a symbolic link.
+
+    Raised by :func:`longvu.files.open_beneath`; ``str(e)`` names the path, :attr:`reason` does not.
+    """
+
+    def __init__(self, reason: str, path: str | os.PathLike | None = None) -> None:
+        self.reason = _one_line(reason)
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(self.reason if path is None else f"{display_path(path)}: {self.reason}")
 
 
 class CheckpointError(LongVUError):
@@ -81,6 +94,11 @@ class ContextOverflowError(LongVUError):
 
 class Cancelled(Exception):
     """The caller cancelled the work (a client went away, Ctrl-C, a deadline passed)."""
+
+
+def install_hint(extra: str) -> str:
+    """How to add an optional extra; longvu is not on the package index, so from a clone."""
+    return f"pip install -e '.[{extra}]' in a clone of longvu"
 
 
 def display_path(path: str | os.PathLike | bytes, limit: int = 160) -> str:

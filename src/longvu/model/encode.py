@@ -18,7 +18,8 @@ chat turn) about the same video starts from.  Its named parts:
   the connector run on them in chunks.
 
 The arithmetic is the reference's, so the result equals the in-memory path (the parity
-tests run through this code).  ``cancel`` is checked for every frame and every chunk.
+tests run through this code).  ``cancel`` is checked every few decoded frames (sampled or not), for
+every sampled frame and every chunk.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -39,13 +40,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import Cancelled, VideoError
+from ..errors import VideoError
 from .compress.temporal import select_frames, select_in_window, window_similarity
 from .devices import decode_threads, host_batch, preprocess_workers, upload
-from .intake import MediaLimits
+from .intake import MediaLimits, VideoSource, source_name
 from .observe import Observer
 from .preprocess import ImageSpec, normalize, pad_and_resize, preprocess_frame
-from .video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames, planned_indices, sampled_indices
+from .video import (
+    Sampling,
+    StreamInfo,
+    VideoClip,
+    check_cancel,
+    count_frames,
+    iter_frames,
+    planned_indices,
+    sampled_indices,
+)
 
 # A decoded frame up to this size is held as it is until stage 1 decides whether SigLIP
 # needs it (720p and smaller: the cheap path); a larger one is padded and resized for
@@ -179,17 +189,17 @@ class _Prefetch:
 
 
 def _decoded_frames(
-    video: str | os.PathLike | VideoClip, sampling: Sampling, info: StreamInfo, pool: ThreadPoolExecutor, model,
-    limits: MediaLimits | None = None,
+    video: VideoSource | VideoClip, sampling: Sampling, info: StreamInfo, pool: ThreadPoolExecutor, model,
+    limits: MediaLimits | None = None, cancel=None,
 ) -> Iterator[_Frame]:  # fmt: skip
     """Sampled frames, their preprocessing submitted to ``pool`` by a decoding thread."""
     if isinstance(video, VideoClip):
         info.avg_fps, info.step, info.total = video.avg_fps, video.step, video.num_frames_total
         frames: Iterator = zip(video.source_indices, video.timestamps, video.frames)
     else:
-        wanted = planned_indices(video, sampling, limits) if sampling.max_frames is not None else None
+        wanted = planned_indices(video, sampling, limits, cancel) if sampling.max_frames is not None else None
         frames = iter_frames(
-            video, sampling, info, only=wanted, limits=limits, thread_type=decode_threads(model.device)
+            video, sampling, info, only=wanted, limits=limits, thread_type=decode_threads(model.device), cancel=cancel
         )
     dino_spec, siglip_spec = model.dinov2.spec, model.siglip.spec
 
@@ -348,7 +358,8 @@ class _Stage1:
         return kept.kept, False  # fmt: skip
 
 
-def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, observer, timings) -> torch.Tensor:
+def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, observer, timings,
+                 progress: _Progress | None = None) -> torch.Tensor:  # fmt: skip
     """SigLIP and the connector on the stored frames, in chunks of ``encode_chunk``.
 
     The next chunk's frames are read and preprocessed while the current one runs.
@@ -364,7 +375,7 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
     chunks = []
     pending = submit(parts[0]) if parts else []
     for k, part in enumerate(parts):
-        _check(cancel)
+        check_cancel(cancel)
         current, pending = pending, submit(parts[k + 1]) if k + 1 < len(parts) else []
         t0 = time.perf_counter()
         sig = siglip(host_batch([fut.result() for fut, _ in current], device), cfg.aux_side)  # [n, 576, C]
@@ -374,6 +385,8 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
             aux = conn.project_aux([sig.to(dtype), dino])
             sampled = conn.sample(aux, hw, fix_orientation=cfg.fix_unpad_orientation)  # [n, Q, vh]
         chunks.append(sampled)
+        if progress is not None:
+            progress.stage("encoding", sum(map(len, parts[: k + 1])), len(stored))
         timings["siglip"] += t1 - t0
         timings["connector"] += time.perf_counter() - t1
         if observer:
@@ -383,13 +396,13 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
 
 def encode_video(
     model,
-    video: str | os.PathLike | VideoClip,
+    video: VideoSource | VideoClip,
     sampling: Sampling | None = None,
     *,
     keep_all_below: int,
     cancel=None,
     observer: Observer | None = None,
-    progress: bool = False,
+    progress: bool | ProgressCallback = False,
     limits: MediaLimits | None = None,
 ) -> VisualFeatures:
     """Decode and encode a video into :class:`VisualFeatures`.
@@ -401,33 +414,33 @@ def encode_video(
             largest ``max_frames_dino`` any question can have.
         cancel: an object with ``is_set()``; once set, :class:`~longvu.errors.Cancelled` is raised.
         observer: gets each window's and chunk's tensors (see :class:`~longvu.model.observe.Observer`).
-        progress: show a progress bar on stderr.
+        progress: ``True`` shows a progress bar on stderr; a callable is called as
+            ``progress(stage, done, total)`` (see :data:`ProgressCallback`).
         limits: bounds on duration, frames and frame size, enforced while decoding
             (a :class:`~longvu.errors.MediaLimitError` past them).
     """
     sampling = sampling or Sampling()
-    path = video.path if isinstance(video, VideoClip) else str(video)
+    path = video.path if isinstance(video, VideoClip) else source_name(video)
     info = StreamInfo()
     timings = dict.fromkeys(("decode_wait", "dino", "siglip", "connector"), 0.0)
     t_start = time.perf_counter()
-    bar = _progress_bar(video, sampling, progress)
+    bar = _Progress(video, sampling, progress)
     pool = ThreadPoolExecutor(max_workers=preprocess_workers(model.device), thread_name_prefix="longvu-prep")
     try:
         with tempfile.TemporaryDirectory(prefix="longvu-") as tmp, _Spill(tmp) as spill:
             stage1 = _Stage1(model, spill, keep_all_below, observer, timings)
-            with closing(_decoded_frames(video, sampling, info, pool, model, limits)) as frames:
+            with closing(_decoded_frames(video, sampling, info, pool, model, limits, cancel)) as frames:
                 for frame in _timed(frames, timings):
-                    _check(cancel)
+                    check_cancel(cancel)
                     stage1.add(frame)
-                    if bar is not None:
-                        bar.update(1)
+                    bar.frame()
             stage1.flush()
             _check_nonempty(stage1.indices, info, path)
             stored, all_frames = stage1.stored()
-            sampled = _siglip_pass(model, spill, stored, stage1.hw, pool, cancel, observer, timings)
+            bar.stage("encoding", 0, len(stored))
+            sampled = _siglip_pass(model, spill, stored, stage1.hw, pool, cancel, observer, timings, bar)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         pool.shutdown(wait=False, cancel_futures=True)
     timings["total"] = time.perf_counter() - t_start
     return VisualFeatures(
@@ -446,11 +459,6 @@ def _timed(frames: Iterator[_Frame], timings: dict) -> Iterator[_Frame]:
         if frame is None:
             return
         yield frame
-
-
-def _check(cancel) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled()
 
 
 def _check_nonempty(indices: list[int], info: StreamInfo, path: str) -> None:
@@ -482,23 +490,60 @@ def _release_freed_memory() -> None:
 _LIBC = None
 
 
-def _progress_bar(video, sampling: Sampling, enabled: bool):
-    """A tqdm bar on stderr; its total (sampled frames) is counted on a thread, not waited for."""
-    if not enabled:
-        return None
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``, called from the encoding thread: ``"decoding"`` counts the sampled
+frames decoded and run through DINOv2 and frame reduction (what the CLI's bar counts; ``total`` 0
+until the frames are counted, which happens on a thread beside it), then ``"encoding"`` counts the
+kept frames through SigLIP and the connector.  It must return quickly."""
 
-    bar = tqdm(total=None, unit="frame", desc="encoding", leave=False, dynamic_ncols=True)
-    if isinstance(video, VideoClip):
-        bar.total = len(video)
-        return bar
 
-    def count() -> None:
+class _Progress:
+    """Encoding progress: a tqdm bar on stderr (``enabled is True``) and/or a :data:`ProgressCallback`.
+
+    The decoding total (sampled frames) is counted on a thread, not waited for.
+    """
+
+    def __init__(self, video, sampling: Sampling, enabled: bool | ProgressCallback) -> None:
+        self.callback = enabled if callable(enabled) else None
+        self.bar = (
+            tqdm(total=None, unit="frame", desc="encoding", leave=False, dynamic_ncols=True)
+            if enabled is True
+            else None
+        )
+        self.done, self.total = 0, None
+        if self.bar is None and self.callback is None:
+            return
+        if isinstance(video, VideoClip):
+            self._set_total(len(video))
+        else:
+            threading.Thread(target=self._count, args=(video, sampling), daemon=True, name="longvu-count").start()
+        self.stage("decoding", 0, self.total or 0)
+
+    def _count(self, video, sampling: Sampling) -> None:
         try:
             total, fps = count_frames(video)
-            bar.total = len(sampled_indices(total, fps, sampling))
-            bar.refresh()
+            self._set_total(len(sampled_indices(total, fps, sampling)))
         except Exception:  # an estimate only: never fail the run for it
             pass
 
-    threading.Thread(target=count, daemon=True, name="longvu-count").start()
-    return bar
+    def _set_total(self, total: int) -> None:
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def frame(self) -> None:
+        """One more sampled frame through the first pass."""
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.callback is not None:
+            self.callback("decoding", self.done, max(self.total, self.done) if self.total else 0)
+
+    def stage(self, name: str, done: int, total: int) -> None:
+        if self.callback is not None:
+            self.callback(name, done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -10,16 +10,24 @@
   ``file:``, ``http:``, ``data:``, ``subfile:`` ... fails) and nested opens through the
   demuxer's I/O callback are refused.  Either alone stops the concat and HLS tricks;
   the tests check each layer on its own.
-* :class:`MediaLimits` bounds the work while decoding (pixels per frame, decoded frames,
-  seconds by the stream's own clock), whatever the header claims.
+* :class:`MediaLimits` bounds the work: each side, the aspect ratio and the pixels of a
+  frame (on the header before decoding, then on every decoded frame), decoded frames and
+  seconds by the stream's own clock, whatever the header claims.
+* Probing decodes nothing: FFmpeg's stream probe (``avformat_find_stream_info``) would
+  decode a frame of every stream, so a small file with a 64x64 stream beside six 8192x8192
+  ones cost GBs before any check.  The probe may open no decoder (the sizes and rates we
+  read come from the codec parameters and packet times), a file may have at most
+  :data:`MAX_STREAMS` streams, and only the chosen stream is ever decoded.
 
 Decoding and sampling the frames is :mod:`longvu.model.video`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import stat
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -60,15 +68,22 @@ _REFERENCE_KINDS = (
 
 _ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC
 
+# Streams a file may have (FFmpeg's ``max_streams``; its default is 1000).  Real files have
+# a video, a few audio and some subtitle streams; every stream costs a probe decoder.
+MAX_STREAMS = 64
+
 
 # ---------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class MediaLimits:
-    """Bounds on the work one video may cost; ``None`` is no bound (the CLI's default).
+    """Bounds on the work one video (or image frame) may cost; ``None`` is no bound.
 
-    Each is enforced while decoding, from the frames themselves, so a stream with no
-    duration in its header (raw ``.h264``) or a patched header is stopped all the same.
-    Going over one raises :class:`~longvu.errors.MediaLimitError`.
+    The size bounds are checked on the header (the stream's codec parameters, an image's
+    header) before anything that grows with the size is allocated, and again on every
+    decoded frame, so a stream with no size or duration in its header (raw ``.h264``) or a
+    patched header is stopped all the same.  Going over one raises
+    :class:`~longvu.errors.MediaLimitError`; a frame under :data:`MIN_SIDE` a side is a
+    :class:`~longvu.errors.VideoError` whatever the limits.
 
     Args:
         max_seconds: longest video, by the stream's own clock (frame PTS, or the decoded
@@ -77,27 +92,50 @@ class MediaLimits:
             whatever the timestamps say.  A server should set it with ``max_seconds``.
         max_pixels: largest frame, width x height.  Also given to the decoder, which
             then refuses to allocate a larger picture.
+        max_side: longest width or height.  The default (16384) passes 8K and 16K video.
+        max_aspect: longest side over shortest.  Preprocessing pads a frame to a square of
+            its long side, so a 1,000,000x1 frame of one megapixel costs like a square
+            terapixel one; the default (8) passes every real shape (4K 16:9, 21:9 and 32:9
+            wide screens, 9:16 and 9:21 phone video, 2:1 panoramas) and keeps at least one
+            row of the model's coarsest (8x8) token grid.
     """
 
     max_seconds: float | None = None
     max_frames: int | None = None
     max_pixels: int | None = None
+    max_side: int | None = 16384
+    max_aspect: float | None = 8.0
 
     def __post_init__(self) -> None:
-        for name in ("max_seconds", "max_frames", "max_pixels"):
+        for name in ("max_seconds", "max_frames", "max_pixels", "max_side", "max_aspect"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise VideoError(f"MediaLimits.{name} must be positive, got {value}")
+        if self.max_aspect is not None and self.max_aspect < 1:
+            raise VideoError(f"MediaLimits.max_aspect must be at least 1, got {self.max_aspect}")
 
-    def check_size(self, width: int, height: int, path: str) -> None:
+    def check_size(self, width: int, height: int, path: str | None, *, header: bool = False) -> None:
+        """Refuse a frame of ``width`` x ``height`` over the bounds, or under :data:`MIN_SIDE`.
+
+        ``header``: the size comes from a header, where 0 means "not said" (checked again
+        on the decoded frames).
+        """
+        if header and (width <= 0 or height <= 0):
+            return
+        what = f"frames of {width}x{height}"
+        if self.max_side is not None and max(width, height) > self.max_side:
+            raise MediaLimitError(f"{what} are over the limit of {self.max_side} pixels a side", path,
+                                  limit="max_side")  # fmt: skip
+        if self.max_aspect is not None and max(width, height) > self.max_aspect * min(width, height):
+            raise MediaLimitError(f"{what} are more than {self.max_aspect:g} times longer than wide", path,
+                                  limit="max_aspect")  # fmt: skip
         if self.max_pixels is not None and width * height > self.max_pixels:
-            raise MediaLimitError(
-                f"frames of {width}x{height} are larger than the limit of {self.max_pixels} pixels",
-                path,
-                limit="max_pixels",
-            )
+            raise MediaLimitError(f"{what} are larger than the limit of {self.max_pixels} pixels", path,
+                                  limit="max_pixels")  # fmt: skip
+        if min(width, height) < MIN_SIDE:
+            raise VideoError(f"{what} are too small (at least {MIN_SIDE} pixels a side)", path)
 
-    def check_progress(self, frames: int, seconds: float, path: str) -> None:
+    def check_progress(self, frames: int, seconds: float, path: str | None) -> None:
         """After ``frames`` decoded frames reaching ``seconds`` into the stream."""
         if self.max_frames is not None and frames > self.max_frames:
             raise MediaLimitError(
@@ -108,6 +146,16 @@ class MediaLimits:
                 f"the video lasts more than {self.max_seconds:g}s (the limit)", path, limit="max_seconds"
             )
 
+    @property
+    def decoder_pixels(self) -> int:
+        """The decoder's own ``max_pixels``: it counts padded sizes, so it gets headroom; ours is exact."""
+        largest = self.max_pixels or (self.max_side or 1 << 16) ** 2
+        return 2 * largest + (1 << 16)
+
+
+# Frames smaller than this a side are refused: the model's coarse token grid divides the
+# frame's sides by 1.5, and a side of 0 tokens breaks unpadding (64 frames of 1x1 gave a 500).
+MIN_SIDE = 2
 
 NO_LIMITS = MediaLimits()
 
@@ -150,6 +198,113 @@ class _Unnamed:
         return self._raw.tell()
 
 
+class HeldFile:
+    """A file opened once and read only through that descriptor: what was checked is what is read.
+
+    A server opens a client's local path without following links
+    (:func:`longvu.files.open_beneath`) and passes this object wherever a path goes (probe,
+    frame count, decoding, the feature cache's hash, the file served to the page).  Each
+    :meth:`reader` reads the same open file at its own position (``os.pread``), so a name
+    swapped for a link meanwhile changes nothing.  :meth:`close` may come while a reader is
+    still at work (a request that ended while its job stops): the descriptor is closed when
+    the last reader is, so its number is never reused under a reader.  ``name`` is for
+    messages only.  Sent to another process (a Ray replica), it becomes its name: a
+    descriptor cannot travel.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd, self.name = fd, name
+        self._lock, self._readers, self._closing = threading.Lock(), 0, False
+
+    def reader(self) -> _FdReader:
+        """A new reader at position 0; a :class:`VideoError` once the file is closed."""
+        with self._lock:
+            if self._closing:
+                raise VideoError("the file was closed", self.name)
+            self._readers += 1
+        return _FdReader(self)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            last = self._closing and self._readers == 0
+        if last:
+            self._close_fd()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._readers == 0
+        if idle:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> HeldFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __reduce__(self):
+        return (str, (self.name,))
+
+
+class _FdReader:
+    """A read-only file object on a :class:`HeldFile`'s descriptor, with its own position."""
+
+    def __init__(self, held: HeldFile) -> None:
+        self.held, self.fd, self.pos = held, held.fd, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, self.size() - self.pos)
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size()}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.fd = -1
+            self.held._release()
+
+    def __enter__(self) -> _FdReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+VideoSource = str | os.PathLike | HeldFile  # what the intake opens
+
+
+def source_name(source: VideoSource) -> str:
+    """The name of a video source, for messages (a :class:`HeldFile` is never opened by it)."""
+    return source.name if isinstance(source, HeldFile) else os.fspath(source)
+
+
 class _NestedOpen(Exception):
     """Raised by our I/O callback: the demuxer tried to open another file or URL."""
 
@@ -175,8 +330,15 @@ def _stat_kind(mode: int) -> str | None:
     return "is not a regular file"
 
 
-def _open_regular_file(path: str):
-    """Open ``path`` for reading if it is a regular, non-empty file; else a :class:`VideoError`."""
+def _open_regular_file(source: VideoSource, path: str):
+    """Open ``source`` for reading if it is a regular, non-empty file; else a :class:`VideoError`."""
+    if isinstance(source, HeldFile):
+        reader = source.reader()
+        st = os.fstat(reader.fileno())
+        if _stat_kind(st.st_mode) is not None or st.st_size == 0:
+            reader.close()
+            raise VideoError(_stat_kind(st.st_mode) or "empty file", path)
+        return reader
     try:
         st = os.stat(path)
         if _stat_kind(st.st_mode) is None:  # only then open: opening a device can have effects
@@ -222,7 +384,16 @@ def ffmpeg_reason(e: Exception) -> str:
 
 
 def _container_options(formats: tuple[str, ...] | None) -> dict[str, str]:
-    options = {"protocol_whitelist": ""}  # empty: no protocol at all for nested opens
+    options = {
+        "protocol_whitelist": "",  # empty: no protocol at all for nested opens
+        "max_streams": str(MAX_STREAMS),
+        # The decoders FFmpeg's probe opens may be none of them: a frame of every stream would be
+        # decoded otherwise.  (Per-stream probe options, e.g. skip_frame, cannot be used: PyAV 15
+        # sizes their array by the streams known before the probe, and formats that find their
+        # streams while probing, like MPEG-PS, then write past it.)  The decoder we open for the
+        # chosen stream is a new one, not bound by this list.
+        "codec_whitelist": "none",
+    }
     if formats is not None:
         options["format_whitelist"] = ",".join(formats)
     return options
@@ -277,9 +448,17 @@ def _video_stream(container, path: str):
 
 
 @contextmanager
-def open_container(path: str, limits: MediaLimits):
-    """Open ``path`` as described in the module docstring; yields ``(container, video stream)``."""
-    f = _open_regular_file(path)
+def open_container(source: VideoSource, limits: MediaLimits):
+    """Open ``source`` as described in the module docstring; yields ``(container, video stream)``."""
+    with _open_checked(source, limits) as (container, stream, _):
+        yield container, stream
+
+
+@contextmanager
+def _open_checked(source: VideoSource, limits: MediaLimits):
+    """:func:`open_container`, also yielding the stream's ``(width, height)`` (``(0, 0)``: not known before decoding)."""
+    path = source_name(source)
+    f = _open_regular_file(source, path)
     try:
         _refuse_text(f.read(4096), path)
         f.seek(0)
@@ -291,16 +470,19 @@ def open_container(path: str, limits: MediaLimits):
 
 @contextmanager
 def open_stream(f, path: str, limits: MediaLimits):
-    """Open an already checked file object the same way; yields ``(container, video stream)``.
+    """Open an already checked file object the same way; yields ``(container, video stream, (width, height))``.
 
     ``f`` without ``seek`` is read as a stream, front to back (a pipe, a growing file: see
-    :mod:`longvu.model.live`); its first bytes must have been through the text check.
+    :mod:`longvu.model.live`); its first bytes must have been through the text check.  Its size is
+    then the codec parameters' (``(0, 0)`` if they have none: every decoded frame is checked anyway).
     """
     container = _open_av(f, path)
     try:
         stream = _video_stream(container, path)
-        limits.check_size(stream.codec_context.width, stream.codec_context.height, path)
-        yield container, stream
+        cc = stream.codec_context
+        size = _stream_size(stream, f, path, limits) if hasattr(f, "seek") else (int(cc.width), int(cc.height))
+        limits.check_size(*size, path, header=True)
+        yield container, stream, size
     finally:
         container.close()
 
@@ -310,13 +492,44 @@ def refuse_text(head: bytes, path: str) -> None:
     _refuse_text(head, path)
 
 
-def open_video(path: str | os.PathLike, limits: MediaLimits | None = None):
+def _stream_size(stream, f, path: str, limits: MediaLimits) -> tuple[int, int]:
+    """The stream's frame size: from its codec parameters, else from its first frame, decoded on its own.
+
+    Some codecs (MPEG-4 part 2 in MP4, raw streams) give their size only to a decoder, and
+    the probe decodes nothing (see the module docstring): the first frame is decoded by a
+    decoder of its own, bounded by ``limits``, on a second demuxer of the same open file.
+    """
+    cc = stream.codec_context
+    if cc.width > 0 and cc.height > 0:
+        return int(cc.width), int(cc.height)
+    # lazy: av only on this path (the module imports without it)
+    import av
+
+    pos = f.tell()
+    try:
+        f.seek(0)
+        peek = _open_av(f, path)
+        try:
+            s = peek.streams[stream.index]
+            s.codec_context.options = {"max_pixels": str(limits.decoder_pixels)}
+            for frame in peek.decode(s):
+                return int(frame.width), int(frame.height)
+        except av.error.FFmpegError:
+            pass  # decoding the stream gives the error
+        finally:
+            peek.close()
+    finally:
+        f.seek(pos)
+    return 0, 0
+
+
+def open_video(path: VideoSource, limits: MediaLimits | None = None):
     """Open a video the only accepted way: ``with open_video(path) as (container, stream): ...``.
 
     A regular file, its container format chosen by content from the allow-list, no nested
     opens, the real video stream (see the module docstring); anything else is a VideoError.
     """
-    return open_container(os.fspath(path), limits or NO_LIMITS)
+    return open_container(path, limits or NO_LIMITS)
 
 
 def probe_fps(stream, path: str | None = None) -> float:
@@ -334,15 +547,15 @@ def _header_duration(container, stream) -> float | None:
     return None
 
 
-def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> MediaInfo:
+def probe_video(source: VideoSource, limits: MediaLimits | None = None) -> MediaInfo:
     """Check that ``path`` is an accepted video file and read its header.
 
     Fails fast (a :class:`VideoError`) on anything :func:`iter_frames` would refuse
     before decoding, including a header that is over ``limits`` (a header under them
     proves nothing: decoding checks again).
     """
-    path, limits = os.fspath(path), limits or NO_LIMITS
-    with open_container(path, limits) as (container, stream):
+    path, limits = source_name(source), limits or NO_LIMITS
+    with _open_checked(source, limits) as (container, stream, (width, height)):
         cc = stream.codec_context
         duration = _header_duration(container, stream)
         if duration is not None:
@@ -350,8 +563,8 @@ def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> M
         return MediaInfo(
             format=container.format.name,
             codec=cc.name,
-            width=int(cc.width),
-            height=int(cc.height),
+            width=width,
+            height=height,
             avg_fps=probe_fps(stream, path),
             duration=duration,
             frames=int(stream.frames) or None,

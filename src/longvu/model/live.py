@@ -188,8 +188,8 @@ def open_live(source: LiveSource, limits: MediaLimits | None = None):
     if not head:
         raise VideoError("the stream ended before any data arrived", source.name)
     refuse_text(head, source.name)
-    with open_stream(source, source.name, limits or NO_LIMITS) as opened:
-        yield opened
+    with open_stream(source, source.name, limits or NO_LIMITS) as (container, stream, _):
+        yield container, stream
 
 
 def live_frames(

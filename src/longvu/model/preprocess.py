@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .intake import MediaLimits
+
 
 @dataclass(frozen=True)
 class ImageSpec:
@@ -97,6 +99,8 @@ def pad_and_resize(frame: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """
     h, w = frame.shape[:2]
     t = spec.size
+    if max(w, h) > _EXACT.max_side or max(w, h) > _EXACT.max_aspect * min(w, h):
+        return _resize_then_pad(frame, spec)
     if h == w or max(w, h) == t:
         img = expand_to_square(Image.fromarray(frame), spec.pad_color)
         if img.size != (t, t):
@@ -104,6 +108,30 @@ def pad_and_resize(frame: np.ndarray, spec: ImageSpec) -> np.ndarray:
         return np.asarray(img)
     inter = _landscape_rows(frame, spec) if w > h else _portrait_rows(frame, spec)  # [side, S, 3]
     return np.asarray(Image.fromarray(inter).resize((t, t), Image.BICUBIC))
+
+
+# Shapes the default :class:`~longvu.model.intake.MediaLimits` let through take the exact path;
+# every decoded video and image frame is within them (the intake refuses the rest).
+_EXACT = MediaLimits()
+
+
+def _resize_then_pad(frame: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """``[S, S, 3]`` for a shape beyond the default limits: the content resized first, then padded.
+
+    Only a :class:`~longvu.model.video.VideoClip` built by hand can bring such a shape
+    (1,000,000x1, 1x600,000): the padded-square path would cost memory with the long side
+    and time with its square.  Resizing the content to its place in the ``S x S`` square
+    first costs time with its pixels and memory with ``S``.  Pillow rounds differently on
+    this path (its passes see other sizes), so it is not bit-identical to the reference;
+    the limits keep every real frame on the exact path.
+    """
+    h, w = frame.shape[:2]
+    t = spec.size
+    scale = t / max(w, h)
+    nw, nh = min(t, max(1, round(w * scale))), min(t, max(1, round(h * scale)))
+    out = Image.new("RGB", (t, t), spec.pad_color)
+    out.paste(Image.fromarray(frame).resize((nw, nh), Image.BICUBIC), ((t - nw) // 2, (t - nh) // 2))
+    return np.asarray(out)
 
 
 def _landscape_rows(frame: np.ndarray, spec: ImageSpec) -> np.ndarray:

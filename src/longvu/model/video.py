@@ -23,15 +23,14 @@ are sampled):
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
-from ..errors import VideoError
-from .intake import NO_LIMITS, MediaLimits, ffmpeg_reason, open_container, probe_fps
+from ..errors import Cancelled, VideoError
+from .intake import NO_LIMITS, MediaLimits, VideoSource, ffmpeg_reason, open_container, probe_fps, source_name
 
 
 @dataclass(frozen=True)
@@ -198,30 +197,33 @@ def sampled_indices(total: int, avg_fps: float, sampling: Sampling) -> list[int]
     return out
 
 
-def planned_indices(path: str | os.PathLike, sampling: Sampling, limits: MediaLimits | None = None) -> set[int]:
+def planned_indices(path: VideoSource, sampling: Sampling, limits: MediaLimits | None = None, cancel=None) -> set[int]:
     """The source indices to keep, known before decoding (counts the stream's packets).
 
     Needed when ``max_frames`` spreads frames over the whole video, so that frames can
     be picked while decoding instead of after.
     """
-    total, fps = count_frames(path, limits)
+    total, fps = count_frames(path, limits, cancel)
     return set(sampled_indices(total, fps, sampling))
 
 
-def count_frames(path: str | os.PathLike, limits: MediaLimits | None = None) -> tuple[int, float]:
+def count_frames(path: VideoSource, limits: MediaLimits | None = None, cancel=None) -> tuple[int, float]:
     """Frames in the video stream, counted from its packets without decoding, and its fps.
 
-    ``limits.max_frames`` stops the count early (a :class:`MediaLimitError`).
+    ``limits.max_frames`` stops the count early (a :class:`MediaLimitError`), as does
+    ``cancel`` (:class:`~longvu.errors.Cancelled`, checked every :data:`CANCEL_EVERY` packets).
     """
     # lazy: av only on this path (the module imports without it)
     import av
 
-    path, limits = os.fspath(path), limits or NO_LIMITS
-    with open_container(path, limits) as (container, stream):
+    source, path, limits = path, source_name(path), limits or NO_LIMITS
+    with open_container(source, limits) as (container, stream):
         fps = probe_fps(stream, path)
         n = 0
         try:
-            for packet in container.demux(stream):
+            for i, packet in enumerate(container.demux(stream)):
+                if i % CANCEL_EVERY == 0:
+                    check_cancel(cancel)
                 if packet.size:
                     n += 1
                     limits.check_progress(n, 0.0, path)
@@ -230,20 +232,31 @@ def count_frames(path: str | os.PathLike, limits: MediaLimits | None = None) -> 
         return n, fps
 
 
+# Decoded frames (or demuxed packets) between two looks at the cancel event: a few ms of decoding,
+# whatever the sampling skips, so that a client that leaves frees the worker at once.
+CANCEL_EVERY = 4
+
+
+def check_cancel(cancel) -> None:
+    """Raise :class:`~longvu.errors.Cancelled` if ``cancel`` (an object with ``is_set()``, or None) is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
 def _decode(
-    container, stream, limits: MediaLimits, path: str, info: StreamInfo, thread_type: str = "SLICE"
+    container, stream, limits: MediaLimits, path: str, info: StreamInfo, thread_type: str = "SLICE", cancel=None
 ) -> Iterator[tuple[int, object]]:
-    """Every decoded frame as ``(index, av.VideoFrame)``, within ``limits``."""
+    """Every decoded frame as ``(index, av.VideoFrame)``, within ``limits``, until ``cancel`` is set."""
     # lazy: av only on this path (the module imports without it)
     import av
 
     stream.thread_type = thread_type  # SLICE unless the cores are free (the model is off the CPU)
-    if limits.max_pixels is not None:
-        # The decoder's own bound stops it before it allocates a huge picture; it counts
-        # padded sizes, so it gets headroom and the exact check is ours, per frame.
-        stream.codec_context.options = {"max_pixels": str(2 * limits.max_pixels + (1 << 16))}
+    # The decoder's own bound stops it before it allocates a huge picture; the exact check is ours, per frame.
+    stream.codec_context.options = {"max_pixels": str(limits.decoder_pixels)}
     try:
         for index, frame in enumerate(container.decode(stream)):
+            if index % CANCEL_EVERY == 0:
+                check_cancel(cancel)
             if index == 0:  # a stream whose first frame has no PTS is timed by index throughout
                 info.first_pts = frame.pts
             info.total = index + 1
@@ -260,13 +273,14 @@ def _decode(
 
 
 def iter_frames(
-    path: str | os.PathLike,
+    path: VideoSource,
     sampling: Sampling | None = None,
     info: StreamInfo | None = None,
     only: set[int] | None = None,
     *,
     limits: MediaLimits | None = None,
     thread_type: str = "SLICE",
+    cancel=None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Decode ``path`` and yield ``(source_index, seconds, rgb[H, W, 3])`` per sampled frame.
 
@@ -279,13 +293,15 @@ def iter_frames(
     :class:`VideoError`; one over ``limits`` a :class:`MediaLimitError`.  ``thread_type`` is
     PyAV's: ``SLICE`` (the default) or ``AUTO`` (frame threading too: faster when the cores are
     otherwise idle, see :func:`longvu.model.devices.decode_threads`); the frames are the same either way.
+    ``cancel`` (an object with ``is_set()``) is checked every :data:`CANCEL_EVERY` decoded frames,
+    sampled or not: :class:`~longvu.errors.Cancelled` once it is set.
     """
     sampling = sampling or Sampling()
     info = info if info is not None else StreamInfo()
-    path, limits = os.fspath(path), limits or NO_LIMITS
+    source, path, limits = path, source_name(path), limits or NO_LIMITS
     got = 0
-    with open_container(path, limits) as opened:
-        for item in sampled_frames(opened, path, sampling, info, only, limits, thread_type):
+    with open_container(source, limits) as opened:
+        for item in sampled_frames(opened, path, sampling, info, only, limits, thread_type, cancel=cancel):
             got += 1
             yield item
     if info.total == 0:
@@ -298,7 +314,7 @@ def iter_frames(
 
 def sampled_frames(
     opened: tuple, path: str, sampling: Sampling, info: StreamInfo, only: set[int] | None = None,
-    limits: MediaLimits = NO_LIMITS, thread_type: str = "SLICE", by_time_without_rate: bool = False,
+    limits: MediaLimits = NO_LIMITS, thread_type: str = "SLICE", by_time_without_rate: bool = False, cancel=None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:  # fmt: skip
     """:func:`iter_frames`'s frames from an open ``(container, stream)`` (a file's or a live stream's).
 
@@ -310,7 +326,7 @@ def sampled_frames(
     info.avg_fps = probe_fps(stream, path)
     info.step = sampling.step(info.avg_fps)
     due = None if not (by_time_without_rate and not stream.average_rate) else (sampling.start or 0.0)
-    for index, frame in _decode(container, stream, limits, path, info, thread_type):
+    for index, frame in _decode(container, stream, limits, path, info, thread_type, cancel):
         if due is not None:  # by time: the first frame at or after each sampling instant
             t = info.seconds(frame, index)
             if t < due - 1e-6:
@@ -325,13 +341,13 @@ def sampled_frames(
 
 
 def load_video(
-    path: str | os.PathLike, sampling: Sampling | None = None, *, limits: MediaLimits | None = None
+    path: VideoSource, sampling: Sampling | None = None, *, limits: MediaLimits | None = None, cancel=None
 ) -> VideoClip:
     """Decode and sample a video into memory (see :class:`Sampling`)."""
     sampling = sampling or Sampling()
-    path = os.fspath(path)
     info = StreamInfo()
-    got = list(iter_frames(path, sampling, info, limits=limits))
+    got = list(iter_frames(path, sampling, info, limits=limits, cancel=cancel))
+    path = source_name(path)
     if sampling.max_frames is not None and len(got) > sampling.max_frames:
         wanted = set(sampled_indices(info.total, info.avg_fps, sampling))
         got = [g for g in got if g[0] in wanted]

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LongVUError
+from ..model.intake import HeldFile, VideoSource, source_name
 
 if TYPE_CHECKING:  # torch and the encoder are imported when features are stored or read, not for `cache info`
     from ..model.encode import VisualFeatures
@@ -211,10 +212,14 @@ class FeatureCache:
                 blob.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- keys
-    def video_digest(self, path: str | os.PathLike) -> str:
+    def video_digest(self, path: VideoSource) -> str:
         """sha256 of the file's bytes, remembered by path hash and file identity so it is hashed once."""
-        real = os.path.realpath(path)
-        with open(real, "rb") as f:
+        if isinstance(path, HeldFile):  # read through its descriptor, never opened again by name
+            real, opener = path.name, path.reader
+        else:
+            real = os.path.realpath(path)
+            opener = lambda: open(real, "rb")  # noqa: E731
+        with opener() as f:
             ident = (_path_hash(real), _file_identity(os.fstat(f.fileno())))
             digest = self._memo_get(ident)
             if digest is None:
@@ -272,7 +277,7 @@ class FeatureCache:
             None,
             "update the index",
         )
-        feats.path = "" if video is None else os.fspath(video)
+        feats.path = "" if video is None else source_name(video)
         return feats
 
     def _load(self, key: str, fname: str, size: int, digest: str) -> VisualFeatures | None:

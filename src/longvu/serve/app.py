@@ -14,6 +14,7 @@ Retry-After when it is full).  Every error is a 4xx/5xx JSON body in OpenAI's sh
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 import uuid
@@ -31,19 +32,19 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import LongVUError
-from ..model.intake import probe_video
+from ..model.intake import HeldFile, probe_video
 from ..pipeline.api import LongVU
 from .errors import APIError, clip, public_error, quota_error, too_large
 from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
 from .jobs import ChatJob, Jobs, LocalBackend, Worker, drain, frames_budget, preparer, run_job
 from .live import add_live_routes, body_rules, is_live
-from .media import allowed_local, resolve_media
+from .media import held_file_response, hold_local, resolve_media
 from .openai import completion, parse_chat_request, parse_json, sse
 from .parts import Media, client_wait_s
 from .remote import Downloader
 from .settings import ServerSettings
 from .store import MediaStore, QuotaExceeded, UploadError, UploadTooLarge, receive_upload
-from .thumbnails import thumbnail_jpeg
+from .thumbnails import ThumbnailPool, thumbnail_jpeg
 
 STATIC = Path(__file__).parent / "static"
 
@@ -69,6 +70,7 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
     store = MediaStore(settings.upload_dir, settings.upload_ttl_s, int(settings.max_upload_total_mb * 1024 * 1024))
     downloader = Downloader(deadline_s=settings.remote_timeout_s, max_redirects=settings.max_redirects)
     jobs = Jobs()
+    thumbs = ThumbnailPool()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -80,6 +82,7 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
         sweeper.cancel()
         await worker.stop()
         downloader.close()
+        thumbs.close()
         store.close()
 
     docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
@@ -90,7 +93,7 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
     _info_routes(app, worker, settings)
     _file_routes(app, store, settings)
     _chat_route(app, backend, worker, store, settings, jobs, downloader)
-    _media_routes(app, store, settings)
+    _media_routes(app, store, settings, thumbs)
     add_live_routes(app, lv, store, settings)
     _page_routes(app)
     return app
@@ -231,7 +234,7 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
         return completion(cid, created, settings.model_name, answer)
 
 
-def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
+def _media_routes(app, store: MediaStore, settings: ServerSettings, thumbs: ThumbnailPool) -> None:
     """What the web page shows of a video: the file itself (its player) and JPEG thumbnails at timestamps.
 
     ``video`` is a file id or a path under the allowed folder (never a data URL or a remote
@@ -240,30 +243,38 @@ def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:
     video, with the media type of its container as found by content.  Behind the API key.
     """
 
-    def held(video: str) -> str:
+    def held(video: str) -> HeldFile:
+        """The named file, opened once: thumbnails and the player read this descriptor, never the name again."""
         if video.startswith("data:") or re.match(r"^https?://", video, re.I):
             raise APIError(400, "name a file id or a path under the allowed folder", code="invalid_video")
         if video.startswith("file-"):
             path = store.get(video)
             if path is None:
                 raise APIError(404, f"no uploaded file {clip(video)!r}", "not_found_error", "file_not_found")
-            return str(path)
+            try:
+                return HeldFile(os.open(path, os.O_RDONLY | os.O_CLOEXEC), video)  # our own file, by our own name
+            except FileNotFoundError:  # deleted meanwhile
+                raise APIError(404, f"no uploaded file {clip(video)!r}", "not_found_error", "file_not_found") from None
         local = video[len("file://") :] if video.startswith("file://") else video
-        return str(allowed_local(local, settings))
+        return hold_local(local, settings)
 
     @app.get("/v1/thumbnail")
-    async def thumbnail(video: str, t: float, w: int = 160):
-
-        data = await asyncio.to_thread(thumbnail_jpeg, held(video), t, w, settings.limits)
+    async def thumbnail(request: Request, video: str, t: float, w: int = 160):
+        source = held(video)
+        data = await thumbs.run(lambda cancel: thumbnail_jpeg(source, t, w, settings.limits, cancel), request,
+                                cleanup=source.close)  # fmt: skip
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/v1/video")
-    async def video_file(video: str):
-
-        path = held(video)
-        info = await asyncio.to_thread(probe_video, path, settings.limits)
-        return FileResponse(path, media_type=VIDEO_TYPES.get(info.format, "application/octet-stream"),
-                            headers={"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline"})  # fmt: skip
+    async def video_file(request: Request, video: str):
+        source = held(video)
+        try:
+            info = await asyncio.to_thread(probe_video, source, settings.limits)
+        except BaseException:
+            source.close()
+            raise
+        return held_file_response(source, request.headers.get("range"),
+                                  VIDEO_TYPES.get(info.format, "application/octet-stream"))  # fmt: skip
 
 
 # Media types of the accepted containers (``longvu.model.intake.CONTAINER_FORMATS``), for the page's player.

@@ -126,7 +126,7 @@ class LiveSessions:
         try:
             refuse_text(data[:4096], "the chunk")
             if s.bytes == 0:
-                with open_stream(io.BytesIO(data), "the chunk", self.settings.limits) as (container, _):
+                with open_stream(io.BytesIO(data), "the chunk", self.settings.limits) as (container, _, _):
                     s.format = container.format.name
                 return
         except MediaLimitError as e:

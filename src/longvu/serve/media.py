@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import os
 import re
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
+from fastapi.responses import StreamingResponse
+
+from ..errors import UnsafePathError
+from ..files import open_beneath
+from ..model.intake import HeldFile
 from .errors import APIError, clip, too_large
 from .parts import Media
 from .remote import RemoteRefused, RemoteTooLarge
@@ -74,7 +82,8 @@ async def _resolve_video(url: str, settings: ServerSettings, store: MediaStore, 
                            code="remote_urls_disabled")  # fmt: skip
         return await _download(url, settings, store, downloader, budget)
     local = url[len("file://") :] if url.startswith("file://") else url
-    return str(allowed_local(local, settings)), noop
+    held = hold_local(local, settings)
+    return held, held.close
 
 
 def _check_data_url(m: re.Match, accept: tuple[str, ...]) -> None:
@@ -135,31 +144,114 @@ async def _download(url: str, settings: ServerSettings, store: MediaStore, downl
     return str(path), cleanup
 
 
-def allowed_local(path: str, settings: ServerSettings) -> Path:
-    """Resolve ``path`` (symlinks and ``..`` included) and require it inside the allowed folder.
+PATH_MAX = 4096  # Linux's; a longer name is refused as a system call would refuse it
 
-    Outside the folder (by its name, then by where it leads) is a 403 whether it exists or
-    not; a path that cannot be resolved (a NUL byte, a symlink loop, a name too long) a 400.
+
+def hold_local(path: str, settings: ServerSettings) -> HeldFile:
+    """Open ``path`` inside the allowed folder without following links; the open file, to read and serve.
+
+    The name is normalised lexically (``sub/../clip.mp4`` is ``clip.mp4``), then opened
+    component by component with :func:`longvu.files.open_beneath`, so what is checked is the
+    file that is read, even if the name is swapped for a link meanwhile.  Outside the folder
+    by its name, or through a link anywhere on the way, is a 403 whether it exists or not; a
+    name that cannot be opened (a NUL byte, a symlink loop, a name too long) a 400; a missing
+    name, a folder or anything but a regular file a 404.
     """
     if not settings.allowed_local_media_path:
         raise APIError(400, "local paths are disabled on this server (start it with --allowed-local-media-path DIR)",
                        code="local_paths_disabled")  # fmt: skip
-    outside = APIError(403, "the path is outside the allowed media folder", "permission_error", "path_not_allowed")
     root = Path(settings.allowed_local_media_path).resolve()
     if "\0" in path:
         raise APIError(400, "the path contains a NUL byte", code="invalid_path")
     lexical = Path(os.path.normpath(root / path))  # no file system access yet
     if lexical != root and root not in lexical.parents:
-        raise outside
+        raise _outside()
+    if len(os.fsencode(str(lexical))) >= PATH_MAX:
+        raise _unresolvable()
+    missing = APIError(404, "no such file in the allowed media folder", "not_found_error", "file_not_found")
+    if lexical == root:
+        raise missing
     try:
-        real = lexical.resolve()
-        inside = real == root or root in real.parents
-        is_file = inside and real.is_file()
-    except (OSError, RuntimeError, ValueError):  # a symlink loop (RuntimeError before Python 3.13), ENAMETOOLONG
-        raise APIError(400, "the path cannot be resolved (a symlink loop, or a name too long)",
-                       code="invalid_path") from None  # fmt: skip
-    if not inside:
-        raise outside
-    if not is_file:
-        raise APIError(404, "no such file in the allowed media folder", "not_found_error", "file_not_found")
-    return real
+        fd = open_beneath(
+            root, str(lexical.relative_to(root)), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+        )
+    except UnsafePathError:
+        raise _refused_link(lexical) from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise missing from None
+    except OSError:  # ENAMETOOLONG, EACCES, ...
+        raise _unresolvable() from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise missing
+    os.set_blocking(fd, True)
+    return HeldFile(fd, str(lexical))
+
+
+def _outside() -> APIError:
+    return APIError(403, "the path is outside the allowed media folder", "permission_error", "path_not_allowed")
+
+
+def _unresolvable() -> APIError:
+    return APIError(400, "the path cannot be resolved (a symlink loop, or a name too long)", code="invalid_path")
+
+
+def _refused_link(lexical: Path) -> APIError:
+    """The error for a path through a link: nothing is opened here, the link's target only chooses the words."""
+    try:
+        lexical.resolve(strict=True)
+    except RuntimeError:  # a symlink loop, before Python 3.13
+        return _unresolvable()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return _unresolvable()
+    except ValueError:
+        return _unresolvable()
+    err = _outside()
+    err.message += " (symbolic links are not followed)"
+    return err
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CHUNK = 1 << 16
+
+
+def held_file_response(held: HeldFile, range_header: str | None, media_type: str) -> StreamingResponse:
+    """Serve ``held`` from its descriptor (never reopened by name), honouring one byte range.
+
+    A player seeks with ``Range: bytes=START-END``; one range is answered 206, several or a
+    malformed header the whole file (200), a range past the end 416.  The descriptor is
+    closed when the body is done or abandoned.
+    """
+    reader = held.reader()  # the descriptor stays open until the body is done
+    held.close()
+    size = reader.size()
+    start, end, status = 0, size - 1, 200
+    m = _RANGE.match((range_header or "").strip())
+    if m and (m.group(1) or m.group(2)):
+        if m.group(1):
+            start, end = int(m.group(1)), min(int(m.group(2) or size - 1), size - 1)
+        else:  # the last N bytes
+            start = max(0, size - int(m.group(2)))
+        if start > end or start >= size:
+            reader.close()
+            raise APIError(416, "the range is outside the file", code="range_not_satisfiable",
+                           headers={"Content-Range": f"bytes */{size}"})  # fmt: skip
+        status = 206
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Disposition": "inline", "Accept-Ranges": "bytes",
+               "Content-Length": str(end - start + 1)}  # fmt: skip
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+
+    def body() -> Iterator[bytes]:
+        try:
+            reader.seek(start)
+            while (left := end + 1 - reader.tell()) > 0:
+                chunk = reader.read(min(CHUNK, left))
+                if not chunk:
+                    return  # the file shrank: the client sees a short body
+                yield chunk
+        finally:
+            reader.close()
+
+    return StreamingResponse(body(), status_code=status, media_type=media_type, headers=headers)

@@ -18,11 +18,12 @@ are refused with a 400 whose code is ``multiple_videos``: LongVU answers about o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MediaLimitError, VideoError
-from ..model.intake import NO_LIMITS, MediaLimits
+from ..model.intake import NO_LIMITS, HeldFile, MediaLimits
 from ..model.video import Sampling, VideoClip
 
 # Image frames one request may carry at most (each is decoded to RGB in memory).
@@ -88,8 +89,8 @@ def parse_media_io_kwargs(body: dict, media: Media, error) -> None:
                     "media_io_kwargs")  # fmt: skip
     n, fps, start, end = (video.get(k) for k in ("num_frames", "fps", "start", "end"))
     for name, v, lo in (("num_frames", n, 1), ("fps", fps, 1e-6), ("start", start, 0), ("end", end, 1e-6)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo):
-            raise error(f"media_io_kwargs.video.{name} must be a number >= {lo:g}", "media_io_kwargs")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo):
+            raise error(f"media_io_kwargs.video.{name} must be a number >= {lo:g} (finite)", "media_io_kwargs")
     if n is not None and int(n) != n:
         raise error("media_io_kwargs.video.num_frames must be an integer", "media_io_kwargs")
     if start is not None and end is not None and end <= start:
@@ -104,7 +105,7 @@ def parse_media_io_kwargs(body: dict, media: Media, error) -> None:
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 
 
-def frames_from_images(paths: list[str], media: Media, limits: MediaLimits | None = None,
+def frames_from_images(paths: list[str | HeldFile], media: Media, limits: MediaLimits | None = None,
                        max_bytes: int | None = None) -> VideoClip:  # fmt: skip
     """Image files as one video's frames (in order, ``frames_fps`` apart, thinned to ``num_frames``).
 
@@ -133,7 +134,7 @@ def frames_from_images(paths: list[str], media: Media, limits: MediaLimits | Non
     return VideoClip("<image frames>", np.stack(frames), keep, [k / fps for k in keep], fps, 1, len(paths))
 
 
-def _image_frame(path: str, k: int, limits: MediaLimits, size: tuple[int, int] | None):
+def _image_frame(path: str | HeldFile, k: int, limits: MediaLimits, size: tuple[int, int] | None):
     """``[H, W, 3]`` uint8 RGB of image frame ``k`` (resized to ``size`` if given)."""
     # lazy: numpy only on this path (the module imports without it)
     import numpy as np
@@ -142,11 +143,11 @@ def _image_frame(path: str, k: int, limits: MediaLimits, size: tuple[int, int] |
     from PIL import Image
 
     try:
-        with Image.open(path, formats=IMAGE_FORMATS) as im:
+        with Image.open(path.reader() if isinstance(path, HeldFile) else path, formats=IMAGE_FORMATS) as im:
             limits.check_size(im.width, im.height, f"image frame {k + 1}")  # before decoding a pixel
             im = im.convert("RGB")
             return np.asarray(im if size is None or im.size == size else im.resize(size, Image.BICUBIC))
-    except MediaLimitError:
+    except VideoError:  # over the limits, or too small: said with the frame's size
         raise
     except Image.DecompressionBombError:
         raise MediaLimitError(f"image frame {k + 1} is larger than the limit", limit="max_pixels") from None
