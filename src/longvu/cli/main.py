@@ -37,7 +37,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `cmd | head`
 
-COMMAND_MODULES = ("ask", "chat", "serve", "eval", "plan", "synth", "train", "cache")
+COMMAND_MODULES = ("ask", "chat", "watch", "serve", "eval", "plan", "synth", "train", "cache")
 
 
 class HelpFormatter(argparse.HelpFormatter):

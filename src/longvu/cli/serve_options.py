@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..serve.guard import default_allowed_hosts
+from ..serve.settings import ServerSettings
 
 
 def _number(kind, minimum: float = 0.0, name: str = "a number"):
@@ -82,6 +83,16 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="deadline of one --allow-remote-urls download, redirects included (default 120)",
     )
+    add_live_options(parser)
+
+
+def add_live_options(parser: argparse.ArgumentParser) -> None:
+    """Bounds on live sessions (``POST /v1/live``: a video streamed in chunks while it is asked about)."""
+    g = parser.add_argument_group("live sessions (see docs/live.md)")
+    g.add_argument("--max-live-sessions", type=_number(int, -1, "a whole number"),
+                   default=ServerSettings.max_live_sessions, help="live streams followed at once; 0 turns them off")  # fmt: skip
+    g.add_argument("--live-idle", type=_number(float), default=ServerSettings.live_idle_s, metavar="SECONDS",
+                   help="a live session with no chunk and no question for this long is closed and deleted")  # fmt: skip
 
 
 def settings_kwargs(args: argparse.Namespace) -> dict:
@@ -91,7 +102,8 @@ def settings_kwargs(args: argparse.Namespace) -> dict:
             "max_pixels": args.max_pixels, "max_video_frames": args.max_video_frames,
             "max_json_mb": args.max_json_mb, "max_upload_total_mb": args.max_upload_total_mb,
             "max_image_frames_mb": args.max_image_frames_mb, "upload_ttl_s": args.upload_ttl,
-            "remote_timeout_s": args.remote_timeout}  # fmt: skip
+            "remote_timeout_s": args.remote_timeout,
+            "max_live_sessions": args.max_live_sessions, "live_idle_s": args.live_idle}  # fmt: skip
 
 
 def warnings(args: argparse.Namespace, hosts: tuple[str, ...]) -> list[str]:

@@ -95,6 +95,7 @@ class VisualFeatures:
     all_frames: bool
     timings: dict[str, float] = field(default_factory=dict)
     sampling: Sampling | None = None  # how the frames were chosen (set by LongVU.features; not cached)
+    covered: tuple[float, float] | None = None  # a live stream's span [start, end] in stream seconds (not cached)
 
     def __len__(self) -> int:
         return len(self.source_indices)
@@ -252,6 +253,13 @@ class _Spill:
             self.index[pos] = (self.images.tell(), image.shape, resized, self.feats.tell(), f.shape)
             self.images.write(np.ascontiguousarray(image).tobytes())
             self.feats.write(f.tobytes())
+
+    def clear(self) -> None:
+        """Forget every frame and give the disk space back (the live encoder does so after each window)."""
+        for f in (self.images, self.feats):
+            f.seek(0)
+            f.truncate()
+        self.index.clear()
 
     def get(self, pos: int) -> tuple[tuple[np.ndarray, bool], np.ndarray]:
         """A frame's SigLIP input and its features' bytes (``[576, C * itemsize]`` uint8; view as :attr:`dtype`)."""

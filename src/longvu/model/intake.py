@@ -412,8 +412,9 @@ def _open_av(f, path: str):
     import av
 
     options = _container_options(CONTAINER_FORMATS)
+    source = _Unnamed(f) if hasattr(f, "seek") else f  # no seek: FFmpeg reads it as a stream (a pipe, a live feed)
     try:
-        return av.open(_Unnamed(f), container_options=options, io_open=_refuse_nested_open, metadata_errors="replace")
+        return av.open(source, container_options=options, io_open=_refuse_nested_open, metadata_errors="replace")
     except _NestedOpen:
         raise VideoError("not a readable video file (it refers to other files or URLs)", path) from None
     except _einval_errors():  # EINVAL: a demuxer outside the whitelist, or a refused nested open
@@ -461,16 +462,34 @@ def _open_checked(source: VideoSource, limits: MediaLimits):
     try:
         _refuse_text(f.read(4096), path)
         f.seek(0)
-        container = _open_av(f, path)
-        try:
-            stream = _video_stream(container, path)
-            size = _stream_size(stream, f, path, limits)
-            limits.check_size(*size, path, header=True)
-            yield container, stream, size
-        finally:
-            container.close()
+        with open_stream(f, path, limits) as opened:
+            yield opened
     finally:
         f.close()
+
+
+@contextmanager
+def open_stream(f, path: str, limits: MediaLimits):
+    """Open an already checked file object the same way; yields ``(container, video stream, (width, height))``.
+
+    ``f`` without ``seek`` is read as a stream, front to back (a pipe, a growing file: see
+    :mod:`longvu.model.live`); its first bytes must have been through the text check.  Its size is
+    then the codec parameters' (``(0, 0)`` if they have none: every decoded frame is checked anyway).
+    """
+    container = _open_av(f, path)
+    try:
+        stream = _video_stream(container, path)
+        cc = stream.codec_context
+        size = _stream_size(stream, f, path, limits) if hasattr(f, "seek") else (int(cc.width), int(cc.height))
+        limits.check_size(*size, path, header=True)
+        yield container, stream, size
+    finally:
+        container.close()
+
+
+def refuse_text(head: bytes, path: str) -> None:
+    """Refuse the first bytes of a would-be video that are text (see :func:`_refuse_text`)."""
+    _refuse_text(head, path)
 
 
 def _stream_size(stream, f, path: str, limits: MediaLimits) -> tuple[int, int]:

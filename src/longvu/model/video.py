@@ -299,23 +299,45 @@ def iter_frames(
     sampling = sampling or Sampling()
     info = info if info is not None else StreamInfo()
     source, path, limits = path, source_name(path), limits or NO_LIMITS
-    shape = orientation = None
-    with open_container(source, limits) as (container, stream):
-        info.avg_fps = probe_fps(stream, path)
-        info.step = sampling.step(info.avg_fps)
-        for index, frame in _decode(container, stream, limits, path, info, thread_type, cancel):
-            if not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
-                continue
-            orientation = orientation or Orientation.of(frame)
-            rgb = orientation.apply(to_rgb(frame))
-            shape = shape or rgb.shape
-            yield index, info.seconds(frame, index), resize_like(rgb, shape)
+    got = 0
+    with open_container(source, limits) as opened:
+        for item in sampled_frames(opened, path, sampling, info, only, limits, thread_type, cancel=cancel):
+            got += 1
+            yield item
     if info.total == 0:
         raise VideoError("no decodable video frame", path)
-    if shape is None:
+    if got == 0:
         raise VideoError(
             f"no frame in the requested time range (the video lasts {info.total / info.avg_fps:.2f}s)", path
         )
+
+
+def sampled_frames(
+    opened: tuple, path: str, sampling: Sampling, info: StreamInfo, only: set[int] | None = None,
+    limits: MediaLimits = NO_LIMITS, thread_type: str = "SLICE", by_time_without_rate: bool = False, cancel=None,
+) -> Iterator[tuple[int, float, np.ndarray]]:  # fmt: skip
+    """:func:`iter_frames`'s frames from an open ``(container, stream)`` (a file's or a live stream's).
+
+    ``by_time_without_rate``: a stream that declares no average frame rate (a browser's WebM) is
+    sampled by its timestamps, ``1 / fps`` apart, instead of counting frames at a guessed rate.
+    """
+    container, stream = opened
+    shape = orientation = None
+    info.avg_fps = probe_fps(stream, path)
+    info.step = sampling.step(info.avg_fps)
+    due = None if not (by_time_without_rate and not stream.average_rate) else (sampling.start or 0.0)
+    for index, frame in _decode(container, stream, limits, path, info, thread_type, cancel):
+        if due is not None:  # by time: the first frame at or after each sampling instant
+            t = info.seconds(frame, index)
+            if t < due - 1e-6:
+                continue
+            due += math.floor((t - due) * sampling.fps + 1e-6) / sampling.fps + 1 / sampling.fps
+        elif not sampling.keeps(index, info.avg_fps) or (only is not None and index not in only):
+            continue
+        orientation = orientation or Orientation.of(frame)
+        rgb = orientation.apply(to_rgb(frame))
+        shape = shape or rgb.shape
+        yield index, info.seconds(frame, index), resize_like(rgb, shape)
 
 
 def load_video(

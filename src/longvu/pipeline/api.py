@@ -314,6 +314,16 @@ class LongVU:
         feats = video if video is None or isinstance(video, VisualFeatures) else self.features(video, sampling)
         return ChatSession(self, feats, self.conversation(system, video=feats is not None))
 
+    def watch(self, source, *, sampling: Sampling | None = None, horizon_s: float | None = None, **kw):
+        """Follow a video still being written (a growing file or a stream) and answer over what is seen so far.
+
+        Returns a :class:`~longvu.pipeline.live.LiveSession` (a context manager); keywords as its constructor.
+        """
+        # lazy: pipeline.live builds on this module
+        from .live import LiveSession
+
+        return LiveSession(self, source, sampling=sampling, horizon_s=horizon_s, **kw)
+
     @torch.inference_mode()
     def teacher_forced(self, features: VisualFeatures | None, conversation: Conversation, answer: str) -> Forced:
         """Score ``answer`` as the reply to the conversation's last user turn (no sampling).

@@ -110,7 +110,7 @@ def summary_lines(c: dict, high: int) -> str:
 
 
 def _video(feats) -> dict:
-    return {
+    out = {
         "path": feats.path,
         "num_frames_total": feats.num_frames_total,
         "avg_fps": feats.avg_fps,
@@ -119,6 +119,9 @@ def _video(feats) -> dict:
         "timestamps": [round(t, 3) for t in feats.timestamps],
         "frame_hw": list(feats.frame_hw),
     }
+    if getattr(feats, "covered", None) is not None:  # a live stream: the span the answer saw
+        out["covered_s"] = [round(float(t), 3) for t in feats.covered]
+    return out
 
 
 def _budget(b, cfg) -> dict:

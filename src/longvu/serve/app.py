@@ -37,6 +37,7 @@ from ..pipeline.api import LongVU
 from .errors import APIError, clip, public_error, quota_error, too_large
 from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
 from .jobs import ChatJob, Jobs, LocalBackend, Worker, drain, frames_budget, preparer, run_job
+from .live import add_live_routes, body_rules, is_live
 from .media import held_file_response, hold_local, resolve_media
 from .openai import completion, parse_chat_request, parse_json, sse
 from .parts import Media, client_wait_s
@@ -48,7 +49,11 @@ from .thumbnails import ThumbnailPool, thumbnail_jpeg
 STATIC = Path(__file__).parent / "static"
 
 
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # what /static/ serves, by name
+STATIC_FILES = {
+    "app.js": "text/javascript",
+    "live.js": "text/javascript",
+    "style.css": "text/css",
+}  # what /static/ serves, by name
 
 
 def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backend=None):
@@ -73,6 +78,7 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
         sweeper = asyncio.create_task(store.sweep_every(settings.sweep_interval_s))
         yield
         jobs.cancel_all()
+        app.state.live.close()
         sweeper.cancel()
         await worker.stop()
         downloader.close()
@@ -88,6 +94,7 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
     _file_routes(app, store, settings)
     _chat_route(app, backend, worker, store, settings, jobs, downloader)
     _media_routes(app, store, settings, thumbs)
+    add_live_routes(app, lv, store, settings)
     _page_routes(app)
     return app
 
@@ -98,7 +105,7 @@ def _guards(app, settings: ServerSettings) -> None:
     json_limit = int(settings.max_json_mb * 1024 * 1024)
     rules = {("POST", "/v1/chat/completions"): BodyRule("application/json", json_limit, "a chat request"),
              ("POST", "/v1/files"): BodyRule("multipart/form-data", settings.max_upload_bytes + MULTIPART_SLACK,
-                                             "an upload", settings.max_upload_mb)}  # fmt: skip
+                                             "an upload", settings.max_upload_mb), **body_rules(settings)}  # fmt: skip
     app.add_middleware(RequestGuard, rules=rules, api_key=settings.api_key, cors_origins=settings.cors_origins)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
@@ -196,7 +203,10 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
         body = await asyncio.to_thread(parse_json, await request.body())  # the guard bounds the body
         req = parse_chat_request(body, settings)
         media: Media = req["media"]
-        source, cleanup = await resolve_media(media, settings, store, downloader)
+        if is_live(media.video_url):  # a live session: what it has encoded now
+            source, cleanup = await asyncio.to_thread(app.state.live.features, media.video_url), lambda: None
+        else:
+            source, cleanup = await resolve_media(media, settings, store, downloader)
         cancel = jobs.new()
 
         def finish() -> None:

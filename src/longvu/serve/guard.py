@@ -167,7 +167,7 @@ class RequestGuard:
         if refusal is not None:
             await send_error(send, *refusal)
             return
-        rule = self.rules.get((scope["method"], scope["path"]), BodyRule(None, SMALL_BODY))
+        rule = self._rule(scope["method"], scope["path"]) or BodyRule(None, SMALL_BODY)
         await self._limited(scope, receive, send, rule)
 
     def _refusal(self, scope) -> tuple | None:
@@ -181,7 +181,7 @@ class RequestGuard:
         if self.digest is not None and not public and not bearer_ok(scope, self.digest):
             return 401, "missing or wrong API key (send it as 'Authorization: Bearer KEY')", "invalid_api_key", \
                 "authentication_error"  # fmt: skip
-        rule = self.rules.get((method, path))
+        rule = self._rule(method, path)
         if rule is not None and rule.media_type is not None:
             mime = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
             if mime != rule.media_type:
@@ -192,6 +192,10 @@ class RequestGuard:
         if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
             return too_large(rule)
         return None
+
+    def _rule(self, method: str, path: str) -> BodyRule | None:
+        """The route's rule: by its path, else by its parent's ``/*`` (a path that ends in an id)."""
+        return self.rules.get((method, path)) or self.rules.get((method, path.rpartition("/")[0] + "/*"))
 
     def _origin_ok(self, origin: str, scope) -> bool:
         return same_origin(origin, scope) or self.cors_any or origin.rstrip("/").lower() in self.cors

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import Cancelled, LongVUError
-from ..model.encode import ProgressCallback
+from ..model.encode import ProgressCallback, VisualFeatures
 from ..model.generation import GenerationOptions
 from ..model.intake import HeldFile, MediaLimits, source_name
 from ..pipeline.api import LongVU
@@ -149,7 +149,7 @@ class ChatJob:
     system: str | None
     turns: list[tuple[str, str]]
     media: Media
-    source: str | HeldFile | list[str | HeldFile]
+    source: str | HeldFile | list[str | HeldFile] | VisualFeatures
     gen: GenerationOptions
     limits: MediaLimits
     frames_bytes: int
@@ -157,6 +157,8 @@ class ChatJob:
     @property
     def video_key(self) -> str:
         """Names the video for routing its follow-up turns to the replica holding its features."""
+        if isinstance(self.source, VisualFeatures):  # a live session's snapshot
+            return self.source.path
         if isinstance(self.source, list):
             return "frames:" + "|".join(source_name(s) for s in self.source)
         return source_name(self.source)
@@ -174,7 +176,9 @@ def run_chat_job(lv: LongVU, job: ChatJob, cancel: threading.Event, progress: Pr
     the encoding's stages, then ``("answering", frames, frames)`` once the features are ready.
     """
     media = job.media
-    if isinstance(job.source, list):  # image parts: the frames of one video
+    if isinstance(job.source, VisualFeatures):  # a live session's snapshot (longvu.serve.live)
+        feats = job.source
+    elif isinstance(job.source, list):  # image parts: the frames of one video
         clip = frames_from_images(job.source, media, job.limits, job.frames_bytes)
         feats = lv.features(clip, cancel=cancel, limits=job.limits, progress=progress)
     else:

@@ -249,6 +249,7 @@ def trace_summary(t: dict) -> dict:
     frames = t["frames"]
     return {
         "sampled_timestamps": t["video"].get("timestamps", []),
+        **({"covered_s": t["video"]["covered_s"]} if "covered_s" in t["video"] else {}),  # a live stream's span
         "kept_indices": frames["kept"],
         "kept_timestamps": frames["kept_timestamps"],
         "high_res_indices": frames["high_res"],

@@ -41,6 +41,8 @@ class ServerSettings:
     docs: bool = False  # /docs, /redoc and /openapi.json (behind the API key when there is one)
     remote_timeout_s: float = 120.0  # one download, every hop and byte included
     max_redirects: int = 5
+    max_live_sessions: int = 4  # live streams followed at once (POST /v1/live)
+    live_idle_s: float = 600.0  # a live session with no chunk and no question for this long is closed
     shutdown_timeout_s: float = 5.0  # after SIGTERM/SIGINT, running jobs are cancelled; this long at most
 
     @property
