@@ -62,6 +62,10 @@ def add_server_options(n) -> None:
 
 
 def check_server_args(args: argparse.Namespace) -> None:
+    if args.api_key is not None and not args.api_key.strip():
+        # an empty key would turn authentication off without a word: refused before the model loads
+        where = "LONGVU_API_KEY" if args.api_key == os.environ.get("LONGVU_API_KEY") else "--api-key"
+        raise LongVUError(f"{where} is empty: give a key, or leave it unset to serve without one")
     if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
         raise LongVUError(f"--allowed-local-media-path {args.allowed_local_media_path}: not a folder")
     if args.upload_dir:
