@@ -10,7 +10,9 @@ ignores.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -48,3 +50,29 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class NotRegularFile(OSError):
+    """The path is a symbolic link, or not a regular file (a FIFO, a device, a folder)."""
+
+
+def open_regular_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symbolic link in the last component and only opens regular files.
+
+    A link planted where a lock, log or results file is expected would otherwise have its
+    target truncated or appended to.  ``O_NONBLOCK`` keeps a FIFO from blocking the open;
+    the descriptor is checked with ``fstat`` (what was opened, not what the name now is).
+    Raises :class:`NotRegularFile` for a link or a non-regular file, ``OSError`` otherwise.
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | nofollow | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "is a symbolic link", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, "is not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
