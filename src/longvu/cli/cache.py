@@ -24,12 +24,14 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.cache import FeatureCache
 
-    cache = FeatureCache(args.cache_dir)
+    cache = FeatureCache(args.cache_dir, sweep=args.action != "info")  # info counts a killed process's leftovers
     if args.action == "info":
         info = cache.info()
         print(f"folder:  {info['root']}")
         print(f"entries: {info['entries']} ({info['videos']} videos)")
         print(f"size:    {info['bytes'] / 1024**2:.1f} MiB of {info['max_bytes'] / 1024**3:.1f} GiB")
+        print(f"on disk: {info['on_disk'] / 1024**2:.1f} MiB, {info['orphans']} orphan blob(s) of a killed process "
+              f"({info['orphan_bytes'] / 1024**2:.1f} MiB; 'cache clear' removes them)")  # fmt: skip
     else:
         print(f"removed {cache.clear()} entries from {cache.root}")
     return 0

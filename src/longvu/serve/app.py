@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -37,7 +38,7 @@ from .errors import APIError, clip, public_error, quota_error, too_large
 from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
 from .jobs import ChatJob, Jobs, LocalBackend, Worker, drain, frames_budget, preparer, run_job
 from .media import allowed_local, resolve_media
-from .openai import completion, parse_chat_request, parse_json, sse
+from .openai import completion, parse_chat_request, parse_json, sse, start_stream
 from .parts import Media, client_wait_s
 from .remote import Downloader
 from .settings import ServerSettings
@@ -196,9 +197,13 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
         source, cleanup = await resolve_media(media, settings, store, downloader)
         cancel = jobs.new()
 
-        def finish() -> None:
-            jobs.done(cancel)
-            cleanup()
+        def finish() -> None:  # idempotent: the stream and its response both call it
+            if not finished.is_set():
+                finished.set()
+                jobs.done(cancel)
+                cleanup()
+
+        finished = threading.Event()
 
         try:
             req["wait_s"] = client_wait_s(request.headers, settings.request_timeout_s)
@@ -206,12 +211,10 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
                           frames_budget(settings))  # fmt: skip
             prepare = preparer(backend, job, cancel)
             cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-            if req["stream"]:
-                return StreamingResponse(
-                    sse(worker, prepare, request, cancel, settings, cid, created, req, finish, jobs),
-                    media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                )
+            if req["stream"]:  # queued first: a full queue is a 503 with Retry-After, not a 200 and an error event
+                fut, pieces = await start_stream(worker, prepare, cancel, req["wait_s"], jobs)
+                return _EventStream(sse(fut, pieces, request, cancel, settings, cid, created, req, finish, jobs),
+                                    on_end=lambda: (fut.done() or cancel.set(), finish()))  # fmt: skip
             answer = await run_job(worker, lambda: drain(prepare, cancel), request, cancel, settings,
                                     req["wait_s"], jobs)  # fmt: skip
         except BaseException:
@@ -219,6 +222,21 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
             raise
         finish()
         return completion(cid, created, settings.model_name, answer)
+
+
+class _EventStream(StreamingResponse):
+    """Server-Sent Events whose ``on_end`` runs however the response ends, even if the stream never started."""
+
+    def __init__(self, content, on_end) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+        self.on_end = on_end
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_end()
 
 
 def _media_routes(app, store: MediaStore, settings: ServerSettings) -> None:

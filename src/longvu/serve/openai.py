@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import Cancelled
 from ..model.generation import GenerationOptions
-from .errors import APIError, media_error, timed_out
+from .errors import APIError, ended, media_error, timed_out
 from .jobs import Jobs, outcome
 from .parts import Media, add_part, parse_media_io_kwargs
 from .settings import ServerSettings
@@ -134,11 +134,13 @@ def _event(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def sse(worker, prepare, request, cancel, settings, cid, created, req, cleanup, jobs: Jobs):
-    """Server-Sent Events for ``stream: true``: role chunk, content chunks, finish chunk, [DONE].
+async def start_stream(worker, prepare, cancel, wait_s: float, jobs: Jobs) -> tuple[asyncio.Future, asyncio.Queue]:
+    """Queue a streamed job before the stream starts, so that a refusal is a plain status (503 + Retry-After).
 
-    An error after the status line was sent is an event in OpenAI's error shape.
+    Returns the job's future and the queue its text pieces arrive on (what :func:`sse` reads).
     """
+    if cancel.is_set():  # the server is stopping
+        raise ended(jobs)
     pieces: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
@@ -150,18 +152,23 @@ async def sse(worker, prepare, request, cancel, settings, cid, created, req, cle
             loop.call_soon_threadsafe(pieces.put_nowait, piece)
         return stream.answer
 
+    return await worker.submit_waiting(job, wait_s), pieces
+
+
+async def sse(fut: asyncio.Future, pieces: asyncio.Queue, request, cancel, settings, cid, created, req, cleanup,
+              jobs: Jobs):  # fmt: skip
+    """Server-Sent Events for ``stream: true`` of a job :func:`start_stream` queued: role chunk, content
+    chunks, finish chunk, [DONE].
+
+    An error after the status line was sent is an event in OpenAI's error shape.
+    """
+
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         return _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": settings.model_name,
                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})  # fmt: skip
 
     finished = False
     try:
-        try:
-            fut = await worker.submit_waiting(job, req.get("wait_s", 0.0))
-        except APIError as e:
-            finished = True
-            yield _event(e.body())
-            return
         yield chunk({"role": "assistant", "content": ""})
         async for piece in _pieces(fut, pieces, request, settings):
             yield chunk({"content": piece})
