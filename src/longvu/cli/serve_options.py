@@ -62,6 +62,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default=10240.0,
         help="all stored uploads together, with data: URLs and downloads in flight (default 10240)",
     )
+    g.add_argument("--max-upload-files", type=count, default=10_000, metavar="N",
+                   help="stored files at most, uploads and files in flight together (default 10000)")  # fmt: skip
     g.add_argument(
         "--max-image-frames-mb",
         type=positive,
@@ -90,6 +92,7 @@ def settings_kwargs(args: argparse.Namespace) -> dict:
     return {"allowed_hosts": hosts, "cors_origins": args.cors_origins, "docs": args.docs,
             "max_pixels": args.max_pixels, "max_video_frames": args.max_video_frames,
             "max_json_mb": args.max_json_mb, "max_upload_total_mb": args.max_upload_total_mb,
+            "max_upload_files": args.max_upload_files,
             "max_image_frames_mb": args.max_image_frames_mb, "upload_ttl_s": args.upload_ttl,
             "remote_timeout_s": args.remote_timeout}  # fmt: skip
 

@@ -154,7 +154,9 @@ class FeatureCache:
                 f"the feature cache in {self.root} is not usable ({_reason(e)}); use --no-cache"
             ) from None
         if removed:
-            log.warning("feature cache: removed %d blob(s) a killed process left half-written (%d bytes)", removed, size)
+            log.warning(
+                "feature cache: removed %d blob(s) a killed process left half-written (%d bytes)", removed, size
+            )
 
     def _init_index(self) -> None:
         # Two processes may create the index at the same moment; switching to WAL takes a

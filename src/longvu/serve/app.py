@@ -32,9 +32,10 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import LongVUError
+from ..model.encode import remove_orphan_spills
 from ..model.intake import probe_video
 from ..pipeline.api import LongVU
-from .errors import APIError, clip, public_error, quota_error, too_large
+from .errors import APIError, clip, disk_full_error, public_error, quota_error, too_large
 from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
 from .jobs import ChatJob, Jobs, LocalBackend, Worker, drain, frames_budget, preparer, run_job
 from .media import allowed_local, resolve_media
@@ -42,7 +43,7 @@ from .openai import completion, parse_chat_request, parse_json, sse, start_strea
 from .parts import Media, client_wait_s
 from .remote import Downloader
 from .settings import ServerSettings
-from .store import MediaStore, QuotaExceeded, UploadError, UploadTooLarge, receive_upload
+from .store import DiskFull, MediaStore, QuotaExceeded, UploadError, UploadTooLarge, receive_upload
 from .thumbnails import thumbnail_jpeg
 
 STATIC = Path(__file__).parent / "static"
@@ -62,12 +63,14 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
     settings = settings or ServerSettings()
     backend = backend or LocalBackend(lv)
     worker = Worker(settings.queue_size, settings.max_waiting, concurrency=backend.concurrency)
-    store = MediaStore(settings.upload_dir, settings.upload_ttl_s, int(settings.max_upload_total_mb * 1024 * 1024))
+    store = MediaStore(settings.upload_dir, settings.upload_ttl_s, int(settings.max_upload_total_mb * 1024 * 1024),
+                       settings.max_upload_files)  # fmt: skip
     downloader = Downloader(deadline_s=settings.remote_timeout_s, max_redirects=settings.max_redirects)
     jobs = Jobs()
 
     @asynccontextmanager
     async def lifespan(app):
+        await asyncio.to_thread(remove_orphan_spills)  # what encoders killed mid-encode left in the temp folder
         await worker.start()
         sweeper = asyncio.create_task(store.sweep_every(settings.sweep_interval_s))
         yield
@@ -119,6 +122,11 @@ def _error_handlers(app) -> None:
     @app.exception_handler(ClientDisconnect)
     async def _gone(request, exc: ClientDisconnect):  # the body was cut short: nobody reads this answer
         return JSONResponse(APIError(400, "the request body ended early", code="incomplete_body").body(), 400)
+
+    @app.exception_handler(DiskFull)
+    async def _disk_full(request, exc: DiskFull):
+        err = disk_full_error()
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(QuotaExceeded)
     async def _quota(request, exc: QuotaExceeded):

@@ -21,6 +21,7 @@ class ServerSettings:
     api_key: str | None = None
     max_upload_mb: float = 1024.0  # one uploaded, data: URL or downloaded file
     max_upload_total_mb: float = 10240.0  # every stored file together (uploads; data: URLs and downloads in flight)
+    max_upload_files: int = 10_000  # stored files at most (uploads, and data: URLs and downloads in flight)
     max_json_mb: float = 256.0  # a JSON request body, data: URLs included
     max_image_frames_mb: float = 2048.0  # one request's image frames, decoded (RGB), held together
     max_video_seconds: float = 4 * 3600.0  # by the stream's own clock, while decoding
