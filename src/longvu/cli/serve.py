@@ -116,7 +116,14 @@ def run(args: argparse.Namespace) -> int:
                       address=args.ray, cache_dir="" if args.no_cache else args.cache_dir)  # fmt: skip
         return 0
     from ..serve.app import serve
+    from ..serve.http import raise_open_files_limit
 
+    before, after = raise_open_files_limit()  # one descriptor per connection: see docs/security.md
+    if after != before:
+        c.log(args, f"open-file limit raised from {before} to {after} (the hard limit)")
+    if after < settings.max_connections + 64:
+        c.log(args, f"warning: the open-file limit ({after}) is below --max-connections ({settings.max_connections}) "
+                    "plus what the server itself opens; raise it (ulimit -n) or lower --max-connections")  # fmt: skip
     lv = c.load_model(args, overrides, progress=False)
     serve(lv, settings, args.host, args.port)
     return 0

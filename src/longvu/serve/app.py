@@ -37,9 +37,10 @@ from ..model.intake import probe_video
 from ..pipeline.api import LongVU
 from .errors import APIError, clip, disk_full_error, public_error, quota_error, too_large
 from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
+from .http import uvicorn_config
 from .jobs import ChatJob, Jobs, LocalBackend, Worker, drain, frames_budget, preparer, run_job
 from .media import allowed_local, resolve_media
-from .openai import completion, parse_chat_request, parse_json, sse, start_stream
+from .openai import BodiesInFlight, completion, parse_chat_request, parse_json, read_body, sse, start_stream
 from .parts import Media, client_wait_s
 from .remote import Downloader
 from .settings import ServerSettings
@@ -100,7 +101,9 @@ def _guards(app, settings: ServerSettings) -> None:
     rules = {("POST", "/v1/chat/completions"): BodyRule("application/json", json_limit, "a chat request"),
              ("POST", "/v1/files"): BodyRule("multipart/form-data", settings.max_upload_bytes + MULTIPART_SLACK,
                                              "an upload", settings.max_upload_mb)}  # fmt: skip
-    app.add_middleware(RequestGuard, rules=rules, api_key=settings.api_key, cors_origins=settings.cors_origins)
+    app.add_middleware(RequestGuard, rules=rules, api_key=settings.api_key, cors_origins=settings.cors_origins,
+                       deadlines=(settings.body_idle_timeout_s, settings.body_timeout_s),
+                       max_headers=settings.max_headers)  # fmt: skip
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)  # fmt: skip
@@ -197,12 +200,19 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
                 downloader) -> None:  # fmt: skip
     """``POST /v1/chat/completions``: parse, resolve the video, queue the job, answer or stream."""
 
+    bodies = BodiesInFlight(int(settings.max_bodies_in_flight_mb * 1024 * 1024))
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await asyncio.to_thread(parse_json, await request.body())  # the guard bounds the body
-        req = parse_chat_request(body, settings)
-        media: Media = req["media"]
-        source, cleanup = await resolve_media(media, settings, store, downloader)
+        raw, held = await read_body(request, bodies)  # the guard bounds each body; ``bodies`` all together
+        try:
+            req = parse_chat_request(await asyncio.to_thread(parse_json, raw), settings)
+            del raw  # parsed: the body's bytes go now, its data: URLs once stored
+            media: Media = req["media"]
+            source, cleanup = await resolve_media(media, settings, store, downloader)
+            media.drop_payloads()
+        finally:
+            bodies.give(held)
         cancel = jobs.new()
 
         def finish() -> None:  # idempotent: the stream and its response both call it
@@ -320,6 +330,4 @@ def serve(lv: LongVU, settings: ServerSettings, host: str, port: int) -> None:
             app.state.jobs.cancel_all()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="info",
-                            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)))  # fmt: skip
-    Server(config).run()
+    Server(uvicorn_config(app, settings, host, port, log_level="info")).run()

@@ -15,6 +15,47 @@ from .parts import Media, add_part, parse_media_io_kwargs
 from .settings import ServerSettings
 
 
+class BodiesInFlight:
+    """Bytes of chat bodies being read and parsed, all requests together, under one budget.
+
+    A body is held only until its media are stored and the request parsed (then it is
+    dropped: a queued request keeps no body); past the budget a new one is refused with 503
+    and Retry-After instead of growing the server's memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise APIError(503, "the server is busy reading other requests' bodies; retry later", "server_error",
+                           "server_busy", headers={"Retry-After": "2"})  # fmt: skip
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+async def read_body(request, budget: BodiesInFlight) -> tuple[bytes, int]:
+    """The whole body (``request.stream()``: Starlette's ``body()`` would keep a copy on the request), and the
+    bytes it took from ``budget`` (the declared length at once, else as it arrives); the caller gives them back."""
+    declared = request.headers.get("content-length", "")
+    taken = int(declared) if declared.isdigit() else 0  # the guard bounds it by the route's limit
+    budget.take(taken)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > taken:
+                budget.take(size - taken)
+                taken = size
+        return b"".join(chunks), taken
+    except BaseException:
+        budget.give(taken)
+        raise
+
+
 def parse_json(raw: bytes) -> Any:
     """The body as JSON: UTF-8 only; malformed, badly encoded or too deeply nested -> 400."""
     try:

@@ -43,6 +43,16 @@ class ServerSettings:
     remote_timeout_s: float = 120.0  # one download, every hop and byte included
     max_redirects: int = 5
     shutdown_timeout_s: float = 5.0  # after SIGTERM/SIGINT, running jobs are cancelled; this long at most
+    # The HTTP layer, before the API key (longvu.serve.http, longvu.serve.guard):
+    max_connections: int = 1024  # open connections at most; one more is answered 503 and closed
+    backlog: int = 2048  # connections the kernel queues before they are accepted
+    max_header_kb: int = 16  # request line and headers together (h11's limit); above it, 400 and closed
+    max_headers: int = 100  # header fields in one request; above it, 431
+    header_timeout_s: float = 10.0  # a connection's whole request head must arrive within this (else closed)
+    keep_alive_timeout_s: float = 5.0  # an idle connection between requests is closed after this
+    body_idle_timeout_s: float = 30.0  # a body that sends nothing for this long: 408, connection closed
+    body_timeout_s: float = 900.0  # a whole body (a 1 GB upload at 1.2 MB/s) must arrive within this: 408
+    max_bodies_in_flight_mb: float = 512.0  # chat bodies being read and parsed, all requests together: 503 above
 
     @property
     def max_upload_bytes(self) -> int:
