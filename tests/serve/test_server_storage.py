@@ -149,3 +149,63 @@ def test_a_full_disk_is_507_and_leaves_nothing(tmp_path, monkeypatch, err, room)
         assert list((tmp_path / "up").iterdir()) == [] and c.app.state.store.used == used
         monkeypatch.undo()
         assert c.post("/v1/files", files={"file": ("v.mp4", data, "video/mp4")}).status_code == 200
+
+
+# ---------------------------------------------------------------------- kill -9: nothing left after the next start
+def _wait_for(find, limit_s: float = 60.0):
+    deadline = time.time() + limit_s
+    while time.time() < deadline:
+        found = find()
+        if found:
+            return found
+        time.sleep(0.01)
+    raise AssertionError("never appeared")
+
+
+def _ask_quietly(url: str) -> None:
+    try:
+        httpx.post(
+            url + CHAT, timeout=60, json=chat("long.mp4", media_io_kwargs={"video": {"fps": 25, "num_frames": 1500}})
+        )
+    except httpx.HTTPError:
+        pass  # the server is killed mid-answer: no answer is what is expected
+
+
+@pytest.mark.slow
+def test_a_killed_server_leaves_nothing_after_the_next_start(tmp_path, monkeypatch):
+    """kill -9 mid-upload (own upload folder, and the private one in the temp folder) and mid-encode, then start."""
+    import socket
+
+    from conftest import QWEN
+    from media_util import pattern, write_clip
+    from server_util import ServeProcess
+
+    tmp, up, media = tmp_path / "tmp", tmp_path / "up", tmp_path / "media"
+    for d in (tmp, media):
+        d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the servers' temporary folder: spills, private upload folders
+    write_clip(media / "long.mp4", pattern(1500), fps=25)  # a minute of frames: an encode to interrupt
+    common = ["--allowed-local-media-path", str(media), "--no-cache", "--max-new-tokens", "2"]
+    for own in (["--upload-dir", str(up)], []):
+        with ServeProcess(*common, *own, model=QWEN) as srv:
+            folder = up if own else _wait_for(lambda: [p for p in tmp.iterdir() if p.name.startswith("longvu-up")])[0]
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.mp4"\r\n\r\n' + b"v" * (3 << 20)
+            s.sendall(f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b"
+                      f"\r\nContent-Length: {10 << 20}\r\n\r\n".encode() + part)  # fmt: skip
+            _wait_for(lambda: [p for p in folder.iterdir() if p.name.startswith("part-") and p.stat().st_size])
+            if not own:  # mid-encode too: a chat request, killed once its spill folder exists
+                threading.Thread(target=_ask_quietly, args=(srv.url,), daemon=True).start()
+                _wait_for(lambda: [p for p in tmp.iterdir() if p.name.startswith("longvu-spill-")])
+            srv.proc.kill()
+            srv.proc.wait()
+            s.close()
+        left = sorted(p.name for p in (folder.iterdir() if own else tmp.iterdir()))
+        wanted = ("part-",) if own else ("longvu-uploads-", "longvu-spill-")  # what a kill -9 leaves
+        assert all(any(n.startswith(w) for n in left) for w in wanted), left
+        with ServeProcess(*common, *own, model=QWEN) as srv:
+            if own:
+                assert list(up.iterdir()) == []
+            else:  # only the new server's own private folder: the killed one's folder and spill are gone
+                names = [p.name for p in tmp.iterdir() if p.name.startswith("longvu")]
+                assert len(names) == 1 and names[0].startswith(f"longvu-uploads-{srv.proc.pid}x"), names
