@@ -193,7 +193,7 @@ def test_a_killed_server_leaves_nothing_after_the_next_start(tmp_path, monkeypat
             part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.mp4"\r\n\r\n' + b"v" * (3 << 20)
             s.sendall(f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b"
                       f"\r\nContent-Length: {10 << 20}\r\n\r\n".encode() + part)  # fmt: skip
-            _wait_for(lambda: [p for p in folder.iterdir() if p.name.startswith("part-") and p.stat().st_size])
+            _wait_for(lambda d=folder: [p for p in d.iterdir() if p.name.startswith("part-") and p.stat().st_size])
             if not own:  # mid-encode too: a chat request, killed once its spill folder exists
                 threading.Thread(target=_ask_quietly, args=(srv.url,), daemon=True).start()
                 _wait_for(lambda: [p for p in tmp.iterdir() if p.name.startswith("longvu-spill-")])
