@@ -183,6 +183,7 @@ def test_bodies_in_flight_share_one_budget(srv):
     key = {"Authorization": "Bearer " + "k" * 32, "Content-Type": "application/json"}
     head = f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {key['Authorization']}\r\n"
     head += f"Content-Type: application/json\r\nContent-Length: {5 << 20}\r\n\r\n"
+    rss0 = srv.peak_rss_mb()
     stop = threading.Event()
     first = _connect(srv)
     first.sendall(head.encode() + b"{")  # a 5 MB body that keeps coming, slowly: it stays in flight
@@ -209,3 +210,4 @@ def test_bodies_in_flight_share_one_budget(srv):
     time.sleep(0.5)
     small = httpx.post(srv.url + CHAT, content=b"{}", headers=key, timeout=30)
     assert small.status_code == 400  # the budget came back: read and refused for what it says
+    assert srv.peak_rss_mb() - rss0 < 150, (rss0, srv.peak_rss_mb())  # bounded by the budget, not the bodies
