@@ -60,7 +60,11 @@ def _phase(srv, name: str, start, probes: int) -> dict:
         stop.set()
         for h in held:
             h.join() if isinstance(h, threading.Thread) else h.close()
-    return {"phase": name, "worst_health_s": round(worst, 3), "peak_rss_growth_mb": round(srv.peak_rss_mb() - before, 1)}
+    return {
+        "phase": name,
+        "worst_health_s": round(worst, 3),
+        "peak_rss_growth_mb": round(srv.peak_rss_mb() - before, 1),
+    }
 
 
 def main() -> None:
