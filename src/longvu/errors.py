@@ -83,6 +83,11 @@ class Cancelled(Exception):
     """The caller cancelled the work (a client went away, Ctrl-C, a deadline passed)."""
 
 
+def install_hint(extra: str) -> str:
+    """How to add an optional extra; longvu is not on the package index, so from a clone."""
+    return f"pip install -e '.[{extra}]' in a clone of longvu"
+
+
 def display_path(path: str | os.PathLike | bytes, limit: int = 160) -> str:
     """A path as it can go into a one-line message: control characters escaped, long ones shortened."""
     text = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path)

@@ -9,12 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, QWEN
 
-from longvu.cli.common import TINY_MODEL, seconds
+from longvu.cli.common import seconds
 from longvu.cli.main import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 VIDEO = FIXTURES / "videos" / "video1.mp4"
 LONGVU = [sys.executable, "-m", "longvu.cli"]
@@ -71,8 +74,10 @@ def test_every_subcommand_help_has_examples_and_defaults():
 
 def test_ask_help_states_sampling_and_quick_start():
     text = all_parsers()["longvu ask"].format_help()
-    first = text.split("examples:\n")[1].splitlines()[:2]  # the tiny quick start comes first
-    assert first[0].startswith("  # the tiny test checkpoint") and f"--model {TINY_MODEL}" in first[1]
+    first = text.split("examples:\n")[1].splitlines()[:3]  # a quick start that answers comes first
+    assert first[0].startswith("  # an answer that is right: the model trained here")
+    assert first[1] == "  longvu synth --out demo --n 1 --seed 5 --cast 1 -q"
+    assert "--model models/longvu-synth-tiny --greedy" in first[2] and (ROOT / "models/longvu-synth-tiny").is_dir()
     assert "--max-new-tokens N" in text and "(default: 512)" in text
     text = " ".join(text.split())
     assert "temperature 0.7, top_p 0.8, top_k 20" in text  # the Qwen2 checkpoint's sampling, stated

@@ -312,6 +312,9 @@ def test_videomme_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert set(r["summary"]["per_category"]) == {"short", "long"}
     md = (out / "summary.md").read_text()
     assert "| **overall** | 4 |" in md and "subtitles off (the 'w/o subs' setting)" in md
+    # what ran, not "auto": the tiny model on the CPU in float32
+    assert ", device cpu, precision float32 (asked: auto)," in md, md
+    assert r["summary"]["ran"] == {"device": ["cpu"], "dtype": ["float32"]}
     assert r["summary"]["settings"]["subtitles"] is False
     # error lines are asked again by the next run; once the video is there they are answered
     calls.clear()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, QWEN
 
-pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'longvu[lmms]')")
+pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install -e '.[lmms]' in a clone)")
 
 from longvu import GenerationOptions  # noqa: E402
 from longvu.eval.lmms import cut_at, generation_options, video_request  # noqa: E402

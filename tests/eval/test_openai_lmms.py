@@ -14,7 +14,7 @@ from conftest import FIXTURES
 from server_util import LiveServer
 from test_lmms import GEN_BODY, QUESTION, run_lmms_eval, write_task
 
-pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'longvu[lmms]')")
+pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install -e '.[lmms]' in a clone)")
 
 from longvu import GenerationOptions  # noqa: E402
 from longvu.model.video import Sampling, VideoClip, load_video  # noqa: E402

@@ -183,12 +183,16 @@ def test_cli_cache_commands_and_no_cache(tmp_path, capsys):
             "--quiet", "--no-stream", "--cache-dir", c]  # fmt: skip
     assert main(args + ["--no-cache"]) == 0
     assert main(["cache", "info", "--cache-dir", c]) == 0
-    assert "entries: 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "entries: 0" in out and f"folder:  {c} (does not exist yet)" in out
+    assert not os.path.exists(c)  # info and clear create nothing
+    assert main(["cache", "clear", "--cache-dir", c]) == 0
+    assert capsys.readouterr().out == f"nothing to remove: no feature cache in {c}\n" and not os.path.exists(c)
     assert main(args) == 0
     assert main(["cache", "info", "--cache-dir", c]) == 0
-    assert "entries: 1 (1 videos)" in capsys.readouterr().out
+    assert "entries: 1 (1 video)" in capsys.readouterr().out
     assert main(["cache", "clear", "--cache-dir", c]) == 0
-    assert "removed 1 entries" in capsys.readouterr().out
+    assert "removed 1 entry from" in capsys.readouterr().out
     assert FeatureCache(c).info()["entries"] == 0
 
 

@@ -4,15 +4,16 @@ replica, or fails with a clean 503)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 
 import httpx
 import pytest
-from conftest import FIXTURES, QWEN
+from conftest import FIXTURES, QWEN, scene_frames, write_video
 
-pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'longvu[serve-ray]')")
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install -e '.[serve-ray]' in a clone)")
 
 from longvu.serve.settings import ServerSettings  # noqa: E402
 
@@ -44,7 +45,7 @@ def authed(url: str):
     return httpx.Client(base_url=url, headers={"Authorization": "Bearer k3y"}, timeout=300)
 
 
-def test_two_replicas_answer_and_follow_ups_stay(cluster):
+def test_two_replicas_answer_and_follow_ups_stay(cluster, tmp_path):
     with authed(cluster) as c:
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # the same app and page
         assert httpx.get(cluster + "/v1/models").status_code == 401  # the same API key
@@ -68,6 +69,14 @@ def test_two_replicas_answer_and_follow_ups_stay(cluster):
         assert {t["longvu"]["replica"] for t in turns} == {first["longvu"]["replica"]}
         # the shared feature cache is keyed by content: video1 was encoded above, by either replica
         assert [t["longvu"]["from_cache"] for t in turns] == [True, True, True]
+        # a replica's progress reaches the stream: a video not encoded yet, before its first token
+        clip = write_video(tmp_path / "new.mp4", scene_frames(40, h=32, w=32), fps=2)
+        new = c.post("/v1/files", files={"file": ("new.mp4", clip.read_bytes(), "video/mp4")}).json()
+        r = c.post("/v1/chat/completions", json=_body(new["id"], "what?", stream=True))
+        chunks = [json.loads(e[6:]) for e in r.text.split("\n\n") if e.startswith("data: {")]
+        first = next((i for i, ch in enumerate(chunks) if ch["choices"][0]["delta"].get("content")), len(chunks) - 1)
+        stages = [ch["longvu"]["progress"]["stage"] for ch in chunks[:first] if "progress" in ch.get("longvu", {})]
+        assert "decoding" in stages and "encoding" in stages and stages[-1] == "answering", stages
 
 
 def _body(video: str, question: str, stream: bool = False, max_tokens: int = 4) -> dict:

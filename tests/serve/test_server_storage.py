@@ -47,7 +47,7 @@ class GatedBackend:
     def __init__(self) -> None:
         self.gate = threading.Event()
 
-    def stream(self, job, cancel):
+    def stream(self, job, cancel, progress=None):
         self.gate.wait(60)
         raise LongVUError("released")
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
 from conftest import FIXTURES
 from server_util import LiveServer, local_client
 
-from longvu import GenerationOptions
+from longvu import GenerationOptions, LongVU
+from longvu.errors import Cancelled
 from longvu.model.video import load_video
+from longvu.pipeline.cache import FeatureCache
 from longvu.serve.app import create_app
 from longvu.serve.settings import ServerSettings
 
@@ -45,9 +49,11 @@ def ask(page, question: str, turn: int) -> None:
 def test_frames_seek_and_two_turns(qwen_model, tmp_path):
     sync_api = needs_browser()
     # a smaller context, so that the 21 frames of video1 do not all fit: 3 are dropped, 11 of 18 get high resolution
-    lv = qwen_model.with_overrides({"tokenizer_model_max_length": 1300})
-    expected = lv.ask(VIDEO, QUESTION, generation=GenerationOptions(max_new_tokens=4, greedy=True))
+    # a cache of its own, so that the page's first turn encodes the video (and shows the progress)
+    lv = LongVU(qwen_model.with_overrides({"tokenizer_model_max_length": 1300}).model, FeatureCache(tmp_path / "c"))
+    expected = LongVU(lv.model).ask(VIDEO, QUESTION, generation=GenerationOptions(max_new_tokens=4, greedy=True))
     frames = expected.trace.data["frames"]
+    sampled_ts = expected.trace.data["video"]["timestamps"]
     assert 0 < len(frames["high_res"]) < len(frames["kept"]) < len(expected.trace.data["video"]["timestamps"])
     settings = ServerSettings(model_name="tiny", upload_dir=str(tmp_path / "up"), max_new_tokens=8)
     with LiveServer(create_app(lv, settings)) as srv, sync_api.sync_playwright() as p:
@@ -59,6 +65,13 @@ def test_frames_seek_and_two_turns(qwen_model, tmp_path):
             page.wait_for_function("document.querySelector('#upload-status').textContent.startsWith('uploaded')")
             page.fill("#max-tokens", "6")
             ask(page, QUESTION, 1)
+            assert page.input_value("#question") == ""  # cleared once sent
+            # the encoding's progress was shown in the answer's bubble before the first token
+            seen = page.evaluate("state.progressSeen")
+            stages = [p["stage"] for p in seen]
+            assert "decoding" in stages and "encoding" in stages and stages[-1] == "answering", seen
+            assert {"label": "decoding frames", "count": f"{len(sampled_ts)} / {len(sampled_ts)} frames"}.items() <= next(
+                p for p in seen if p["stage"] == "decoding" and p["done"] == len(sampled_ts)).items()  # fmt: skip
             # the strip: one thumbnail per kept frame at its timestamp, high-resolution ones outlined
             page.wait_for_function(
                 "[...document.querySelectorAll('#strip img')].every(i => i.complete && i.naturalWidth > 0)"
@@ -146,3 +159,107 @@ def test_thumbnails_are_the_frames_at_their_timestamps(qwen_model, tmp_path):
             assert c.get("/v1/thumbnail", params={"video": VIDEO.name, "t": bad}).status_code == 400
         r = c.get("/v1/video", params={"video": VIDEO.name})
         assert r.status_code == 200 and r.headers["content-type"] == "video/mp4" and r.content == VIDEO.read_bytes()
+
+
+class PacedBackend:
+    """Reports progress at a known pace, then waits until the request is cancelled (no model runs)."""
+
+    concurrency = 1
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def stream(self, job, cancel, progress=None):
+        for done in range(0, 61, 6):
+            progress("decoding", done, 60)
+            time.sleep(0.3)
+        progress("encoding", 0, 20)
+        if cancel.wait(60):
+            self.cancelled.set()
+        raise Cancelled()
+
+
+def test_progress_bar_and_cancel(qwen_model, tmp_path):
+    sync_api = needs_browser()
+    backend = PacedBackend()
+    settings = ServerSettings(model_name="tiny", upload_dir=str(tmp_path / "up"))
+    with LiveServer(create_app(qwen_model, settings, backend=backend)) as srv, sync_api.sync_playwright() as p:
+        browser, page = browser_page(p)
+        try:
+            page.goto(srv.url + "/")
+            page.set_input_files("#file", str(VIDEO))
+            page.wait_for_function("document.querySelector('#upload-status').textContent.startsWith('uploaded')")
+            # Shift+Enter is a new line; Enter sends, and the box is cleared
+            page.fill("#question", "")
+            page.focus("#question")
+            page.keyboard.type("first line")
+            page.keyboard.press("Shift+Enter")
+            page.keyboard.type("second line")
+            assert page.input_value("#question") == "first line\nsecond line"
+            assert page.eval_on_selector_all("#log .msg", "els => els.length") == 0
+            page.keyboard.press("Enter")
+            assert page.input_value("#question") == ""
+            assert page.text_content("#log .msg.user") == "first line\nsecond line"
+            # the bar: stage, count, time left, while the server reports progress
+            bar = "#log .msg.assistant .progress"
+            page.wait_for_selector(bar + "[data-stage='encoding']", timeout=30_000)
+            assert page.text_content(bar + " .stage") == "encoding the kept frames"
+            assert page.text_content(bar + " .count") == "0 / 20 frames"
+            assert page.is_visible(bar + " .track")
+            decoding = [p for p in page.evaluate("state.progressSeen") if p["stage"] == "decoding"]
+            assert decoding[0]["count"] == "0 / 60 frames" and decoding[-1]["count"] == "60 / 60 frames"
+            assert any(p["eta"].startswith("about ") and p["eta"].endswith(" left") for p in decoding), decoding
+            # Cancel aborts the request; the server stops the job when the client goes away
+            assert page.is_visible("#cancel")
+            page.click("#cancel")
+            page.wait_for_selector("#log .msg.cancelled")
+            assert backend.cancelled.wait(10)
+            assert page.is_hidden("#cancel") and page.is_enabled("#ask")
+        finally:
+            browser.close()
+
+
+def test_sizes_errors_in_place_and_a_failed_open_clears_the_video(qwen_model, tmp_path):
+    sync_api = needs_browser()
+    small = tmp_path / "small.mp4"
+    small.write_bytes(VIDEO.read_bytes()[:3000])  # uploads are checked when used, not when stored
+    settings = ServerSettings(model_name="tiny", upload_dir=str(tmp_path / "up"), max_upload_mb=1.0)
+    assert VIDEO.stat().st_size > 1024 * 1024  # over that limit
+    red = "rgb(176, 0, 32)"
+    color = "sel => getComputedStyle(document.querySelector(sel)).color"
+    with LiveServer(create_app(qwen_model, settings)) as srv, sync_api.sync_playwright() as p:
+        browser, page = browser_page(p)
+        try:
+            page.goto(srv.url + "/")
+            assert page.get_attribute("link[rel=icon]", "href").startswith("data:image/svg+xml,")
+            # asking with no video: the error in the chat area, in the error style
+            page.fill("#question", "hello")
+            page.click("#ask")
+            assert page.text_content("#error") == "upload or open a video first"
+            assert page.evaluate(color, "#error") == red
+            # a small upload's size in KB (never "0.0 MB")
+            page.set_input_files("#file", str(small))
+            page.wait_for_function("document.querySelector('#upload-status').textContent.startsWith('uploaded')")
+            assert page.text_content("#upload-status") == "uploaded small.mp4 (2.9 KB)"
+            assert page.get_attribute("#player", "src")
+            # a failed "Open": the error next to the video, in the error style, and the previous video gone
+            page.fill("#path", "missing.mp4")
+            page.click("#use-path")
+            page.wait_for_function("document.querySelector('#media-error').textContent !== ''")
+            assert page.text_content("#media-error").startswith("could not open missing.mp4: ")
+            assert page.evaluate(color, "#media-error") == red
+            assert page.get_attribute("#player", "src") is None and page.evaluate("state.video") is None
+            assert page.text_content("#upload-status") == "" and page.text_content("#strip") == ""
+            page.fill("#question", "and now?")
+            page.click("#ask")
+            assert page.text_content("#error") == "upload or open a video first"
+            # a failed upload (over the server's limit): the same
+            (tmp_path / "other.mp4").write_bytes(small.read_bytes())
+            page.set_input_files("#file", str(tmp_path / "other.mp4"))
+            page.wait_for_function("document.querySelector('#upload-status').textContent.startsWith('uploaded')")
+            assert page.text_content("#media-error") == ""  # the last error went with the next success
+            page.set_input_files("#file", str(VIDEO))
+            page.wait_for_function("document.querySelector('#media-error').textContent.startsWith('upload failed')")
+            assert page.get_attribute("#player", "src") is None and page.evaluate("state.video") is None
+        finally:
+            browser.close()

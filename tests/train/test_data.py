@@ -117,10 +117,10 @@ def test_video_root(folder, tmp_path_factory):
 def test_data_check_cli(folder, capsys):
     (folder / "data.jsonl").write_text(json.dumps(GOOD) + "\n")
     assert main(["data", "check", str(folder)]) == 0
-    assert capsys.readouterr().out.endswith("data.jsonl: 1 examples, 1 answers to learn, 1 videos: ok\n")
+    assert capsys.readouterr().out.endswith("data.jsonl: 1 example, 1 answer to learn, 1 video: ok\n")
     (folder / "data.jsonl").write_text(json.dumps(GOOD) + "\n" + BAD[0][0] + "\n" + BAD[6][0] + "\n")
     assert main(["data", "check", str(folder)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"{folder / 'data.jsonl'}:2: not valid JSON")
     assert err[1] == f"{folder / 'data.jsonl'}:3: the last turn is from 'human': nothing to learn from it"
-    assert err[2] == "longvu data: error: 2 malformed line(s) (see `longvu data --help`)"
+    assert err[2] == "longvu data: error: 2 malformed lines (see `longvu data --help`)"

@@ -26,8 +26,9 @@ COMMANDS = {
 def add_parser(sub) -> None:
     ask = sub.add_parser("ask", help=COMMANDS["ask"], description="Answer a question about a video; the answer goes to stdout, progress to stderr.",
                          epilog=c.examples(
-                             c.TINY_NOTE,
-                             f'longvu ask {c.TINY_VIDEO} "What is happening?" --model {c.TINY_MODEL}',
+                             c.TRAINED_NOTE,
+                             c.TRAINED_DEMO,
+                             c.TRAINED_ASK + "      # prints RIVER",
                              "# the released 7B model (downloaded on first use), repeatable answer",
                              'longvu ask video.mp4 "What is the person doing?" --device cuda --greedy',
                              "# one minute of the video, four frames per second, the trace to a file",
@@ -126,6 +127,6 @@ def encode(args, lv, sampling, observer=None):
     t0 = time.perf_counter()
     feats = lv.features(args.video, sampling, observer=observer)
     how = "from the feature cache" if feats.from_cache else "encoded"
-    c.log(args, f"{len(feats)} frames sampled from {feats.num_frames_total} ({feats.avg_fps:.2f} fps, every "
+    c.log(args, f"{c.plural(len(feats), 'frame')} sampled from {feats.num_frames_total} ({feats.avg_fps:.2f} fps, every "
                 f"{feats.step}); {how} in {time.perf_counter() - t0:.1f}s")  # fmt: skip
     return feats

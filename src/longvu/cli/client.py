@@ -71,6 +71,8 @@ def _open_answer(base: str, body: dict, video: Path):
 
 
 def _check_local_options(args) -> None:
+    if args.model != DEFAULT_MODEL:
+        raise LongVUError("--model: not with --server (the server decides its model: the one `longvu serve` loaded)")
     given = [opt for dest, opt in LOCAL_ONLY.items() if getattr(args, dest, None)]
     given += [f"--{k}" for k in ("device", "dtype") if getattr(args, k) != "auto"]
     if given:
@@ -84,8 +86,6 @@ def _request_body(args, question: str, video: str) -> dict:
         "stream": True,
         "max_tokens": args.max_new_tokens,
     }  # fmt: skip
-    if args.model != DEFAULT_MODEL:
-        body["model"] = args.model  # the served model name
     gen = {"temperature": 0 if args.greedy else args.temperature, "top_p": args.top_p, "seed": args.seed}
     body.update({k: v for k, v in gen.items() if v is not None})
     frames = {"fps": args.fps, "num_frames": args.max_frames, "start": args.start, "end": args.end}
@@ -175,7 +175,8 @@ def _print_stream(args, resp) -> None:
                 if live:
                     sys.stdout.write(delta)
                     sys.stdout.flush()
-            report = event.get("longvu", report)
+            if "counts" in event.get("longvu", {}):  # the closing report (progress chunks carry "progress")
+                report = event["longvu"]
     sys.stdout.write(("" if live else "".join(text).strip()) + "\n")
     sys.stdout.flush()
     if report is not None:

@@ -106,6 +106,24 @@ def format_seconds(t: float) -> str:
     return f"{text} ({h}:{m:02d}:{sec:02d})" if h else f"{text} ({m}:{sec:02d})"
 
 
+def format_duration(t: float) -> str:
+    """A duration for people: ``0.84 s``, ``5.2 s``, ``2 min 16 s``, ``1 h 02 min``."""
+    if t < 1:
+        return f"{t:.2f} s"
+    if t < 60:
+        return f"{t:.1f} s"
+    m, sec = divmod(int(round(t)), 60)
+    if m < 60:
+        return f"{m} min {sec} s" if sec else f"{m} min"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 video``, ``2 videos``, ``0 videos`` (``many`` for an irregular plural)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 # --------------------------------------------------------------------- help text
 
 
@@ -116,7 +134,15 @@ def examples(*lines: str) -> str:
 
 TINY_VIDEO = "tests/fixtures/parity/videos/video1.mp4"
 TINY_MODEL = "tests/fixtures/parity/checkpoints/tiny-longvu-qwen2"
-TINY_NOTE = "# the tiny test checkpoint: offline, on a CPU, in seconds (its answers are gibberish by design)"
+TINY_NOTE = "# plumbing only: the tiny test checkpoint (offline, a CPU, seconds); its answers are gibberish by design"
+TRAINED_MODEL = "models/longvu-synth-tiny"
+TRAINED_NOTE = ("# an answer that is right: the model trained here (in a clone; 21 MB, a CPU, seconds) names the word "
+                "one frame of a synth video shows")  # fmt: skip
+TRAINED_DEMO = "longvu synth --out demo --n 1 --seed 5 --cast 1 -q"
+TRAINED_QUESTION = (
+    "One frame of this video shows a single word in large letters. What is that word? Answer with the word only."
+)
+TRAINED_ASK = f'longvu ask demo/videos/s5_000000.mp4 "{TRAINED_QUESTION}" --model {TRAINED_MODEL} --greedy'
 
 
 def sampling_defaults() -> str:
@@ -316,24 +342,45 @@ def open_checkpoint(args, overrides: dict, question: str | None = None):
     return ckpt
 
 
+def check_devices(args) -> None:
+    """``--device`` and ``--vision-device`` exist on this machine (imports torch, reads no weight)."""
+    from ..model.devices import pick_device
+
+    for device in (getattr(args, "device", "auto"), getattr(args, "vision_device", None)):
+        if device and device not in ("auto", "cpu"):
+            pick_device(device)
+
+
 def load_model(args, overrides: dict, progress: bool, question: str | None = None):
     """The :class:`~longvu.LongVU` the arguments name (the slow step: every check comes before it,
-    :func:`open_checkpoint` included, with ``question`` when one is known)."""
+    :func:`open_checkpoint` and :func:`check_devices` included, with ``question`` when one is known).
+
+    The closing line says where the time went: imports (torch, transformers and the decoder's
+    modeling module), the tokenizer (with the config and weight index), and the weights."""
+    t0 = time.perf_counter()
     ckpt = open_checkpoint(args, overrides, question)
+    t1 = time.perf_counter()
+    check_devices(args)
+    from ..loading.load import decoder_class
     from ..pipeline.api import LongVU
     from ..pipeline.cache import FeatureCache
 
-    t0 = time.perf_counter()
+    decoder_class(ckpt.cfg)
+    t2 = time.perf_counter()
     log(args, f"loading {args.model} ...")
     lv = LongVU.from_pretrained(
-        ckpt.folder, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
+        ckpt, device=args.device, dtype=args.dtype, siglip=args.siglip, dinov2=args.dinov2,
         overrides=overrides, cache=False if args.no_cache else FeatureCache(args.cache_dir), progress=progress,
         options=load_options(args), adapter=args.adapter,
     )  # fmt: skip
+    t3 = time.perf_counter()
     dtype = str(lv.dtype).removeprefix("torch.")
     if lv.model.options.quantize:
         dtype += f", LLM {lv.model.options.quantize}"
-    log(args, f"loaded in {time.perf_counter() - t0:.1f}s on {lv.device} ({dtype})")
+    imports = ckpt.import_s + t2 - t1
+    log(args, f"loaded in {format_duration(t3 - t0)} (imports {format_duration(imports)}, weights "
+              f"{format_duration(t3 - t2)}, config and tokenizer {format_duration(t1 - t0 - ckpt.import_s)}) "
+              f"on {lv.device} ({dtype})")  # fmt: skip
     return lv
 
 

@@ -134,8 +134,12 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, objec
     from .. import __version__
 
     parser = Parser(prog="longvu", description="Answer questions about long videos with LongVU (ICML 2025).",
-                    epilog="examples:\n  longvu ask VIDEO QUESTION --model tests/fixtures/parity/checkpoints/tiny-longvu-qwen2\n"
-                           "  longvu COMMAND --help      (each command's options and examples)")  # fmt: skip
+                    epilog="examples:\n  longvu ask VIDEO QUESTION                          (the released 7B model)\n"
+                           "  longvu synth --out demo --n 1 --seed 5 --cast 1 -q\n"
+                           "  longvu ask demo/videos/s5_000000.mp4 \"One frame of this video shows a single word in large letters. "
+                           "What is that word? Answer with the word only.\" --model models/longvu-synth-tiny --greedy\n"
+                           "                                     (the model trained here, in a clone: it prints RIVER)\n"
+                           "  longvu COMMAND --help              (each command's options and examples)")  # fmt: skip
     parser.add_argument("--version", action="version", version=f"longvu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     wanted = None if argv is None else _command_of(argv)

@@ -144,8 +144,8 @@ def run(args) -> int:
 def render(p, result=None) -> str:
     """A human-readable plan: one block per stage, components with GiB per device."""
     st = p.settings
-    lines = [f"{p.model}: {st.describe()}, {st.minutes:g} min at {st.fps:g} fps ({p.frames} frames, "
-             f"at most {p.kept_frames} kept)", ""]  # fmt: skip
+    lines = [f"{p.model}: {st.describe()}, {c.format_duration(st.minutes * 60)} at {st.fps:g} fps "
+             f"({c.plural(p.frames, 'frame')}, at most {p.kept_frames} kept)", ""]  # fmt: skip
     acc = st.accelerator
     for stage, devices in p.stages.items():
         tot = {d: sum(v.values()) for d, v in devices.items()}

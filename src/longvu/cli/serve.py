@@ -72,6 +72,32 @@ def check_server_args(args: argparse.Namespace) -> None:
         c.check_output_dir(args.upload_dir, "--upload-dir")
     if args.ray and not args.replicas:
         raise LongVUError("--ray needs --replicas N")
+    check_port_free(args.host, args.port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` and let go, so a port in use is refused before the model loads (as the
+    web server would bind it: SO_REUSEADDR, so a port whose last connections linger is not refused)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise LongVUError(f"--host {host}: not an address this machine can listen on ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise LongVUError(
+                    f"--port {port}: already in use on {host} (another server? pick another --port)"
+                ) from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise LongVUError(f"--host {host}: not an address of this machine") from None
+            raise LongVUError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
 
 
 def server_settings(args: argparse.Namespace):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import common as c
+
 COMMANDS = {
     "synth": "make a synthetic video QA dataset (videos + data.jsonl)",
     "data": "check a training JSONL (LLaVA / LongVU video SFT format)",
@@ -22,7 +24,9 @@ def add_parser(sub) -> None:
     sy = sub.add_parser("synth", help=COMMANDS["synth"],
                         description="Make videos whose questions need the video (objects appearing, moving and "
                                     "counted; a word in one frame), with the questions as training JSONL.",
-                        epilog=examples("longvu synth --out synth-data --n 100",
+                        epilog=examples("# a video whose word the model trained here names (in a clone: models/longvu-synth-tiny)",
+                                        "longvu synth --out demo --n 1 --seed 5 --cast 1 -q",
+                                        "longvu synth --out synth-data --n 100",
                                         "longvu synth --out held-out --n 50 --seed 1 --minutes 1 10 --families count motion",
                                         "longvu data check synth-data"))  # fmt: skip
     sy.add_argument(
@@ -68,11 +72,11 @@ def run_synth(args: argparse.Namespace) -> int:
 
     def progress(done: int, total: int) -> None:
         if show:
-            print(f"\r{done}/{total} videos", end="" if done < total else "\n", file=sys.stderr, flush=True)
+            print(f"\r{done}/{c.plural(total, 'video')}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     path = generate(args.out, settings, args.n, progress=progress)
     lines = sum(1 for _ in open(path))
-    print(f"wrote {args.n} videos and {lines} questions: {path}")
+    print(f"wrote {c.plural(args.n, 'video')} and {c.plural(lines, 'question')}: {path}")
     return 0
 
 
@@ -86,11 +90,12 @@ def run_check(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         shown = f" (the first {len(e.errors)} shown)" if e.total > len(e.errors) else ""
-        print_error(args, f"{e.total} malformed line(s){shown}")
+        print_error(args, f"{c.plural(e.total, 'malformed line')}{shown}")
         return 2
     videos = len({ex.video for ex in examples if ex.video is not None})
     text = sum(ex.video is None for ex in examples)
     turns = sum(len(ex.turns) for ex in examples) // 2
     also = f" ({text} text-only)" if text else ""
-    print(f"{resolve_data(args.data)}: {len(examples)} examples{also}, {turns} answers to learn, {videos} videos: ok")
+    print(f"{resolve_data(args.data)}: {c.plural(len(examples), 'example')}{also}, "
+          f"{c.plural(turns, 'answer')} to learn, {c.plural(videos, 'video')}: ok")  # fmt: skip
     return 0

@@ -71,7 +71,7 @@ def add_parser(sub) -> None:
     mg.add_argument("--out", required=True, help="new checkpoint folder (must not exist, or be empty)")
     mg.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                     help="write every weight in this dtype (default: the base's, bfloat16 for the released ones)")  # fmt: skip
-    mg.add_argument("--quiet", "-q", action="store_true")
+    mg.add_argument("--quiet", "-q", action="store_true", help="nothing on stderr but errors")
 
 
 def run(args: argparse.Namespace) -> int:

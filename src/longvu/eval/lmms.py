@@ -1,6 +1,6 @@
 """The lmms-eval model ``longvu``: ``lmms-eval --model longvu --model_args pretrained=...``.
 
-``pip install "longvu[lmms]"`` registers it through lmms-eval's ``lmms_eval.models`` entry
+``pip install -e ".[lmms]"`` (in a clone) registers it through lmms-eval's ``lmms_eval.models`` entry
 point (lmms-eval 0.7 reads a :class:`ModelManifest` from it), so no fork of lmms-eval is
 needed.  It is a thin adapter around :class:`longvu.LongVU`:
 

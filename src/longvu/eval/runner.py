@@ -85,10 +85,14 @@ class Evaluator:
         self.lv = LongVU.from_pretrained(model, device=device, dtype=dtype, overrides=overrides, cache=False,
                                          adapter=adapter)  # fmt: skip
         self.max_new_tokens = max_new_tokens
+        # what ran, as loaded ("auto" resolved), on every line: the summary names it
+        self.ran = {"device": str(self.lv.device), "dtype": str(self.lv.dtype).removeprefix("torch.")}
 
     def run_group(self, group: list[dict], preset: Preset) -> list[dict]:
         """One result line per question; a failure is an error line (retried by the next run), never a stop."""
+        return [dict(line, ran=self.ran) for line in self._run_group(group, preset)]
 
+    def _run_group(self, group: list[dict], preset: Preset) -> list[dict]:
         items = [Item(**g) for g in group]
         try:
             clip = load_item_video(items[0], preset)
@@ -298,6 +302,8 @@ def summarize(benchmark: str, results: list[dict]) -> dict[str, Any]:
         "unparseable_qids": [r["qid"] for r in results if r["unparseable"]][:100],
         "errors": sum(1 for r in results if r["error"]),
         "error_qids": [r["qid"] for r in results if r["error"]][:100],
+        # the devices and dtypes that answered (a run resumed elsewhere, or on several GPUs, has more than one)
+        "ran": {k: sorted({r["ran"][k] for r in results if "ran" in r}) for k in ("device", "dtype")},
     }
     if benchmark == "videomme":
         tasks: dict[str, list] = defaultdict(list)
@@ -330,16 +336,25 @@ def markdown(benchmark: str, s: dict) -> str:
         lines.append(f"| **mean of the {len(s['per_category'])} tasks** | {s['scored']} | **{s['accuracy']}** |")
     else:
         lines.append(f"| **overall** | {s['scored']} | **{s['accuracy']}** |")
-    lines += ["", f"Headline: {s['headline']}, as the original script reports it."]
+    source = "" if benchmark == "synthetic" else ", as the original script reports it"  # synth has no original
+    lines += ["", f"Headline: {s['headline']}{source}."]
     lines += [f"Unparseable answers (counted wrong): {s['unparseable']}. "
               f"Errors (counted wrong; a re-run retries them): {s['errors']}."]  # fmt: skip
     if "settings" in s:
-        lines.append(_settings_line(s["settings"]))
+        lines.append(_settings_line(s["settings"], s.get("ran") or {}))
     return "\n".join(lines) + "\n"
 
 
-def _settings_line(st: dict) -> str:
-    line = f"Model {st['model']}, device {st['device']}, precision {st['dtype']}"
+def _settings_line(st: dict, ran: dict) -> str:
+    """The model, and the device and precision that ran (what was asked for only where no line says)."""
+
+    def what(key: str) -> str:
+        if not ran.get(key):
+            return f"{st[key]} (as asked; no answer records what ran)"
+        asked = f" (asked: {st[key]})" if ran[key] != [st[key]] else ""
+        return ", ".join(ran[key]) + asked
+
+    line = f"Model {st['model']}, device {what('device')}, precision {what('dtype')}"
     if "subtitles" in st:
         line += ", subtitles " + ("on (the 'w/ subs' setting)" if st["subtitles"] else "off (the 'w/o subs' setting)")
     return line + "."

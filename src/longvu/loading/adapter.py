@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError, LongVUError
+from ..errors import CheckpointError, LongVUError, install_hint
 from ..files import atomic_write_text
 from .checkpoint import weight_index, weights_fingerprint
 from .load import load_model
@@ -136,7 +136,7 @@ def _merged_lora(adapter: Path, model) -> dict[str, torch.Tensor]:
             # lazy: peft comes with the train extra
             from peft import PeftModel
     except ImportError:
-        raise LongVUError("a LoRA adapter needs peft: pip install 'longvu[train]'") from None
+        raise LongVUError(f"a LoRA adapter needs peft: {install_hint('train')}") from None
     try:
         with peft_quietly():
             peft_model = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,15 +27,20 @@ def offline_mode() -> bool:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A local checkpoint folder, or a hub id downloaded (or found in the hub cache)."""
+    """A local checkpoint folder, or a hub id downloaded (or found in the hub cache).
+
+    A name that cannot be a hub id (``./x``, ``/x``, ``a/b/c``), or whose first part is a local
+    folder (``models/typo``), is a missing folder; otherwise the hub is asked, and a failure
+    names both readings: not a local folder, and not on the hub (or its local cache, offline).
+    """
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path}: a checkpoint must be a folder")
         return path
     name = str(name_or_path)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise CheckpointError(f"{name}: no such checkpoint folder")
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or path.parent.is_dir():
+        raise CheckpointError(f"{name}: no such checkpoint folder{_nearby(path)}")
     try:
         # lazy: huggingface_hub only on this path (the module imports without it)
         from huggingface_hub import snapshot_download
@@ -48,9 +54,32 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         )
     except Exception as e:  # any hub failure becomes one actionable line
         raise CheckpointError(
-            f"could not get checkpoint {name!r} from the Hugging Face hub ({type(e).__name__}); "
-            "pass --model PATH to a local checkpoint folder"
+            f"{name}: not a local folder, and {_hub_failure(e)}; pass --model PATH to a local checkpoint folder"
         ) from None
+
+
+def _hub_failure(e: Exception) -> str:
+    kind = type(e).__name__
+    if kind == "LocalEntryNotFoundError":
+        why = "HF_HUB_OFFLINE is set" if offline_mode() else "the hub could not be reached"
+        return f"not in the local Hugging Face hub cache ({why})"
+    if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
+        return f"not a checkpoint the Hugging Face hub gives ({kind})"
+    return f"could not be fetched from the Hugging Face hub ({kind})"
+
+
+def _nearby(path: Path) -> str:
+    """`` (did you mean models/x?)`` for a sibling folder with a close name, else nothing."""
+    # lazy: difflib only on this error path
+    import difflib
+
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    near = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    return f" (did you mean {parent / near[0]}?)" if near else ""
 
 
 def weight_index(folder: Path) -> dict[str, str]:
@@ -75,7 +104,8 @@ def weight_index(folder: Path) -> dict[str, str]:
     raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
-def load_tokenizer(folder: Path):
+def tokenizer_class(folder: Path):
+    """The checkpoint's tokenizer class (importing it is most of a tokenizer's load time)."""
     # lazy: transformers only on this path (the module imports without it)
     import transformers
 
@@ -84,8 +114,11 @@ def load_tokenizer(folder: Path):
         raise CheckpointError(f"{folder}: no tokenizer_config.json")
     cls_name = json.loads(cfg_path.read_text()).get("tokenizer_class") or "PreTrainedTokenizerFast"
     cls = getattr(transformers, cls_name, None) or getattr(transformers, cls_name.removesuffix("Fast"), None)
-    if cls is None:
-        cls = transformers.PreTrainedTokenizerFast
+    return transformers.PreTrainedTokenizerFast if cls is None else cls
+
+
+def load_tokenizer(folder: Path, cls=None):
+    cls = cls or tokenizer_class(folder)
     try:
         return cls.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # tokenizers raise many types for bad files
@@ -123,6 +156,7 @@ class Checkpoint:
     cfg: LongVUConfig
     weights: dict[str, str]  # tensor name -> shard file
     tokenizer: object
+    import_s: float = 0.0  # of the time opening it took, the seconds spent importing the tokenizer's modules
 
 
 def open_checkpoint(model: str | os.PathLike, overrides: dict | None = None) -> Checkpoint:
@@ -133,9 +167,12 @@ def open_checkpoint(model: str | os.PathLike, overrides: dict | None = None) -> 
     if overrides:
         cfg = cfg.with_overrides(overrides)
     weights = weight_index(folder)
+    t0 = time.perf_counter()
     with quiet_transformers():
-        tokenizer = load_tokenizer(folder)
-    return Checkpoint(folder, cfg, weights, tokenizer)
+        cls = tokenizer_class(folder)
+        import_s = time.perf_counter() - t0
+        tokenizer = load_tokenizer(folder, cls)
+    return Checkpoint(folder, cfg, weights, tokenizer, import_s)
 
 
 def weights_fingerprint(files: list[Path]) -> str:

@@ -23,9 +23,10 @@ from ..config import DEFAULT_MODEL, LongVUConfig
 from ..errors import CheckpointError, LongVUError
 from ..model.connector import SVAConnector
 from ..model.context import chat_template
-from ..model.devices import configure_precision
+from ..model.devices import configure_precision, pick_device, pick_dtype  # noqa: F401 (longvu.loading.load names)
 from ..model.towers import VisionTower
 from .checkpoint import (  # noqa: F401 (longvu.loading.load names, kept)
+    Checkpoint,
     load_tokenizer,
     offline_mode,
     open_checkpoint,
@@ -37,35 +38,6 @@ from .quantize import check_scheme, quantization_config
 from .towers import load_tower, resolve_tower_folder
 
 CONNECTOR_PREFIXES = ("model.mm_projector", "model.vision_sampler", "model.vision_query", "model.image_newline")
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise CheckpointError(f"unknown device {device!r} (use auto, cpu, cuda or mps)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError("--device cuda was asked for, but no CUDA GPU is available")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CheckpointError("--device mps was asked for, but MPS is not available")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "mps":
-            return torch.float16
-        return torch.float32
-    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in table:
-        raise CheckpointError(f"unknown dtype {dtype!r} (use auto, float32, float16 or bfloat16)")
-    return table[dtype]
 
 
 def build_llm_config(cfg: LongVUConfig):
@@ -202,7 +174,7 @@ class LongVUModel:
 
 
 def load_model(
-    model: str | os.PathLike = DEFAULT_MODEL,
+    model: str | os.PathLike | Checkpoint = DEFAULT_MODEL,
     *,
     device: str = "auto",
     dtype: str = "auto",
@@ -211,7 +183,8 @@ def load_model(
     overrides: dict | None = None,
     options: LoadOptions | None = None,
 ) -> LongVUModel:
-    """Load a LongVU checkpoint from a folder or hub id (see :func:`resolve_checkpoint`)."""
+    """Load a LongVU checkpoint from a folder or hub id (see :func:`resolve_checkpoint`), or from a
+    :class:`~longvu.loading.checkpoint.Checkpoint` already opened (with ``overrides`` applied)."""
     with quiet_transformers():
         return _load_model(model, device, dtype, siglip, dinov2, overrides, options or LoadOptions())
 
@@ -224,7 +197,8 @@ def _load_model(model, device: str, dtype: str, siglip, dinov2, overrides, opts:
     check_scheme(opts.quantize, dev.type)  # before anything is read
     if opts.llm_gpu_memory is not None and dev.type != "cuda":
         raise LongVUError("--llm-gpu-memory (offloading decoder layers to CPU RAM) needs --device cuda")
-    ckpt = open_checkpoint(model, overrides)  # folder, config, weight index, tokenizer (no weight read)
+    # folder, config, weight index, tokenizer (no weight read); a Checkpoint already opened is used as it is
+    ckpt = model if isinstance(model, Checkpoint) else open_checkpoint(model, overrides)
     folder, cfg, weights, tokenizer = ckpt.folder, ckpt.cfg, ckpt.weights, ckpt.tokenizer
     configure_precision(dev, dt)  # float32 on CUDA: no TF32 (process-wide flags, see devices.py)
 
@@ -325,15 +299,22 @@ def _fit_vocab(llm, n_tok: int) -> None:
     llm.config.vocab_size = n_tok
 
 
+def decoder_class(cfg: LongVUConfig):
+    """The transformers class of the checkpoint's decoder; importing its modeling module is most of
+    a load's import time (the CLI calls this first, to say how long imports took)."""
+    with quiet_transformers():  # the modeling import may bring torchao, whose notes stay silent
+        # lazy: transformers is imported only when this runs (keeps the import light and quiet)
+        import transformers
+
+        # the one modeling module this checkpoint needs (transformers imports each on first access)
+        return transformers.Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else transformers.LlamaForCausalLM
+
+
 def _load_llm(
     cfg: LongVUConfig, folder: Path, weights: dict[str, str], dtype: torch.dtype, *, quantization=None,
     device_map=None, max_memory: dict | None = None,
 ):  # fmt: skip
-    # lazy: transformers is imported only when this runs (keeps the import light and quiet)
-    import transformers
-
-    # the one modeling module this checkpoint needs (transformers imports each on first access)
-    cls = transformers.Qwen2ForCausalLM if cfg.model_type == "cambrian_qwen" else transformers.LlamaForCausalLM
+    cls = decoder_class(cfg)
     llm_cfg = build_llm_config(cfg)
     extra = {}
     if quantization is not None:

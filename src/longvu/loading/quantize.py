@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from ..errors import LongVUError
+from ..errors import LongVUError, install_hint
 
 if TYPE_CHECKING:  # not at run time: the planner and the CLI's checks use this module without torch
     # lazy: torch only on this path (the module imports without it)
@@ -91,7 +91,7 @@ def quantization_config(scheme: str | None, device: torch.device, dtype: torch.d
                 # lazy: transformers only on this path (the module imports without it)
                 from transformers import TorchAoConfig
         except ImportError:
-            raise QuantizeError("--quantize int8 on CPU needs torchao: pip install 'longvu[quant]'") from None
+            raise QuantizeError(f"--quantize int8 on CPU needs torchao: {install_hint('quant')}") from None
         # modules_to_not_convert=[]: no default skips, so lm_head is quantized as well.
         return TorchAoConfig(Int8WeightOnlyConfig(), modules_to_not_convert=[])
     try:
@@ -101,7 +101,7 @@ def quantization_config(scheme: str | None, device: torch.device, dtype: torch.d
         # lazy: transformers only on this path (the module imports without it)
         from transformers import BitsAndBytesConfig
     except ImportError:
-        raise QuantizeError(f"--quantize {scheme} on CUDA needs bitsandbytes: pip install 'longvu[quant]'") from None
+        raise QuantizeError(f"--quantize {scheme} on CUDA needs bitsandbytes: {install_hint('quant')}") from None
     if scheme == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(

@@ -2,6 +2,8 @@
 
 Model glue shared by the encoder, the towers, the model loader and the eval runner:
 
+* :func:`pick_device`, :func:`pick_dtype` - ``--device``/``--dtype`` resolved, an absent device refused
+  (torch only, so the CLI can refuse before loading);
 * :func:`upload` - a host tensor to the model's device: pinned, non-blocking copies to
   CUDA, the cast to the model's dtype done on the device;
 * :func:`host_batch` - frames stacked into one host tensor (page-locked for CUDA);
@@ -20,7 +22,38 @@ import os
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
+
 MAX_PREPROCESS_WORKERS = 32  # preprocessing threads at most: enough to feed one GPU from a big host
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise CheckpointError(f"unknown device {device!r} (use auto, cpu, cuda or mps)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"--device {device}: no CUDA GPU is available here (use --device cpu or auto)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CheckpointError("--device mps: MPS is not available here (use --device cpu or auto)")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise CheckpointError(f"unknown dtype {dtype!r} (use auto, float32, float16 or bfloat16)")
+    return table[dtype]
 
 
 def upload(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

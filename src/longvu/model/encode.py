@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -351,7 +351,8 @@ class _Stage1:
         return kept.kept, False  # fmt: skip
 
 
-def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, observer, timings) -> torch.Tensor:
+def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, observer, timings,
+                 progress: _Progress | None = None) -> torch.Tensor:  # fmt: skip
     """SigLIP and the connector on the stored frames, in chunks of ``encode_chunk``.
 
     The next chunk's frames are read and preprocessed while the current one runs.
@@ -377,6 +378,8 @@ def _siglip_pass(model, spill: _Spill, stored: list[int], hw, pool, cancel, obse
             aux = conn.project_aux([sig.to(dtype), dino])
             sampled = conn.sample(aux, hw, fix_orientation=cfg.fix_unpad_orientation)  # [n, Q, vh]
         chunks.append(sampled)
+        if progress is not None:
+            progress.stage("encoding", sum(map(len, parts[: k + 1])), len(stored))
         timings["siglip"] += t1 - t0
         timings["connector"] += time.perf_counter() - t1
         if observer:
@@ -392,7 +395,7 @@ def encode_video(
     keep_all_below: int,
     cancel=None,
     observer: Observer | None = None,
-    progress: bool = False,
+    progress: bool | ProgressCallback = False,
     limits: MediaLimits | None = None,
 ) -> VisualFeatures:
     """Decode and encode a video into :class:`VisualFeatures`.
@@ -404,7 +407,8 @@ def encode_video(
             largest ``max_frames_dino`` any question can have.
         cancel: an object with ``is_set()``; once set, :class:`~longvu.errors.Cancelled` is raised.
         observer: gets each window's and chunk's tensors (see :class:`~longvu.model.observe.Observer`).
-        progress: show a progress bar on stderr.
+        progress: ``True`` shows a progress bar on stderr; a callable is called as
+            ``progress(stage, done, total)`` (see :data:`ProgressCallback`).
         limits: bounds on duration, frames and frame size, enforced while decoding
             (a :class:`~longvu.errors.MediaLimitError` past them).
     """
@@ -413,7 +417,7 @@ def encode_video(
     info = StreamInfo()
     timings = dict.fromkeys(("decode_wait", "dino", "siglip", "connector"), 0.0)
     t_start = time.perf_counter()
-    bar = _progress_bar(video, sampling, progress)
+    bar = _Progress(video, sampling, progress)
     pool = ThreadPoolExecutor(max_workers=preprocess_workers(model.device), thread_name_prefix="longvu-prep")
     try:
         with tempfile.TemporaryDirectory(prefix=f"longvu-spill-{owner_tag()}-") as tmp, _Spill(tmp) as spill:
@@ -422,15 +426,14 @@ def encode_video(
                 for frame in _timed(frames, timings):
                     _check(cancel)
                     stage1.add(frame)
-                    if bar is not None:
-                        bar.update(1)
+                    bar.frame()
             stage1.flush()
             _check_nonempty(stage1.indices, info, path)
             stored, all_frames = stage1.stored()
-            sampled = _siglip_pass(model, spill, stored, stage1.hw, pool, cancel, observer, timings)
+            bar.stage("encoding", 0, len(stored))
+            sampled = _siglip_pass(model, spill, stored, stage1.hw, pool, cancel, observer, timings, bar)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         pool.shutdown(wait=False, cancel_futures=True)
     timings["total"] = time.perf_counter() - t_start
     return VisualFeatures(
@@ -485,23 +488,60 @@ def _release_freed_memory() -> None:
 _LIBC = None
 
 
-def _progress_bar(video, sampling: Sampling, enabled: bool):
-    """A tqdm bar on stderr; its total (sampled frames) is counted on a thread, not waited for."""
-    if not enabled:
-        return None
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``, called from the encoding thread: ``"decoding"`` counts the sampled
+frames decoded and run through DINOv2 and frame reduction (what the CLI's bar counts; ``total`` 0
+until the frames are counted, which happens on a thread beside it), then ``"encoding"`` counts the
+kept frames through SigLIP and the connector.  It must return quickly."""
 
-    bar = tqdm(total=None, unit="frame", desc="encoding", leave=False, dynamic_ncols=True)
-    if isinstance(video, VideoClip):
-        bar.total = len(video)
-        return bar
 
-    def count() -> None:
+class _Progress:
+    """Encoding progress: a tqdm bar on stderr (``enabled is True``) and/or a :data:`ProgressCallback`.
+
+    The decoding total (sampled frames) is counted on a thread, not waited for.
+    """
+
+    def __init__(self, video, sampling: Sampling, enabled: bool | ProgressCallback) -> None:
+        self.callback = enabled if callable(enabled) else None
+        self.bar = (
+            tqdm(total=None, unit="frame", desc="encoding", leave=False, dynamic_ncols=True)
+            if enabled is True
+            else None
+        )
+        self.done, self.total = 0, None
+        if self.bar is None and self.callback is None:
+            return
+        if isinstance(video, VideoClip):
+            self._set_total(len(video))
+        else:
+            threading.Thread(target=self._count, args=(video, sampling), daemon=True, name="longvu-count").start()
+        self.stage("decoding", 0, self.total or 0)
+
+    def _count(self, video, sampling: Sampling) -> None:
         try:
             total, fps = count_frames(video)
-            bar.total = len(sampled_indices(total, fps, sampling))
-            bar.refresh()
+            self._set_total(len(sampled_indices(total, fps, sampling)))
         except Exception:  # an estimate only: never fail the run for it
             pass
 
-    threading.Thread(target=count, daemon=True, name="longvu-count").start()
-    return bar
+    def _set_total(self, total: int) -> None:
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def frame(self) -> None:
+        """One more sampled frame through the first pass."""
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.callback is not None:
+            self.callback("decoding", self.done, max(self.total, self.done) if self.total else 0)
+
+    def stage(self, name: str, done: int, total: int) -> None:
+        if self.callback is not None:
+            self.callback(name, done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

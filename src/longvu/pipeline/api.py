@@ -35,7 +35,7 @@ from ..loading.adapter import apply_adapter
 from ..loading.load import DEFAULT_MODEL, LoadOptions, LongVUModel, load_model
 from ..model.compose import Decisions, compose
 from ..model.context import prompt_ids, tokenize
-from ..model.encode import VisualFeatures, encode_video
+from ..model.encode import ProgressCallback, VisualFeatures, encode_video
 from ..model.generation import Generated, GenerationOptions, TokenThread, answer_room, generate_ids
 from ..model.intake import MediaLimits, probe_video
 from ..model.observe import Observer, ParityObserver
@@ -208,6 +208,7 @@ class LongVU:
     def features(
         self, video: str | os.PathLike | VideoClip, sampling: Sampling | None = None, *, cancel=None,
         observer: Observer | None = None, limits: MediaLimits | None = None,
+        progress: ProgressCallback | None = None,
     ) -> VisualFeatures:  # fmt: skip
         """The question-independent encoding of ``video``, from the feature cache when possible.
 
@@ -217,16 +218,18 @@ class LongVU:
             observer: sees the encoder's tensors; one that ``needs_encoder`` bypasses the cache.
             limits: bounds on duration, frames and frame size (a server's), enforced while
                 decoding, and for a cached video on what its decoding found.
+            progress: called as ``progress(stage, done, total)`` while a video is encoded
+                (:data:`~longvu.model.encode.ProgressCallback`); not called for a cached video.
         """
         sampling = sampling or Sampling()
-        feats = self._cached_features(video, sampling, cancel, observer, limits)
+        feats = self._cached_features(video, sampling, cancel, observer, limits, progress)
         feats.sampling = None if isinstance(video, VideoClip) else sampling
         return feats
 
-    def _cached_features(self, video, sampling: Sampling, cancel, observer, limits) -> VisualFeatures:
+    def _cached_features(self, video, sampling: Sampling, cancel, observer, limits, progress=None) -> VisualFeatures:
         use_cache = self.cache is not None and not isinstance(video, VideoClip)
         if not use_cache or (observer is not None and observer.needs_encoder):
-            return self._encode(video, sampling, cancel, observer, limits)
+            return self._encode(video, sampling, cancel, observer, limits, progress)
         t0 = time.perf_counter()
         probe_video(video, limits)
         key = self._cache_key(video, sampling)
@@ -235,13 +238,13 @@ class LongVU:
             _check_cached(hit, limits, os.fspath(video))
             hit.timings = {"cache_hit": 1.0, "cache_read": time.perf_counter() - t0}
             return hit
-        feats = self._encode(video, sampling, cancel, observer, limits)
+        feats = self._encode(video, sampling, cancel, observer, limits, progress)
         self.cache.put(key, feats, video=os.path.realpath(video))
         return feats
 
-    def _encode(self, video, sampling: Sampling, cancel, observer, limits=None) -> VisualFeatures:
+    def _encode(self, video, sampling: Sampling, cancel, observer, limits=None, progress=None) -> VisualFeatures:
         return encode_video(self.model, video, sampling, keep_all_below=self._keep_all_below(), cancel=cancel,
-                            observer=observer, progress=self.progress, limits=limits)  # fmt: skip
+                            observer=observer, progress=progress or self.progress, limits=limits)  # fmt: skip
 
     def _keep_all_below(self) -> int:
         """An upper bound of ``max_frames_dino`` over all prompts (text length 0)."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import Cancelled, LongVUError
+from ..model.encode import ProgressCallback
 from ..model.generation import GenerationOptions
 from ..model.intake import MediaLimits
 from ..pipeline.api import LongVU
@@ -161,20 +163,43 @@ def frames_budget(settings: ServerSettings) -> int:
     return int(settings.max_image_frames_mb * 1024 * 1024)
 
 
-def run_chat_job(lv: LongVU, job: ChatJob, cancel: threading.Event):
+def run_chat_job(lv: LongVU, job: ChatJob, cancel: threading.Event, progress: ProgressCallback | None = None):
     """Encode (or read from the cache) the job's video and start its answer: an AnswerStream.
 
     The server's :class:`~longvu.model.intake.MediaLimits` apply while decoding (a
-    :class:`~longvu.errors.MediaLimitError` past them), not from the header.
+    :class:`~longvu.errors.MediaLimitError` past them), not from the header.  ``progress`` hears
+    the encoding's stages, then ``("answering", frames, frames)`` once the features are ready.
     """
     media = job.media
     if isinstance(job.source, list):  # image parts: the frames of one video
         clip = frames_from_images(job.source, media, job.limits, job.frames_bytes)
-        feats = lv.features(clip, cancel=cancel, limits=job.limits)
+        feats = lv.features(clip, cancel=cancel, limits=job.limits, progress=progress)
     else:
-        feats = lv.features(job.source, media.sampling, cancel=cancel, limits=job.limits)
+        feats = lv.features(job.source, media.sampling, cancel=cancel, limits=job.limits, progress=progress)
+    if progress is not None:
+        progress("answering", len(feats), len(feats))
     conv = lv.conversation(job.system, job.turns)
     return lv.generate(feats, conv, generation=job.gen, cancel=cancel)
+
+
+class ProgressFeed:
+    """A job's progress, from its worker thread to ``post`` (which must be thread-safe).
+
+    A new stage and a stage's last count go at once; counts in between at most every
+    ``every_s`` seconds, so a fast encoder does not flood the stream.  ``post`` gets
+    ``{"stage": ..., "done": int, "total": int}``.
+    """
+
+    def __init__(self, post: Callable[[dict], None], every_s: float = 0.5) -> None:
+        self.post, self.every_s = post, every_s
+        self.stage, self.last = None, float("-inf")
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if stage == self.stage and done != total and now - self.last < self.every_s:
+            return
+        self.stage, self.last = stage, now
+        self.post({"stage": stage, "done": int(done), "total": int(total)})
 
 
 class LocalBackend:
@@ -185,15 +210,17 @@ class LocalBackend:
     def __init__(self, lv: LongVU) -> None:
         self.lv = lv
 
-    def stream(self, job: ChatJob, cancel: threading.Event):
-        return run_chat_job(self.lv, job, cancel)
+    def stream(self, job: ChatJob, cancel: threading.Event, progress: ProgressCallback | None = None):
+        return run_chat_job(self.lv, job, cancel, progress)
 
 
 def preparer(backend, job: ChatJob, cancel: threading.Event):
-    def prepare():
+    """``prepare(progress=None)``: the job's answer stream, started on the worker thread that calls it."""
+
+    def prepare(progress: ProgressCallback | None = None):
         if cancel.is_set():  # the client left (or the server is stopping) while the request was queued
             raise Cancelled()
-        return backend.stream(job, cancel)
+        return backend.stream(job, cancel, progress)
 
     return prepare
 

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import Cancelled
 from ..model.generation import GenerationOptions
 from .errors import APIError, ended, media_error, timed_out
-from .jobs import Jobs, outcome
+from .jobs import Jobs, ProgressFeed, outcome
 from .parts import Media, add_part, parse_media_io_kwargs
 from .settings import ServerSettings
 
@@ -184,9 +184,10 @@ async def start_stream(worker, prepare, cancel, wait_s: float, jobs: Jobs) -> tu
         raise ended(jobs)
     pieces: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
+    feed = ProgressFeed(lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p))
 
     def job():
-        stream = prepare()
+        stream = prepare(feed)
         for piece in stream:
             if cancel.is_set():
                 raise Cancelled()
@@ -198,10 +199,13 @@ async def start_stream(worker, prepare, cancel, wait_s: float, jobs: Jobs) -> tu
 
 async def sse(fut: asyncio.Future, pieces: asyncio.Queue, request, cancel, settings, cid, created, req, cleanup,
               jobs: Jobs):  # fmt: skip
-    """Server-Sent Events for ``stream: true`` of a job :func:`start_stream` queued: role chunk, content
-    chunks, finish chunk, [DONE].
+    """Server-Sent Events for ``stream: true`` of a job :func:`start_stream` queued: role chunk, progress
+    chunks, content chunks, finish chunk, [DONE].
 
-    An error after the status line was sent is an event in OpenAI's error shape.
+    Until the first token, chunks with an empty delta carry ``"longvu": {"progress": {"stage", "done",
+    "total"}}`` (:class:`~longvu.serve.jobs.ProgressFeed`; ``"queued"`` while the job waits), at
+    least every :data:`PROGRESS_EVERY_S` seconds.  An error after the status line was sent is an
+    event in OpenAI's error shape.
     """
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
@@ -211,8 +215,8 @@ async def sse(fut: asyncio.Future, pieces: asyncio.Queue, request, cancel, setti
     finished = False
     try:
         yield chunk({"role": "assistant", "content": ""})
-        async for piece in _pieces(fut, pieces, request, settings):
-            yield chunk({"content": piece})
+        async for item in _pieces(fut, pieces, request, settings):
+            yield chunk({}, longvu={"progress": item}) if isinstance(item, dict) else chunk({"content": item})
         try:
             answer = outcome(fut, jobs)
         except APIError as e:  # the request's fault, a cancel, or a Ray Serve replica that failed mid-answer
@@ -247,15 +251,29 @@ class _Abandoned(Exception):
         self.error = error
 
 
+PROGRESS_EVERY_S = 2.0  # before the first token, the latest progress is repeated at least this often
+
+
 async def _pieces(fut: asyncio.Future, pieces: asyncio.Queue, request, settings: ServerSettings):
-    """The job's text pieces as they come, until it ends; raises :class:`_Abandoned` on a disconnect or timeout."""
-    start = last_check = time.monotonic()
+    """The job's text pieces and, until the first of them, its progress (dicts), as they come, until it
+    ends; raises :class:`_Abandoned` on a disconnect or timeout."""
+    start = last_check = last_progress = time.monotonic()
+    progress: dict | None = {"stage": "queued", "done": 0, "total": 0}  # None once text flows
     while not (fut.done() and pieces.empty()):
         try:
-            yield await asyncio.wait_for(pieces.get(), timeout=0.25)
+            item = await asyncio.wait_for(pieces.get(), timeout=0.25)
         except asyncio.TimeoutError:
-            pass
+            item = None
         now = time.monotonic()
+        if isinstance(item, str):
+            progress = None
+            yield item
+        elif item is not None and progress is not None:
+            progress, last_progress = item, now
+            yield item
+        elif progress is not None and now - last_progress >= PROGRESS_EVERY_S:
+            last_progress = now
+            yield progress
         if now - last_check > 0.5:
             last_check = now
             if await request.is_disconnected():

@@ -38,7 +38,7 @@ from ..pipeline.api import LongVU
 from ..pipeline.cache import FeatureCache
 from .app import create_app
 from .errors import APIError, public_error
-from .jobs import ChatJob, run_chat_job
+from .jobs import ChatJob, ProgressFeed, run_chat_job
 from .settings import ServerSettings
 
 APP_NAME = "longvu"
@@ -66,14 +66,16 @@ class ModelReplica:
         return video_key
 
     async def answer(self, job: ChatJob):
-        """Yield ``("piece", text)`` items, then ``("answer", Answer)`` or ``("error", kind, message)``."""
+        """Yield ``("progress", dict)`` and ``("piece", text)`` items, then ``("answer", Answer)`` or
+        ``("error", kind, message)``."""
         key = serve.get_multiplexed_model_id()
         if key:
             await self.hold(key)
         loop, pieces, cancel = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
 
         def work():
-            stream = run_chat_job(self.lv, job, cancel)
+            feed = ProgressFeed(lambda p: loop.call_soon_threadsafe(pieces.put_nowait, ("progress", p)))
+            stream = run_chat_job(self.lv, job, cancel, feed)
             for piece in stream:
                 loop.call_soon_threadsafe(pieces.put_nowait, ("piece", piece))
             stream.answer.trace.data["replica"] = self.name
@@ -113,15 +115,16 @@ class RayBackend:
     def __init__(self, handle, replicas: int) -> None:
         self.handle, self.concurrency = handle, replicas
 
-    def stream(self, job: ChatJob, cancel: threading.Event) -> RemoteStream:
-        return RemoteStream(self.handle, job, cancel)
+    def stream(self, job: ChatJob, cancel: threading.Event, progress=None) -> RemoteStream:
+        return RemoteStream(self.handle, job, cancel, progress)
 
 
 class RemoteStream:
     """Text pieces of a job answered by a replica; ``.answer`` at the end (like an AnswerStream)."""
 
-    def __init__(self, handle, job: ChatJob, cancel: threading.Event) -> None:
+    def __init__(self, handle, job: ChatJob, cancel: threading.Event, progress=None) -> None:
         self.handle, self.job, self.cancel = handle, job, cancel
+        self.progress = progress  # called with the replica's progress, as a local job's would be
         self.answer = None
 
     def __iter__(self):
@@ -139,6 +142,9 @@ class RemoteStream:
                     if item[0] == "piece":
                         sent = True
                         yield item[1]
+                    elif item[0] == "progress":
+                        if self.progress is not None:
+                            self.progress(**item[1])
                     elif item[0] == "error":
                         raise Cancelled() if item[1] == "cancelled" else APIError(*item[2])
                     else:

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import LongVUError
+from ..errors import LongVUError, install_hint
 from ..files import atomic_write_text
 from ..loading.adapter import CONNECTOR_FILE, LLM_FILE, MANIFEST, write_manifest
 from ..loading.quantize import quiet_quantizers
@@ -314,7 +314,7 @@ def mark_trainable(lv, parts: set[str], cfg: TrainConfig):
                 # lazy: imported under the statement around it (warnings silenced, or only on this branch)
                 from peft import LoraConfig, get_peft_model
         except ImportError:
-            raise LongVUError("--lora needs peft: pip install 'longvu[train]'") from None
+            raise LongVUError(f"--lora needs peft: {install_hint('train')}") from None
 
         present = {n.rsplit(".", 1)[-1] for n, _ in model.llm.named_modules()}
         targets = [t for t in LORA_TARGETS if t in present]
@@ -347,7 +347,7 @@ def _trainer_classes():
         # lazy: guarded, to say which extra is missing
         from transformers import Trainer, TrainerCallback
     except ImportError as e:  # the Trainer needs accelerate
-        raise LongVUError(f"training needs the train extra: pip install 'longvu[train]' ({e})") from None
+        raise LongVUError(f"training needs the train extra: {install_hint('train')} ({e})") from None
     # lazy: transformers is imported only when this runs (keeps the import light and quiet)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -1,7 +1,23 @@
 // longvu web page: a video, the frames the model kept, tokens per stage, and a chat about the video.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { video: null, messages: [], key: sessionStorage.getItem("longvu-key") || "", keyWaiters: [] };
+const state = { video: null, messages: [], key: sessionStorage.getItem("longvu-key") || "", keyWaiters: [],
+  running: null, progressSeen: [] };
+
+// ---------------------------------------------------------------- sizes and durations for people
+function formatBytes(n) {
+  if (n < 1024) return n + (n === 1 ? " byte" : " bytes");
+  const units = ["KB", "MB", "GB", "TB"];
+  let v = n / 1024, i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (v < 10 ? v.toFixed(1) : String(Math.round(v))) + " " + units[i];
+}
+
+function formatDuration(s) {
+  if (s < 60) return Math.max(1, Math.round(s)) + " s";
+  const m = Math.floor(s / 60), r = Math.round(s % 60);
+  return r ? m + " min " + r + " s" : m + " min";
+}
 
 // ---------------------------------------------------------------- requests and the API key
 function authHeaders(extra) {
@@ -47,38 +63,57 @@ async function loadModel() {
 
 // ---------------------------------------------------------------- the video
 function newConversation() {
+  if (state.running) state.running.abort();
   state.messages = [];
   $("log").innerHTML = "";
   $("error").textContent = "";
 }
 
+// A failed upload or open: the error in the video area, and no video left on screen, so that it is
+// clear no question can be about the previous one.
+function mediaError(message) {
+  openVideo(null, null);
+  $("file").value = "";
+  $("media-error").textContent = message;
+}
+
 $("file").addEventListener("change", async () => {
   const f = $("file").files[0];
   if (!f) return;
-  $("upload-status").textContent = "uploading " + f.name + " ...";
+  $("media-error").textContent = "";
+  $("upload-status").textContent = "uploading " + f.name + " (" + formatBytes(f.size) + ") ...";
   const form = new FormData();
   form.append("file", f);
   form.append("purpose", "vision");
-  const r = await api("/v1/files", { method: "POST", body: form });
-  if (!r.ok) { $("upload-status").textContent = "upload failed: " + (await errorText(r)); return; }
+  let r;
+  try { r = await api("/v1/files", { method: "POST", body: form }); }
+  catch (e) { mediaError("upload failed: " + e.message); return; }
+  if (!r.ok) { mediaError("upload failed: " + (await errorText(r))); return; }
   const j = await r.json();
   openVideo(j.id, URL.createObjectURL(f));
-  $("upload-status").textContent = "uploaded " + j.filename + " (" + (j.bytes / 1048576).toFixed(1) + " MB)";
+  $("upload-status").textContent = "uploaded " + j.filename + " (" + formatBytes(j.bytes) + ")";
   $("upload-status").dataset.fileId = j.id;
 });
 
 $("use-path").addEventListener("click", async () => {
   const path = $("path").value.trim();
-  if (!path) return;
-  const r = await api("/v1/video?video=" + encodeURIComponent(path));
-  if (!r.ok) { $("upload-status").textContent = await errorText(r); return; }
+  $("media-error").textContent = "";
+  if (!path) { $("media-error").textContent = "type a path on the server first"; return; }
+  let r;
+  try { r = await api("/v1/video?video=" + encodeURIComponent(path)); }
+  catch (e) { mediaError("could not open " + path + ": " + e.message); return; }
+  if (!r.ok) { mediaError("could not open " + path + ": " + (await errorText(r))); return; }
   openVideo(path, URL.createObjectURL(await r.blob()));
   $("upload-status").textContent = "opened " + path;
 });
 
+// ref null: no video (the player, the strip, the chart and the conversation emptied)
 function openVideo(ref, src) {
   state.video = ref;
-  $("player").src = src;
+  if (src) $("player").src = src;
+  else { $("player").removeAttribute("src"); $("player").load(); }
+  $("upload-status").textContent = "";
+  delete $("upload-status").dataset.fileId;
   $("strip").innerHTML = "";
   $("chart").innerHTML = "";
   newConversation();
@@ -168,21 +203,60 @@ async function readEvents(resp, onEvent) {
   }
 }
 
+// ---------------------------------------------------------------- progress while the video is encoded
+const STAGES = { queued: "waiting for the model", decoding: "decoding frames", encoding: "encoding the kept frames",
+  answering: "frames ready, answering" };
+
+// A progress bar in the answer's bubble: the stage, frames done of the total, and the time left in the
+// stage, estimated from the rate since the stage began.
+function progressBar(out) {
+  const el = document.createElement("div");
+  el.className = "progress";
+  el.innerHTML = "<span class='stage'></span><span class='track'><span class='fill'></span></span>"
+    + "<span class='count'></span><span class='eta'></span>";
+  out.appendChild(el);
+  let stage = null, t0 = 0, d0 = 0;
+  return (p) => {
+    const now = performance.now();
+    if (p.stage !== stage) { stage = p.stage; t0 = now; d0 = p.done; }
+    const counted = p.total > 0 && (p.stage === "decoding" || p.stage === "encoding");
+    const rate = (p.done - d0) / Math.max(1e-3, (now - t0) / 1000);
+    let eta = "";
+    if (counted && p.done >= p.total) eta = "";
+    else if (counted && p.done > d0 && now - t0 > 500) eta = "about " + formatDuration((p.total - p.done) / rate) + " left";
+    else if (counted) eta = "estimating the time left ...";
+    el.dataset.stage = p.stage;
+    el.querySelector(".stage").textContent = STAGES[p.stage] || p.stage;
+    el.querySelector(".track").classList.toggle("unknown", !counted);
+    el.querySelector(".fill").style.width = counted ? (100 * Math.min(1, p.done / p.total)).toFixed(1) + "%" : "";
+    el.querySelector(".count").textContent = counted ? p.done + " / " + p.total + " frames"
+      : p.stage === "queued" ? "" : p.done + " frames";
+    el.querySelector(".eta").textContent = eta;
+    state.progressSeen.push({ stage: p.stage, done: p.done, total: p.total,
+      count: el.querySelector(".count").textContent, eta: eta, label: el.querySelector(".stage").textContent });
+  };
+}
+
 async function ask() {
   $("error").textContent = "";
   const question = $("question").value.trim();
+  if (state.running) return;
   if (!state.video) { $("error").textContent = "upload or open a video first"; return; }
   if (!question) { $("error").textContent = "type a question"; return; }
   const content = state.messages.length ? question
     : [{ type: "video_url", video_url: { url: state.video } }, { type: "text", text: question }];
   const messages = state.messages.concat([{ role: "user", content: content }]);
+  $("question").value = "";
   bubble("user", question);
   const out = bubble("assistant", "");
-  let text = "", failed = null, trace = null;
+  let text = "", failed = null, trace = null, progress = null, cancelled = false;
+  const running = new AbortController();
+  state.running = running;
   $("ask").disabled = true;
+  $("cancel").hidden = false;
   try {
     const r = await api("/v1/chat/completions", {
-      method: "POST", headers: { "Content-Type": "application/json" },
+      method: "POST", headers: { "Content-Type": "application/json" }, signal: running.signal,
       body: JSON.stringify({ messages: messages, stream: true, max_tokens: parseInt($("max-tokens").value, 10) || 256 }),
     });
     if (!r.ok) failed = await errorText(r);
@@ -190,14 +264,26 @@ async function ask() {
       if (data === "[DONE]") return;
       const j = JSON.parse(data);
       if (j.error) { failed = j.error.message; return; }
+      if (j.longvu && j.longvu.progress) {
+        if (!text) (progress = progress || progressBar(out))(j.longvu.progress);
+        return;
+      }
       const d = j.choices[0].delta;
       if (d && d.content) { text += d.content; out.textContent = text; }
       if (j.longvu) trace = j.longvu;
     });
   } catch (e) {
-    failed = String(e);
+    if (running.signal.aborted) cancelled = true;  // Cancel (or a new conversation): the server stops on the disconnect
+    else failed = String(e);
   } finally {
+    if (state.running === running) state.running = null;
     $("ask").disabled = false;
+    $("cancel").hidden = true;
+  }
+  if (cancelled) {  // not kept in the history
+    out.className = "msg cancelled";
+    out.textContent = "cancelled";
+    return;
   }
   if (failed) {  // shown where it happened; the turn is not kept in the history
     out.className = "msg error";
@@ -220,5 +306,9 @@ async function ask() {
 }
 
 $("ask").addEventListener("click", ask);
+$("cancel").addEventListener("click", () => { if (state.running) state.running.abort(); });
+$("question").addEventListener("keydown", (e) => {  // Enter sends, Shift+Enter is a new line
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); ask(); }
+});
 $("reset").addEventListener("click", newConversation);
 loadModel();
