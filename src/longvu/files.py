@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -111,3 +113,113 @@ def _is_link(dir_fd: int, name: str) -> bool:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
+
+
+class NotRegularFile(OSError):
+    """The path is a symbolic link, or not a regular file (a FIFO, a device, a folder)."""
+
+
+def open_regular_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symbolic link in the last component and only opens regular files.
+
+    A link planted where a lock, log or results file is expected would otherwise have its
+    target truncated or appended to.  ``O_NONBLOCK`` keeps a FIFO from blocking the open;
+    the descriptor is checked with ``fstat`` (what was opened, not what the name now is).
+    Raises :class:`NotRegularFile` for a link or a non-regular file, ``OSError`` otherwise.
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | nofollow | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "is a symbolic link", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, "is not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+# ---------------------------------------------------------------------- files a crash leaves behind
+# Temporary files (partial uploads, encoder spills, cache blobs being written) carry their
+# writer's tag in their name: its pid and start time.  A later process removes those whose
+# writer is gone, and never those of a live one (a pid reused by another process has
+# another start time).  Names, not lock files: nothing to clean up after the clean-up.
+OWNER = r"(?P<owner>\d+x\d+)"
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux ``/proc``), None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner_tag() -> str:
+    """This process as a file-name tag, ``<pid>x<start time>`` (see :func:`owner_alive`)."""
+    return f"{os.getpid()}x{_start_time(os.getpid()) or 0}"
+
+
+def owner_alive(tag: str) -> bool:
+    """Whether the process ``tag`` names still runs: the same pid, started at the same time."""
+    pid_text, _, start = tag.partition("x")
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return tag == owner_tag()
+    known = _start_time(pid)
+    if known is not None:
+        return str(known) == start
+    try:
+        os.kill(pid, 0)  # no /proc: the pid alone
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def orphans(folder: str | os.PathLike, pattern: re.Pattern) -> list[Path]:
+    """Entries of ``folder`` whose name ``pattern`` (with an ``owner`` group) matches and whose owner is gone."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m and not owner_alive(m.group("owner")):
+            out.append(Path(folder) / name)
+    return out
+
+
+def remove_orphans(folder: str | os.PathLike, pattern: re.Pattern) -> tuple[int, int]:
+    """Remove :func:`orphans` (files, or folders with what they hold); ``(entries, bytes)`` removed."""
+    count = size = 0
+    for path in orphans(folder, pattern):
+        size += disk_usage(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        count += 1
+    return count, size
+
+
+def disk_usage(path: str | os.PathLike) -> int:
+    """Bytes ``path`` takes on disk (``st_blocks``), a folder's content included; 0 if it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    total = st.st_blocks * 512
+    if stat.S_ISDIR(st.st_mode):
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                except OSError:
+                    pass
+    return total

@@ -193,3 +193,20 @@ def test_hub_model_unavailable_offline(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rc, _, err = ask(capsys, VIDEO, model="Vision-CAIR/LongVU_Qwen2_7B")
     assert_one_line_error(rc, err, "pass --model PATH to a local checkpoint folder")
+
+
+@pytest.mark.parametrize("flag,env", [("", None), (" ", None), (None, ""), (None, "  \t")])
+def test_an_empty_api_key_is_refused_before_the_model_loads(capsys, monkeypatch, flag, env):
+    """``--api-key ''`` or ``LONGVU_API_KEY=''`` would turn authentication off without a word: exit 2, one line."""
+    import longvu.cli.common as common
+
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    if env is None:
+        monkeypatch.delenv("LONGVU_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("LONGVU_API_KEY", env)
+    args = ["serve", "--model", str(QWEN), "--device", "cpu"] + ([] if flag is None else ["--api-key", flag])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is empty" in err
+    assert ("--api-key" if flag is not None else "LONGVU_API_KEY") in err

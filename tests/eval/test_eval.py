@@ -153,6 +153,54 @@ def test_torn_last_line_is_dropped(tmp_path):
     assert p.read_text() == json.dumps({"qid": "a"}) + "\n"
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [b'{"qid": "b", "ans', b"\xff\xfe not utf-8", b'{"qid": "\xc3"}', b'{"qid": 7, "answer": "A"}',
+     b'{"qid": ["x"]}', b'{"qid": {"a": 1}}', b'{"qid": null}', b'{"answer": "A"}', b"[1, 2]", b'"qid"',
+     b"[" * 100_000, b"", b"NaN"],
+)  # fmt: skip
+def test_corrupt_lines_are_set_aside_and_resume_goes_on(tmp_path, bad, caplog):
+    """Any line that is not a whole result (torn, bad UTF-8, a qid that is no string, no qid): set aside, warned."""
+    from longvu.eval.runner import RESULT_FIELDS
+
+    p = tmp_path / RESULTS
+    full = {k: None for k in RESULT_FIELDS}
+    good = [json.dumps({**full, "qid": q}).encode() for q in ("a", "c")]
+    p.write_bytes(good[0] + b"\n" + bad + b"\n" + good[1] + b"\n" + json.dumps({"qid": "d"}).encode() + b"\n")
+    with caplog.at_level("WARNING", logger="longvu"):
+        done = read_results(p, RESULT_FIELDS)
+    assert list(done) == ["a", "c"]  # "d" lacks the fields a summary reads: set aside too
+    assert p.read_bytes() == good[0] + b"\n" + good[1] + b"\n"
+    aside = list(tmp_path.glob(RESULTS + ".corrupt-*"))
+    assert len(aside) == 1 and json.dumps({"qid": "d"}).encode() in aside[0].read_bytes()
+    assert (bad in aside[0].read_bytes()) and "set aside" in caplog.text
+    assert read_results(p, RESULT_FIELDS).keys() == {"a", "c"}  # stable: nothing more to set aside
+
+
+@pytest.mark.parametrize("name", [".lock", RESULTS])
+def test_no_symlink_is_followed_in_the_results_folder(tmp_path, name):
+    """A link planted as the lock or the results file: refused in one line, its target untouched."""
+    from longvu.eval.store import ResultWriter, exclusive
+
+    out, target = tmp_path / "o", tmp_path / "precious.txt"
+    out.mkdir()
+    target.write_text("keep me\n")
+    (out / name).symlink_to(target)
+    with pytest.raises(LongVUError, match="symbolic link"):
+        if name == ".lock":
+            with exclusive(out):
+                pass
+        else:
+            read_results(out / name)
+    if name == RESULTS:
+        with pytest.raises(LongVUError, match="symbolic link"):
+            ResultWriter(out / name)
+    os.mkfifo(out / "fifo")
+    with pytest.raises(LongVUError, match="not a regular file"):
+        read_results(out / "fifo")  # a FIFO would block the open
+    assert target.read_text() == "keep me\n"
+
+
 # ---------------------------------------------------------------- fabricated datasets
 def make_videomme(root: Path, missing: bool = False) -> Path:
     import pyarrow as pa

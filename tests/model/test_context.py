@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import subprocess
 import sys
 
@@ -121,3 +122,89 @@ def test_cli_chat_survives_an_overflowing_question(capsys, monkeypatch):
     assert rc == 0
     assert len(cap.out.strip().splitlines()) == 1  # the second question was answered
     assert cap.err.count("longvu chat: error: the prompt is ") == 1
+
+
+# ---------------------------------------------------------------------- long chats: each turn tokenized once
+class _CountingTokenizer:
+    """The real tokenizer, counting its calls and the characters it was given."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.calls, self.chars = tok, 0, 0
+
+    def __call__(self, text, **kw):
+        self.calls += 1
+        self.chars += sum(map(len, text)) if isinstance(text, list) else len(text)
+        return self.tok(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def _naive_fit(conv, lv):
+    """The policy as first written: re-tokenize the whole prompt after each dropped exchange."""
+    cfg = lv.config
+    base = lv._tokenize(conv.newest())
+    room, dropped = visual_room(base, cfg), 0
+    while True:
+        ids = lv._tokenize(conv)
+        history = text_tokens(ids) - text_tokens(base)
+        if history <= cfg.max_history_share * room and visual_room(ids, cfg) >= cfg.min_visual_tokens:
+            return ids, dropped
+        before = len(conv.turns)
+        conv = conv.without_oldest_exchange()
+        dropped += before - len(conv.turns)
+
+
+def _random_chat(lv, rng, exchanges: int, longest: int):
+    turns = []
+    for i in range(exchanges):
+        turns.append(("user", f"question {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, longest)))))
+        for _ in range(rng.choice((0, 1, 1, 2))):  # an exchange may hold no answer, or several
+            turns.append(("assistant", " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, longest)))))
+    turns.append(("user", "and now?"))
+    return lv.conversation(turns=turns)
+
+
+WORDS = ["red", "ball", "the", "camera", "moves", "left", "über", "視頻", "42", "emoji🙂", "a\nb"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_cut_is_the_one_the_naive_policy_finds(small_context, seed):
+    """Chats of every shape (short and long turns, few and many, answers missing or doubled): same ids, same drop."""
+    rng = random.Random(seed)
+    conv = _random_chat(small_context, rng, exchanges=rng.randint(1, 60), longest=rng.choice((3, 40, 400)))
+    assert fit_prompt(conv, small_context._tokenize, small_context.config) == _naive_fit(conv, small_context)
+    assert small_context.prompt_ids(conv) == _naive_fit(conv, small_context)
+
+
+@pytest.mark.parametrize("longest", [20, 400])
+def test_a_thousand_messages_tokenize_each_turn_once(small_context, longest):
+    """~1,000 messages (the server's limit is 1,024): a handful of tokenizer calls, the text read about twice."""
+    from longvu.model.context import prompt_ids
+
+    lv = small_context
+    conv = _random_chat(lv, random.Random(longest), exchanges=500, longest=longest)
+    assert len(conv.turns) > 900
+    tok = _CountingTokenizer(lv.tokenizer)
+    ids, dropped = prompt_ids(conv, tok, lv.config)
+    total = sum(len(t) for _, t in conv.turns)
+    assert tok.calls <= 40, tok.calls  # the naive policy: about two per dropped exchange (~1,000 here)
+    assert tok.chars <= 3 * total + 10_000, (tok.chars, total)
+    assert dropped > 800
+    # the fewest drops: the prompt fits, and keeping the exchange before it would not
+    kept = lv.conversation(turns=conv.turns[dropped:])
+    assert lv._tokenize(kept) == ids
+    start = max(i for i, (role, _) in enumerate(conv.turns[:dropped]) if role == "user")
+    assert _naive_fit(lv.conversation(turns=conv.turns[start:]), lv)[1] > 0
+
+
+def test_fitting_stops_when_cancelled(small_context):
+    import threading
+
+    from longvu.errors import Cancelled
+
+    cancel = threading.Event()
+    cancel.set()
+    conv = _random_chat(small_context, random.Random(1), exchanges=50, longest=40)
+    with pytest.raises(Cancelled):
+        small_context.prompt_ids(conv, cancel=cancel)

@@ -398,3 +398,32 @@ def test_an_index_that_is_a_folder_is_moved_aside(tmp_path):
     assert cache.get("k") is not None
     assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
     assert not list(tmp_path.glob("index.sqlite.corrupt-*"))
+
+
+def _dead_tag() -> str:
+    """The owner tag of a process that has exited (as a writer killed mid-write leaves behind)."""
+    code = "from longvu.files import owner_tag; print(owner_tag())"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_killed_writers_blobs_are_counted_then_removed(tmp_path, capsys):
+    """Half-written blobs of a dead process: counted by ``cache info``, removed at start and by ``cache clear``;
+    a live writer's blob (this process's) is left alone, an untagged one of an older longvu goes with clear."""
+    from longvu.files import owner_tag
+
+    cache = FeatureCache(tmp_path / "c")
+    cache.put("k1", fake_features())
+    dead = [cache.blobs / f".k{i}.{_dead_tag()}-{os.urandom(16).hex()}.tmp" for i in range(3)]
+    live = cache.blobs / f".k9.{owner_tag()}-{os.urandom(16).hex()}.tmp"
+    old = cache.blobs / f".k8.{os.urandom(16).hex()}.tmp"
+    for p in [*dead, live, old]:
+        p.write_bytes(b"x" * (1 << 20))
+    info = FeatureCache(tmp_path / "c", sweep=False).info()
+    assert info["orphans"] == 4 and info["orphan_bytes"] >= 4 << 20 and info["on_disk"] >= 5 << 20
+    assert main(["cache", "info", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert "4 orphan blob(s)" in capsys.readouterr().out
+    FeatureCache(tmp_path / "c")  # a start: the dead writers' blobs go
+    assert not any(p.exists() for p in dead) and live.exists() and old.exists()
+    assert FeatureCache(tmp_path / "c").clear() == 1
+    assert live.exists() and not old.exists()
+    assert FeatureCache(tmp_path / "c", sweep=False).info()["orphans"] == 0

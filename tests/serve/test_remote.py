@@ -121,6 +121,47 @@ def test_public_address(address, public):
     assert public_address(ipaddress.ip_address(address)) is public
 
 
+# Every block the special-purpose registries mark not globally reachable: its first, a middle and its last
+# address are refused (whatever Python's own ``is_global`` says on this version).
+NOT_GLOBAL = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+              "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+              "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+              "::/128", "::1/128", "::ffff:0:0/96", "::/96", "64:ff9b:1::/48", "100::/64", "2001::/32",
+              "2001:2::/48", "2001:10::/28", "2001:20::/28", "2001:db8::/32", "3fff::/20", "5f00::/16",
+              "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8"]  # fmt: skip
+GLOBAL = ["1.1.1.1", "8.8.8.8", "93.184.215.14", "100.63.255.255", "100.128.0.0", "192.0.1.255", "192.0.3.0",
+          "192.31.196.1", "192.52.193.1", "192.175.48.1", "198.17.255.255", "198.20.0.0", "223.255.255.255",
+          "2606:4700::1111", "2a00:1450:4001::200e", "2001:1::1", "2001:1::2", "2001:3::1", "2001:4:112::1",
+          "2001:200::1", "64:ff9b::808:808", "2002:808:808::1", "2620:4f:8000::1"]  # fmt: skip
+
+
+def _samples(block: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    net = ipaddress.ip_network(block)
+    return [net[0], net[net.num_addresses // 2], net[-1]]
+
+
+@pytest.mark.parametrize("block", NOT_GLOBAL)
+def test_every_not_globally_reachable_block_is_refused(block):
+    for ip in _samples(block):
+        assert public_address(ip) is False, ip
+
+
+@pytest.mark.parametrize("address", GLOBAL)
+def test_globally_reachable_addresses_are_allowed(address):
+    assert public_address(ipaddress.ip_address(address)) is True
+
+
+def test_embedded_ipv4_is_as_public_as_the_ipv4():
+    """NAT64 and 6to4 forms carry an IPv4 address: every non-global IPv4 block stays refused inside them."""
+    for block in NOT_GLOBAL:
+        net = ipaddress.ip_network(block)
+        if net.version == 4:
+            for v4 in _samples(block):
+                nat64 = ipaddress.IPv6Address((0x64FF9B << 96) | int(v4))
+                six_to_four = ipaddress.IPv6Address((0x2002 << 112) | (int(v4) << 80) | 1)
+                assert not public_address(nat64) and not public_address(six_to_four), v4
+
+
 def test_a_public_url_is_downloaded(internet):
     assert fetch("http://cdn.example/video.mp4") == VIDEO.read_bytes()
     assert fetch("http://other.example/video.mp4") == VIDEO.read_bytes()  # an IPv6 answer

@@ -34,12 +34,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"nothing to remove: no feature cache in {root}")
         return 0
-    cache = FeatureCache(root)
+    cache = FeatureCache(root, sweep=args.action != "info")  # info counts a killed process's leftovers
     if args.action == "info":
         info = cache.info()
         print(f"folder:  {info['root']}")
         print(f"entries: {info['entries']} ({c.plural(info['videos'], 'video')})")
         print(f"size:    {info['bytes'] / 1024**2:.1f} MiB of {info['max_bytes'] / 1024**3:.1f} GiB")
+        print(f"on disk: {info['on_disk'] / 1024**2:.1f} MiB, {info['orphans']} orphan blob(s) of a killed process "
+              f"({info['orphan_bytes'] / 1024**2:.1f} MiB; 'cache clear' removes them)")  # fmt: skip
     else:
         print(f"removed {c.plural(cache.clear(), 'entry', 'entries')} from {cache.root}")
     return 0

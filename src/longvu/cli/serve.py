@@ -62,6 +62,10 @@ def add_server_options(n) -> None:
 
 
 def check_server_args(args: argparse.Namespace) -> None:
+    if args.api_key is not None and not args.api_key.strip():
+        # an empty key would turn authentication off without a word: refused before the model loads
+        where = "LONGVU_API_KEY" if args.api_key == os.environ.get("LONGVU_API_KEY") else "--api-key"
+        raise LongVUError(f"{where} is empty: give a key, or leave it unset to serve without one")
     if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
         raise LongVUError(f"--allowed-local-media-path {args.allowed_local_media_path}: not a folder")
     if args.upload_dir:
@@ -138,7 +142,14 @@ def run(args: argparse.Namespace) -> int:
                       address=args.ray, cache_dir="" if args.no_cache else args.cache_dir)  # fmt: skip
         return 0
     from ..serve.app import serve
+    from ..serve.http import raise_open_files_limit
 
+    before, after = raise_open_files_limit()  # one descriptor per connection: see docs/security.md
+    if after != before:
+        c.log(args, f"open-file limit raised from {before} to {after} (the hard limit)")
+    if after < settings.max_connections + 64:
+        c.log(args, f"warning: the open-file limit ({after}) is below --max-connections ({settings.max_connections}) "
+                    "plus what the server itself opens; raise it (ulimit -n) or lower --max-connections")  # fmt: skip
     lv = c.load_model(args, overrides, progress=False)
     serve(lv, settings, args.host, args.port)
     return 0

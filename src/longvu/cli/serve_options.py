@@ -63,6 +63,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default=10240.0,
         help="all stored uploads together, with data: URLs and downloads in flight (default 10240)",
     )
+    g.add_argument("--max-upload-files", type=count, default=10_000, metavar="N",
+                   help="stored files at most, uploads and files in flight together (default 10000)")  # fmt: skip
     g.add_argument(
         "--max-image-frames-mb",
         type=positive,
@@ -76,6 +78,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="uploads older than this are removed (default 86400)",
     )
+    _add_http_options(parser, {"count": count, "positive": positive})
     g.add_argument(
         "--remote-timeout",
         type=positive,
@@ -95,12 +98,39 @@ def add_live_options(parser: argparse.ArgumentParser) -> None:
                    help="a live session with no chunk and no question for this long is closed and deleted")  # fmt: skip
 
 
+# The HTTP layer's limits (longvu.serve.http, longvu.serve.guard): option, ServerSettings field, type, help.
+# Their defaults are ServerSettings' (one home per default); an option left out keeps it.
+HTTP_OPTIONS = [
+    ("--max-connections", "max_connections", "count", "open connections at most; one more is answered 503 and closed"),
+    ("--backlog", "backlog", "count", "connections the kernel queues before the server accepts them"),
+    ("--max-header-kb", "max_header_kb", "count", "request line and headers together, in KB; above it, 400"),
+    ("--max-headers", "max_headers", "count", "header fields per request; above it, 431"),
+    ("--header-timeout", "header_timeout_s", "positive", "seconds a connection has to send a whole request head"),
+    ("--keep-alive-timeout", "keep_alive_timeout_s", "positive", "seconds an idle connection is kept between requests"),
+    ("--body-idle-timeout", "body_idle_timeout_s", "positive", "seconds a request body may send nothing; then 408"),
+    ("--body-timeout", "body_timeout_s", "positive", "seconds a whole request body may take; then 408"),
+    ("--max-bodies-in-flight-mb", "max_bodies_in_flight_mb", "positive",
+     "chat bodies being read and parsed, all requests together; above it, 503 + Retry-After"),
+]  # fmt: skip
+
+
+def _add_http_options(parser: argparse.ArgumentParser, kinds: dict) -> None:
+    from ..serve.settings import ServerSettings
+
+    g = parser.add_argument_group("HTTP layer, before the API key (see docs/security.md)")
+    for flag, field, kind, text in HTTP_OPTIONS:
+        default = ServerSettings.__dataclass_fields__[field].default
+        g.add_argument(flag, dest=field, type=kinds[kind], default=None, help=f"{text} (default {default:g})")
+
+
 def settings_kwargs(args: argparse.Namespace) -> dict:
     """The :class:`~longvu.serve.app.ServerSettings` fields these options set."""
     hosts = args.allowed_hosts or default_allowed_hosts(args.host, bool(args.api_key))
-    return {"allowed_hosts": hosts, "cors_origins": args.cors_origins, "docs": args.docs,
+    http = {field: getattr(args, field) for _, field, _, _ in HTTP_OPTIONS if getattr(args, field, None) is not None}
+    return {**http, "allowed_hosts": hosts, "cors_origins": args.cors_origins, "docs": args.docs,
             "max_pixels": args.max_pixels, "max_video_frames": args.max_video_frames,
             "max_json_mb": args.max_json_mb, "max_upload_total_mb": args.max_upload_total_mb,
+            "max_upload_files": args.max_upload_files,
             "max_image_frames_mb": args.max_image_frames_mb, "upload_ttl_s": args.upload_ttl,
             "remote_timeout_s": args.remote_timeout,
             "max_live_sessions": args.max_live_sessions, "live_idle_s": args.live_idle}  # fmt: skip

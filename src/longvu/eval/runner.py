@@ -137,6 +137,10 @@ def subtitle_text(srt: str, frame_indices: list[int], fps: int, lv) -> str:
     return "This video's subtitles are listed below:\n" + "\n".join(lines) + "\n"
 
 
+# What a results line must hold to be resumed from (summaries and submissions read these).
+RESULT_FIELDS = ("qid", "answer", "pred", "category", "unparseable", "error")
+
+
 def result_line(item: Item, text: str | None, error: str | None) -> dict:
     pred = parse_choice(text, item.letters) if text is not None else None
     return {
@@ -210,7 +214,7 @@ def run_benchmark(
         kw["adapter"] = settings["adapter"] = str(Path(adapter).resolve())
     with exclusive(out):
         mixed = check_settings(out, settings, force=force)
-        done = read_results(out / RESULTS)
+        done = read_results(out / RESULTS, RESULT_FIELDS)
         todo = [it for it in items if it.qid not in done or done[it.qid].get("error")]
         t0 = time.perf_counter()
         groups = [[asdict(i) for i in g] for g in group_by_video(todo)]

@@ -1,7 +1,7 @@
 """The results folder of a run (``--out``): answers that survive crashes, one writer, one set of settings.
 
 * ``results.jsonl``: one JSON line per answered question, appended and fsynced as soon as
-  it exists.  A torn last line (a crash mid-write) is dropped on reading.  Whole-file
+  it exists.  A torn or corrupt line is set aside (``results.jsonl.corrupt-<stamp>``) on reading.  Whole-file
   rewrites (re-sorting at the end of a run) go through :func:`atomic_write_text`: a
   failed rewrite (disk full) leaves the previous file as it was.
 * ``settings.json``: the settings fingerprint.  A run that finds answers made with other
@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import LongVUError
-from ..files import atomic_write_text
+from ..files import NotRegularFile, atomic_write_bytes, atomic_write_text, open_regular_nofollow
+
+log = logging.getLogger("longvu")
 
 RESULTS = "results.jsonl"
 SETTINGS = "settings.json"
@@ -32,30 +36,63 @@ LOCK = ".lock"
 SETTINGS_FORMAT = "longvu-eval-settings/1"
 
 
-def read_results(path: Path) -> dict[str, dict]:
+def read_results(path: Path, required: tuple[str, ...] = ("qid",)) -> dict[str, dict]:
     """Finished lines of a results file, by ``qid`` (a later line replaces an earlier one).
 
-    A torn line (a crash mid-write) is dropped, and the file rewritten without it so
-    that new lines are not appended to a broken one.
+    A line that is not a whole result (torn by a crash, bad UTF-8, not a JSON object, a
+    ``qid`` that is not a string, a ``required`` field missing) is set aside in
+    ``results.jsonl.corrupt-<stamp>`` with a warning, and the file rewritten without it,
+    so that resuming goes on and new lines are not appended to a broken one.  The file is
+    never read or written through a symbolic link.
     """
     done: dict[str, dict] = {}
-    if not path.exists():
+    raw = _read_own(path)
+    if raw is None:
         return done
-    good: list[str] = []
-    text = path.read_text()
-    lines = text.splitlines()
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict) or "qid" not in rec:
+    good: list[bytes] = []
+    bad: list[bytes] = []
+    for line in raw.splitlines():
+        rec = _record(line, required)
+        if rec is None:
+            bad.append(line)
             continue
         done[rec["qid"]] = rec
         good.append(line)
-    if len(good) != len(lines) or (lines and not text.endswith("\n")):
-        atomic_write_text(path, "".join(x + "\n" for x in good))
+    if bad:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        atomic_write_bytes(aside, b"".join(x + b"\n" for x in bad))
+        log.warning(f"{path}: {len(bad)} unreadable line(s) set aside in {aside.name}; their questions are asked again")
+    if bad or (raw and not raw.endswith(b"\n")):
+        atomic_write_bytes(path, b"".join(x + b"\n" for x in good))
     return done
+
+
+def _record(line: bytes, required: tuple[str, ...]) -> dict | None:
+    """The result a line holds, or None if it is not a whole one."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("qid"), str) or any(k not in rec for k in required):
+        return None
+    return rec
+
+
+def _read_own(path: Path) -> bytes | None:
+    """The file's bytes (None if there is none), refusing a symbolic link or a non-regular file."""
+    try:
+        fd = open_regular_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except NotRegularFile as e:
+        raise _not_regular(path, e) from None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _not_regular(path: Path, e: NotRegularFile) -> LongVUError:
+    return LongVUError(f"{path}: {e.strerror}; remove it (results are never written through one), "
+                       "or use another --out")  # fmt: skip
 
 
 def write_results(path: Path, records: list[dict]) -> None:
@@ -64,10 +101,14 @@ def write_results(path: Path, records: list[dict]) -> None:
 
 
 class ResultWriter:
-    """Appends result lines, each flushed and fsynced before the next."""
+    """Appends result lines, each flushed and fsynced before the next (never through a symbolic link)."""
 
     def __init__(self, path: Path) -> None:
-        self.f = open(path, "a")  # noqa: SIM115 (closed in close())
+        try:
+            fd = open_regular_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        except NotRegularFile as e:
+            raise _not_regular(path, e) from None
+        self.f = os.fdopen(fd, "a")
 
     def write(self, rec: dict) -> None:
         self.f.write(json.dumps(rec) + "\n")
@@ -81,9 +122,16 @@ class ResultWriter:
 # ------------------------------------------------------------------ one run at a time
 @contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
-    """Hold ``folder/.lock`` for the duration; a second holder gets a one-line error."""
+    """Hold ``folder/.lock`` for the duration; a second holder gets a one-line error.
 
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    The lock file is opened without following a symbolic link (a planted link would have
+    its target truncated).
+    """
+
+    try:
+        fd = open_regular_nofollow(folder / LOCK, os.O_RDWR | os.O_CREAT)
+    except NotRegularFile as e:
+        raise _not_regular(folder / LOCK, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # BlockingIOError: held by a live process

@@ -197,7 +197,7 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
         kw["adapter"] = settings["adapter"] = str(Path(adapter).resolve())
     with exclusive(out):
         check_settings(out, settings, force=force)
-        done = read_results(out / RESULTS)
+        done = read_results(out / RESULTS, ("qid", "correct", "needle_kept", "error"))
         groups = [
             [{**it, "root": str(root), "mode": mode}]
             for it in items

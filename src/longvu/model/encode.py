@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -41,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import VideoError
+from ..files import OWNER, owner_tag, remove_orphans
 from .compress.temporal import select_frames, select_in_window, window_similarity
 from .devices import decode_threads, host_batch, preprocess_workers, upload
 from .intake import MediaLimits, VideoSource, source_name
@@ -216,6 +218,15 @@ def _decoded_frames(
             yield _Frame(int(index), float(t), rgb.shape[:2], dino, sig)
 
     return iter(_Prefetch(submit()))
+
+
+# A spill folder in the temporary folder, named after the process writing it (see longvu.files.owner_tag).
+SPILL_DIR = re.compile(rf"longvu-spill-{OWNER}-\w+")
+
+
+def remove_orphan_spills(folder: str | None = None) -> tuple[int, int]:
+    """Remove spill folders of encoders killed mid-encode (their process is gone); ``(folders, bytes)``."""
+    return remove_orphans(folder or tempfile.gettempdir(), SPILL_DIR)
 
 
 class _Spill:
@@ -427,7 +438,7 @@ def encode_video(
     bar = _Progress(video, sampling, progress)
     pool = ThreadPoolExecutor(max_workers=preprocess_workers(model.device), thread_name_prefix="longvu-prep")
     try:
-        with tempfile.TemporaryDirectory(prefix="longvu-") as tmp, _Spill(tmp) as spill:
+        with tempfile.TemporaryDirectory(prefix=f"longvu-spill-{owner_tag()}-") as tmp, _Spill(tmp) as spill:
             stage1 = _Stage1(model, spill, keep_all_below, observer, timings)
             with closing(_decoded_frames(video, sampling, info, pool, model, limits, cancel)) as frames:
                 for frame in _timed(frames, timings):

@@ -192,13 +192,13 @@ class LongVU:
             conv.system = system
         return conv
 
-    def prompt_ids(self, conversation: Conversation) -> tuple[list[int], int]:
+    def prompt_ids(self, conversation: Conversation, cancel=None) -> tuple[list[int], int]:
         """Token ids of the prompt under the context policy, and the earlier messages it dropped.
 
         Raises :class:`~longvu.errors.PromptError` for a message holding a reserved marker and
         :class:`~longvu.errors.ContextOverflowError` for a prompt that cannot fit.
         """
-        return prompt_ids(conversation, self.model.tokenizer, self.model.cfg, self._markers)
+        return prompt_ids(conversation, self.model.tokenizer, self.model.cfg, self._markers, cancel=cancel)
 
     def _tokenize(self, conversation: Conversation) -> list[int]:
         """The prompt's token ids as the reference builds them (no context policy)."""
@@ -358,7 +358,7 @@ class AnswerStream:
         self.cancel, self.observer, self.on_done = cancel, observer, on_done
         self.answer: Answer | None = None
         t0 = time.perf_counter()
-        self.ids, self.dropped = lv.prompt_ids(conv)
+        self.ids, self.dropped = lv.prompt_ids(conv, cancel=cancel)
         with torch.inference_mode():
             comp = compose(lv.model, feats, self.ids, observer=observer)
         self.embeds, self.decisions = comp.embeds, comp.decisions  # decisions: None for a text-only prompt

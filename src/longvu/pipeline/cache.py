@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LongVUError
+from ..files import OWNER, disk_usage, owner_alive, owner_tag, remove_orphans
 from ..model.intake import HeldFile, VideoSource, source_name
 
 if TYPE_CHECKING:  # torch and the encoder are imported when features are stored or read, not for `cache info`
@@ -134,7 +136,9 @@ def _flock(path: Path):
 class FeatureCache:
     """A bounded, process-safe LRU cache of :class:`VisualFeatures` under ``root``."""
 
-    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None, *,
+                 sweep: bool = True) -> None:  # fmt: skip
+        """``sweep``: remove the half-written blobs of killed processes now (``cache info`` only counts them)."""
         self.root = Path(root) if root is not None else default_cache_dir()
         self.max_bytes = default_cache_bytes() if max_bytes is None else int(max_bytes)
         self.blobs = self.root / "blobs"
@@ -145,10 +149,15 @@ class FeatureCache:
             for suffix in ("", "-wal", "-shm"):
                 _make_private(Path(f"{self.index}{suffix}"), 0o600)
             self._init_index()
+            removed, size = remove_orphans(self.blobs, _TMP_BLOB) if sweep else (0, 0)
         except (OSError, sqlite3.Error) as e:
             raise LongVUError(
                 f"the feature cache in {self.root} is not usable ({_reason(e)}); use --no-cache"
             ) from None
+        if removed:
+            log.warning(
+                "feature cache: removed %d blob(s) a killed process left half-written (%d bytes)", removed, size
+            )
 
     def _init_index(self) -> None:
         # Two processes may create the index at the same moment; switching to WAL takes a
@@ -300,7 +309,7 @@ class FeatureCache:
     def put(self, key: str, feats: VisualFeatures, video: str = "") -> None:
         """Store ``feats`` under ``key``; a failure (disk full, ...) is a warning, never an error."""
         fname = f"{key}.safetensors"
-        tmp = self.blobs / f".{key}.{uuid.uuid4().hex}.tmp"
+        tmp = self.blobs / f".{key}.{owner_tag()}-{uuid.uuid4().hex}.tmp"  # whose it is: see _TMP_BLOB
         try:
             data = _encode(feats)
             _write_private(tmp, data)
@@ -353,7 +362,9 @@ class FeatureCache:
             return n, total, db.execute("SELECT COUNT(DISTINCT video) FROM entries").fetchone()[0]
 
         n, total, videos = self._admin(count)
-        return {"root": str(self.root), "entries": n, "videos": videos, "bytes": total, "max_bytes": self.max_bytes}
+        left = [p for p in self.blobs.glob(".*.tmp") if not _live_tmp(p)]  # what killed writers left
+        return {"root": str(self.root), "entries": n, "videos": videos, "bytes": total, "max_bytes": self.max_bytes,
+                "on_disk": disk_usage(self.root), "orphans": len(left), "orphan_bytes": sum(map(disk_usage, left))}  # fmt: skip
 
     def clear(self) -> int:
         """Remove every entry, blob and remembered hash (and indexes moved aside); the number of entries."""
@@ -367,7 +378,7 @@ class FeatureCache:
         n = self._admin(empty)
         for stray in [
             *self.blobs.glob("*.safetensors"),
-            *self.blobs.glob(".*.tmp"),
+            *(p for p in self.blobs.glob(".*.tmp") if not _live_tmp(p)),  # a live writer's blob is its own
             *self.root.glob("index.sqlite*.corrupt-*"),
         ]:
             if stray.is_dir() and not stray.is_symlink():
@@ -375,6 +386,16 @@ class FeatureCache:
             else:
                 stray.unlink(missing_ok=True)
         return n
+
+
+# A blob being written: ``.<key>.<owner>-<hex>.tmp`` (``longvu.files.owner_tag``); a killed writer's is an orphan.
+_TMP_BLOB = re.compile(rf"\.[^/]+\.{OWNER}-[0-9a-f]{{32}}\.tmp")
+
+
+def _live_tmp(path: Path) -> bool:
+    """Whether a ``.tmp`` blob is being written by a live process (an untagged one, from an older longvu: no)."""
+    m = _TMP_BLOB.fullmatch(path.name)
+    return bool(m) and owner_alive(m.group("owner"))
 
 
 def _create_schema(db: sqlite3.Connection) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -32,18 +33,20 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import LongVUError
+from ..model.encode import remove_orphan_spills
 from ..model.intake import HeldFile, probe_video
 from ..pipeline.api import LongVU
-from .errors import APIError, clip, public_error, quota_error, too_large
+from .errors import APIError, clip, disk_full_error, public_error, quota_error, too_large
 from .guard import MULTIPART_SLACK, BodyRule, HostGuard, RequestGuard
+from .http import uvicorn_config
 from .jobs import ChatJob, Jobs, LocalBackend, Worker, drain, frames_budget, preparer, run_job
 from .live import add_live_routes, body_rules, is_live
 from .media import held_file_response, hold_local, resolve_media
-from .openai import completion, parse_chat_request, parse_json, sse
+from .openai import BodiesInFlight, completion, parse_chat_request, parse_json, read_body, sse, start_stream
 from .parts import Media, client_wait_s
 from .remote import Downloader
 from .settings import ServerSettings
-from .store import MediaStore, QuotaExceeded, UploadError, UploadTooLarge, receive_upload
+from .store import DiskFull, MediaStore, QuotaExceeded, UploadError, UploadTooLarge, receive_upload
 from .thumbnails import ThumbnailPool, thumbnail_jpeg
 
 STATIC = Path(__file__).parent / "static"
@@ -67,13 +70,15 @@ def create_app(lv: LongVU | None, settings: ServerSettings | None = None, backen
     settings = settings or ServerSettings()
     backend = backend or LocalBackend(lv)
     worker = Worker(settings.queue_size, settings.max_waiting, concurrency=backend.concurrency)
-    store = MediaStore(settings.upload_dir, settings.upload_ttl_s, int(settings.max_upload_total_mb * 1024 * 1024))
+    store = MediaStore(settings.upload_dir, settings.upload_ttl_s, int(settings.max_upload_total_mb * 1024 * 1024),
+                       settings.max_upload_files)  # fmt: skip
     downloader = Downloader(deadline_s=settings.remote_timeout_s, max_redirects=settings.max_redirects)
     jobs = Jobs()
     thumbs = ThumbnailPool()
 
     @asynccontextmanager
     async def lifespan(app):
+        await asyncio.to_thread(remove_orphan_spills)  # what encoders killed mid-encode left in the temp folder
         await worker.start()
         sweeper = asyncio.create_task(store.sweep_every(settings.sweep_interval_s))
         yield
@@ -106,7 +111,9 @@ def _guards(app, settings: ServerSettings) -> None:
     rules = {("POST", "/v1/chat/completions"): BodyRule("application/json", json_limit, "a chat request"),
              ("POST", "/v1/files"): BodyRule("multipart/form-data", settings.max_upload_bytes + MULTIPART_SLACK,
                                              "an upload", settings.max_upload_mb), **body_rules(settings)}  # fmt: skip
-    app.add_middleware(RequestGuard, rules=rules, api_key=settings.api_key, cors_origins=settings.cors_origins)
+    app.add_middleware(RequestGuard, rules=rules, api_key=settings.api_key, cors_origins=settings.cors_origins,
+                       deadlines=(settings.body_idle_timeout_s, settings.body_timeout_s),
+                       max_headers=settings.max_headers)  # fmt: skip
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"], max_age=600)  # fmt: skip
@@ -128,6 +135,11 @@ def _error_handlers(app) -> None:
     @app.exception_handler(ClientDisconnect)
     async def _gone(request, exc: ClientDisconnect):  # the body was cut short: nobody reads this answer
         return JSONResponse(APIError(400, "the request body ended early", code="incomplete_body").body(), 400)
+
+    @app.exception_handler(DiskFull)
+    async def _disk_full(request, exc: DiskFull):
+        err = disk_full_error()
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(QuotaExceeded)
     async def _quota(request, exc: QuotaExceeded):
@@ -198,20 +210,31 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
                 downloader) -> None:  # fmt: skip
     """``POST /v1/chat/completions``: parse, resolve the video, queue the job, answer or stream."""
 
+    bodies = BodiesInFlight(int(settings.max_bodies_in_flight_mb * 1024 * 1024))
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await asyncio.to_thread(parse_json, await request.body())  # the guard bounds the body
-        req = parse_chat_request(body, settings)
-        media: Media = req["media"]
-        if is_live(media.video_url):  # a live session: what it has encoded now
-            source, cleanup = await asyncio.to_thread(app.state.live.features, media.video_url), lambda: None
-        else:
-            source, cleanup = await resolve_media(media, settings, store, downloader)
+        raw, held = await read_body(request, bodies)  # the guard bounds each body; ``bodies`` all together
+        try:
+            req = parse_chat_request(await asyncio.to_thread(parse_json, raw), settings)
+            del raw  # parsed: the body's bytes go now, its data: URLs once stored
+            media: Media = req["media"]
+            if is_live(media.video_url):  # a live session: what it has encoded now
+                source, cleanup = await asyncio.to_thread(app.state.live.features, media.video_url), lambda: None
+            else:
+                source, cleanup = await resolve_media(media, settings, store, downloader)
+            media.drop_payloads()
+        finally:
+            bodies.give(held)
         cancel = jobs.new()
 
-        def finish() -> None:
-            jobs.done(cancel)
-            cleanup()
+        def finish() -> None:  # idempotent: the stream and its response both call it
+            if not finished.is_set():
+                finished.set()
+                jobs.done(cancel)
+                cleanup()
+
+        finished = threading.Event()
 
         try:
             req["wait_s"] = client_wait_s(request.headers, settings.request_timeout_s)
@@ -219,12 +242,10 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
                           frames_budget(settings))  # fmt: skip
             prepare = preparer(backend, job, cancel)
             cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-            if req["stream"]:
-                return StreamingResponse(
-                    sse(worker, prepare, request, cancel, settings, cid, created, req, finish, jobs),
-                    media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                )
+            if req["stream"]:  # queued first: a full queue is a 503 with Retry-After, not a 200 and an error event
+                fut, pieces = await start_stream(worker, prepare, cancel, req["wait_s"], jobs)
+                return _EventStream(sse(fut, pieces, request, cancel, settings, cid, created, req, finish, jobs),
+                                    on_end=lambda: (fut.done() or cancel.set(), finish()))  # fmt: skip
             answer = await run_job(worker, lambda: drain(prepare, cancel), request, cancel, settings,
                                     req["wait_s"], jobs)  # fmt: skip
         except BaseException:
@@ -232,6 +253,21 @@ def _chat_route(app, backend, worker: Worker, store: MediaStore, settings: Serve
             raise
         finish()
         return completion(cid, created, settings.model_name, answer)
+
+
+class _EventStream(StreamingResponse):
+    """Server-Sent Events whose ``on_end`` runs however the response ends, even if the stream never started."""
+
+    def __init__(self, content, on_end) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+        self.on_end = on_end
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_end()
 
 
 def _media_routes(app, store: MediaStore, settings: ServerSettings, thumbs: ThumbnailPool) -> None:
@@ -315,6 +351,4 @@ def serve(lv: LongVU, settings: ServerSettings, host: str, port: int) -> None:
             app.state.jobs.cancel_all()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="info",
-                            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)))  # fmt: skip
-    Server(config).run()
+    Server(uvicorn_config(app, settings, host, port, log_level="info")).run()

@@ -40,6 +40,11 @@ def quota_error() -> APIError:
                     code="upload_quota_exceeded")  # fmt: skip
 
 
+def disk_full_error() -> APIError:
+    return APIError(507, "the server's disk is full: the file was not stored; retry later", "server_error",
+                    "insufficient_storage", headers={"Retry-After": "60"})  # fmt: skip
+
+
 def ended(jobs) -> APIError:
     """The error for a job stopped by its cancel event: the client left, or the server is stopping."""
     if jobs.closing.is_set():

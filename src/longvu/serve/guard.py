@@ -23,10 +23,12 @@ from the routes, and disconnects are what cancel a running job), in this order:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import json
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -36,8 +38,12 @@ SMALL_BODY = 64 << 10  # any route without a body rule (GET, DELETE, unknown pat
 MULTIPART_SLACK = 64 << 10  # a multipart body's boundaries, headers and small fields, beside the file
 
 
-class BodyTooLarge(Exception):
-    """Raised from ``receive`` once a body passes its limit; answered 413 (see :class:`RequestGuard`)."""
+class BodyRefused(Exception):
+    """Raised from ``receive`` once a body breaks a rule; answered with ``error`` (see :class:`RequestGuard`)."""
+
+    def __init__(self, error: tuple, headers: dict | None = None) -> None:
+        super().__init__(error[1])
+        self.error, self.headers = error, headers
 
 
 @dataclass(frozen=True)
@@ -153,8 +159,11 @@ class RequestGuard:
     """
 
     def __init__(self, app, *, rules: dict[tuple[str, str], BodyRule], api_key: str | None = None,
-                 cors_origins: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 cors_origins: tuple[str, ...] = (), deadlines: tuple[float, float] = (30.0, 900.0),
+                 max_headers: int = 100) -> None:  # fmt: skip
         self.app, self.rules = app, rules
+        self.idle_s, self.body_s = deadlines  # no byte for idle_s, or the whole body not in body_s: 408
+        self.max_headers = max_headers
         self.digest = key_digest(api_key) if api_key else None
         self.cors_any = "*" in cors_origins
         self.cors = {o.rstrip("/").lower() for o in cors_origins}
@@ -173,6 +182,8 @@ class RequestGuard:
     def _refusal(self, scope) -> tuple | None:
         """``(status, message, code, type)`` if the request is refused before its body is read."""
         method, path = scope["method"], scope["path"]
+        if len(scope.get("headers") or ()) > self.max_headers:
+            return 431, f"more than {self.max_headers} header fields", "too_many_headers", "invalid_request_error"
         origin = _header(scope, b"origin")
         if origin is not None and method not in ("GET", "HEAD") and not self._origin_ok(origin, scope):
             return 403, "cross-origin requests are not allowed (see --cors-origins)", "origin_not_allowed", \
@@ -201,16 +212,25 @@ class RequestGuard:
         return same_origin(origin, scope) or self.cors_any or origin.rstrip("/").lower() in self.cors
 
     async def _limited(self, scope, receive, send, rule: BodyRule) -> None:
-        """Run the app with ``receive`` counting body bytes; past ``rule.limit``, a 413."""
-        received, started = 0, False
+        """Run the app with ``receive`` counting body bytes (past ``rule.limit``, a 413) under the body
+        deadlines (no byte for ``idle_s``, or not all of it within ``body_s`` of the head: a 408 that
+        closes the connection).  Once the body is complete, ``receive`` waits for a disconnect unbounded."""
+        received, started, complete = 0, False, False
+        deadline = time.monotonic() + self.body_s
 
         async def counted():
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.idle_s, deadline - time.monotonic())))
+            except asyncio.TimeoutError:
+                raise BodyRefused(too_slow(), {"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > rule.limit:
-                    raise BodyTooLarge()
+                    raise BodyRefused(too_large(rule))
             return message
 
         async def tracked(message):
@@ -220,9 +240,14 @@ class RequestGuard:
 
         try:
             await self.app(scope, counted, tracked)
-        except BodyTooLarge:
+        except BodyRefused as e:
             if not started:
-                await send_error(send, *too_large(rule))
+                await send_error(send, *e.error, headers=e.headers)
+
+
+def too_slow() -> tuple:
+    return 408, "the request body came too slowly (see --body-idle-timeout, --body-timeout)", "request_timeout", \
+        "invalid_request_error"  # fmt: skip
 
 
 def too_large(rule: BodyRule | None) -> tuple:

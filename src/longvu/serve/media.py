@@ -21,7 +21,7 @@ from .errors import APIError, clip, too_large
 from .parts import Media
 from .remote import RemoteRefused, RemoteTooLarge
 from .settings import ServerSettings
-from .store import MediaStore
+from .store import DiskFull, MediaStore, is_disk_full
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 
@@ -111,12 +111,11 @@ class _Reserving:
     """A store file that reserves every chunk against the store's quota and the request's budget."""
 
     def __init__(self, out, store: MediaStore, budget: _Budget) -> None:
-        self.out, self.store, self.budget, self.reserved = out, store, budget, 0
+        self.out, self.budget, self.charge = out, budget, store.charge()
 
     def write(self, chunk: bytes) -> None:
         self.budget.take(len(chunk))
-        self.store.reserve(len(chunk))
-        self.reserved += len(chunk)
+        self.charge.add(len(chunk))
         self.out.write(chunk)
 
 
@@ -125,12 +124,18 @@ async def _download(url: str, settings: ServerSettings, store: MediaStore, downl
 
     _, path = store.new_path("tmp")
     with open(path, "xb") as out:
-        sink = _Reserving(out, store, budget)
+        try:
+            sink = _Reserving(out, store, budget)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         try:
             await asyncio.wrap_future(downloader.submit(url, sink, settings.max_upload_bytes))
         except BaseException as e:
             path.unlink(missing_ok=True)
-            store.release(sink.reserved)
+            sink.charge.release()
+            if is_disk_full(e):
+                raise DiskFull() from None
             if isinstance(e, RemoteTooLarge):
                 raise too_large(settings) from None
             if isinstance(e, RemoteRefused):  # one message for every reason: no oracle of what is reachable
@@ -139,7 +144,7 @@ async def _download(url: str, settings: ServerSettings, store: MediaStore, downl
 
     def cleanup() -> None:
         path.unlink(missing_ok=True)
-        store.release(sink.reserved)
+        sink.charge.release()
 
     return str(path), cleanup
 

@@ -9,10 +9,51 @@ from typing import Any
 
 from ..errors import Cancelled
 from ..model.generation import GenerationOptions
-from .errors import APIError, media_error, timed_out
+from .errors import APIError, ended, media_error, timed_out
 from .jobs import Jobs, ProgressFeed, outcome
 from .parts import Media, add_part, parse_media_io_kwargs
 from .settings import ServerSettings
+
+
+class BodiesInFlight:
+    """Bytes of chat bodies being read and parsed, all requests together, under one budget.
+
+    A body is held only until its media are stored and the request parsed (then it is
+    dropped: a queued request keeps no body); past the budget a new one is refused with 503
+    and Retry-After instead of growing the server's memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise APIError(503, "the server is busy reading other requests' bodies; retry later", "server_error",
+                           "server_busy", headers={"Retry-After": "2"})  # fmt: skip
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+async def read_body(request, budget: BodiesInFlight) -> tuple[bytes, int]:
+    """The whole body (``request.stream()``: Starlette's ``body()`` would keep a copy on the request), and the
+    bytes it took from ``budget`` (the declared length at once, else as it arrives); the caller gives them back."""
+    declared = request.headers.get("content-length", "")
+    taken = int(declared) if declared.isdigit() else 0  # the guard bounds it by the route's limit
+    budget.take(taken)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > taken:
+                budget.take(size - taken)
+                taken = size
+        return b"".join(chunks), taken
+    except BaseException:
+        budget.give(taken)
+        raise
 
 
 def parse_json(raw: bytes) -> Any:
@@ -134,14 +175,13 @@ def _event(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def sse(worker, prepare, request, cancel, settings, cid, created, req, cleanup, jobs: Jobs):
-    """Server-Sent Events for ``stream: true``: role chunk, progress chunks, content chunks, finish chunk, [DONE].
+async def start_stream(worker, prepare, cancel, wait_s: float, jobs: Jobs) -> tuple[asyncio.Future, asyncio.Queue]:
+    """Queue a streamed job before the stream starts, so that a refusal is a plain status (503 + Retry-After).
 
-    Until the first token, chunks with an empty delta carry ``"longvu": {"progress": {"stage", "done",
-    "total"}}`` (:class:`~longvu.serve.jobs.ProgressFeed`; ``"queued"`` while the job waits), at
-    least every :data:`PROGRESS_EVERY_S` seconds.  An error after the status line was sent is an
-    event in OpenAI's error shape.
+    Returns the job's future and the queue its text pieces arrive on (what :func:`sse` reads).
     """
+    if cancel.is_set():  # the server is stopping
+        raise ended(jobs)
     pieces: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
     feed = ProgressFeed(lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p))
@@ -154,18 +194,26 @@ async def sse(worker, prepare, request, cancel, settings, cid, created, req, cle
             loop.call_soon_threadsafe(pieces.put_nowait, piece)
         return stream.answer
 
+    return await worker.submit_waiting(job, wait_s), pieces
+
+
+async def sse(fut: asyncio.Future, pieces: asyncio.Queue, request, cancel, settings, cid, created, req, cleanup,
+              jobs: Jobs):  # fmt: skip
+    """Server-Sent Events for ``stream: true`` of a job :func:`start_stream` queued: role chunk, progress
+    chunks, content chunks, finish chunk, [DONE].
+
+    Until the first token, chunks with an empty delta carry ``"longvu": {"progress": {"stage", "done",
+    "total"}}`` (:class:`~longvu.serve.jobs.ProgressFeed`; ``"queued"`` while the job waits), at
+    least every :data:`PROGRESS_EVERY_S` seconds.  An error after the status line was sent is an
+    event in OpenAI's error shape.
+    """
+
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         return _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": settings.model_name,
                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})  # fmt: skip
 
     finished = False
     try:
-        try:
-            fut = await worker.submit_waiting(job, req.get("wait_s", 0.0))
-        except APIError as e:
-            finished = True
-            yield _event(e.body())
-            return
         yield chunk({"role": "assistant", "content": ""})
         async for item in _pieces(fut, pieces, request, settings):
             yield chunk({}, longvu={"progress": item}) if isinstance(item, dict) else chunk({"content": item})

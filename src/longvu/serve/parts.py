@@ -44,6 +44,12 @@ class Media:
     def empty(self) -> bool:
         return self.video_url is None and not self.image_urls
 
+    def drop_payloads(self) -> None:
+        """Forget the payloads of data: URLs once they are stored (a queued request holds no body)."""
+        short = lambda u: u[: u.find(",") + 1][:80] if u.startswith("data:") else u  # noqa: E731
+        self.video_url = None if self.video_url is None else short(self.video_url)
+        self.image_urls = [short(u) for u in self.image_urls]
+
 
 def add_part(media: Media, part: dict, i: int, error) -> bool:
     """Record a media part of ``messages[i]`` in ``media``; False if ``part`` is not a media part.

@@ -3,9 +3,9 @@
 A request's URL is fetched only if every hop goes to the public internet:
 
 * ``http`` and ``https`` only, no credentials in the URL;
-* the host is resolved once per hop and *every* address it resolves to must be public
-  (not private, loopback, link-local, multicast, reserved, unspecified, shared or
-  documentation space, nor an IPv6 form embedding such an IPv4 address);
+* the host is resolved once per hop and *every* address it resolves to must be globally
+  reachable: each block the special-purpose registries (RFC 6890 and its updates) mark
+  otherwise is listed here and refused, IPv6 forms embedding such an IPv4 address too;
 * the connection goes to the address that was checked (no second lookup that a DNS
   rebinding answer could change), with TLS verified against the host name;
 * redirects are followed here, each one checked the same way, at most ``max_redirects``;
@@ -31,7 +31,45 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import urljoin, urlsplit
 
 REDIRECTS = (301, 302, 303, 307, 308)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+# The IANA special-purpose address registries (RFC 6890, updated by RFC 8190 and later
+# assignments): every block whose "globally reachable" is False, or that is no unicast
+# destination a download could mean.  Written out rather than trusting ``ip.is_global``,
+# whose answer changes between Python versions (3.11 counts 192.0.0.8-192.0.0.255 as public).
+_V4_NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8",  # this network (RFC 791)
+    "10.0.0.0/8",  # private (RFC 1918)
+    "100.64.0.0/10",  # shared address space, carrier-grade NAT (RFC 6598)
+    "127.0.0.0/8",  # loopback
+    "169.254.0.0/16",  # link-local (cloud metadata services live here)
+    "172.16.0.0/12",  # private
+    "192.0.0.0/24",  # IETF protocol assignments (RFC 6890); its two anycast exceptions are no video host either
+    "192.0.2.0/24",  # documentation TEST-NET-1 (RFC 5737)
+    "192.88.99.0/24",  # 6to4 relay anycast, deprecated (RFC 7526)
+    "192.168.0.0/16",  # private
+    "198.18.0.0/15",  # benchmarking (RFC 2544)
+    "198.51.100.0/24",  # documentation TEST-NET-2
+    "203.0.113.0/24",  # documentation TEST-NET-3
+    "224.0.0.0/4",  # multicast
+    "240.0.0.0/4",  # reserved (RFC 1112), 255.255.255.255 broadcast included
+))  # fmt: skip
+_V6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")  # outside it: loopback, ULA, link-local, multicast, ...
+_V6_NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in (
+    "2001::/23",  # IETF protocol assignments, Teredo 2001::/32 included (its exceptions: _V6_EXCEPTIONS)
+    "2001:db8::/32",  # documentation (RFC 3849)
+    "3fff::/20",  # documentation (RFC 9637)
+))  # fmt: skip
+# Blocks of 2001::/23 the registry marks globally reachable and that name real hosts (anycast services,
+# AMT relays, AS112 servers).  ORCHIDv2 (2001:20::/28) and drone IDs (2001:30::/28) are identifiers,
+# not locators (RFC 7343): refused.
+_V6_EXCEPTIONS = tuple(ipaddress.ip_network(n) for n in (
+    "2001:1::1/128",  # port control protocol anycast (RFC 7723)
+    "2001:1::2/128",  # TURN anycast (RFC 8155)
+    "2001:3::/32",  # AMT (RFC 7450)
+    "2001:4:112::/48",  # AS112-v6 (RFC 7535)
+))  # fmt: skip
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64 prefix (RFC 6052): as public as its IPv4
+_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")  # 6to4 (RFC 3056): as public as the IPv4 it embeds
 
 
 class RemoteRefused(Exception):
@@ -43,16 +81,23 @@ class RemoteTooLarge(Exception):
 
 
 def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether ``ip`` is on the public internet, IPv4 addresses embedded in IPv6 forms included."""
-    if ip.version == 6:
-        teredo = ip.teredo
-        embedded = [ip.ipv4_mapped, ip.sixtofour, teredo[1] if teredo else None]
-        if ip in _NAT64:
-            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        if any(e is not None and not public_address(e) for e in embedded):
-            return False
-    bad = ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-    return ip.is_global and not (bad or ip.is_unspecified)
+    """Whether ``ip`` is globally reachable by the special-purpose registries (see the tables above).
+
+    IPv6 must be global unicast (``2000::/3``) outside the non-global blocks, or the NAT64
+    or 6to4 form of a public IPv4 address; IPv4-mapped, IPv4-compatible, local-use NAT64
+    (``64:ff9b:1::/48``), discard-only and every other form outside ``2000::/3`` are refused.
+    """
+    if ip.version == 4:
+        return not any(ip in net for net in _V4_NOT_GLOBAL)
+    if ip in _NAT64:
+        return public_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip not in _V6_GLOBAL_UNICAST:
+        return False
+    if ip in _SIX_TO_FOUR:
+        return ip.sixtofour is not None and public_address(ip.sixtofour)
+    if any(ip in net for net in _V6_EXCEPTIONS):
+        return True
+    return not any(ip in net for net in _V6_NOT_GLOBAL)
 
 
 def resolve(host: str, port: int) -> list[str]:

@@ -21,6 +21,7 @@ class ServerSettings:
     api_key: str | None = None
     max_upload_mb: float = 1024.0  # one uploaded, data: URL or downloaded file
     max_upload_total_mb: float = 10240.0  # every stored file together (uploads; data: URLs and downloads in flight)
+    max_upload_files: int = 10_000  # stored files at most (uploads, and data: URLs and downloads in flight)
     max_json_mb: float = 256.0  # a JSON request body, data: URLs included
     max_image_frames_mb: float = 2048.0  # one request's image frames, decoded (RGB), held together
     max_video_seconds: float = 4 * 3600.0  # by the stream's own clock, while decoding
@@ -44,6 +45,16 @@ class ServerSettings:
     max_live_sessions: int = 4  # live streams followed at once (POST /v1/live)
     live_idle_s: float = 600.0  # a live session with no chunk and no question for this long is closed
     shutdown_timeout_s: float = 5.0  # after SIGTERM/SIGINT, running jobs are cancelled; this long at most
+    # The HTTP layer, before the API key (longvu.serve.http, longvu.serve.guard):
+    max_connections: int = 1024  # open connections at most; one more is answered 503 and closed
+    backlog: int = 2048  # connections the kernel queues before they are accepted
+    max_header_kb: int = 16  # request line and headers together (h11's limit); above it, 400 and closed
+    max_headers: int = 100  # header fields in one request; above it, 431
+    header_timeout_s: float = 10.0  # a connection's whole request head must arrive within this (else closed)
+    keep_alive_timeout_s: float = 5.0  # an idle connection between requests is closed after this
+    body_idle_timeout_s: float = 30.0  # a body that sends nothing for this long: 408, connection closed
+    body_timeout_s: float = 900.0  # a whole body (a 1 GB upload at 1.2 MB/s) must arrive within this: 408
+    max_bodies_in_flight_mb: float = 512.0  # chat bodies being read and parsed, all requests together: 503 above
 
     @property
     def max_upload_bytes(self) -> int:

@@ -7,14 +7,20 @@ or extension: the extension is what FFmpeg would have used to pick a demuxer (an
 the format by content from its allow-list.
 
 Bounded: every byte written is first reserved against a total quota for the folder
-(``--max-upload-total-mb``; the bytes of uploads, and of data: URLs and downloads while
-their request runs), and files older than the time to live are removed by a sweep that
-runs on a timer.  Writes happen on a worker thread, never on the event loop.
+(``--max-upload-total-mb``, counted in whole file-system blocks, and ``--max-upload-files``
+files; uploads, and data: URLs and downloads while their request runs), and files older
+than the time to live are removed by a sweep that runs on a timer.  Writes happen on a
+worker thread, never on the event loop.  A file in flight has a name that says which
+process writes it; an upload is renamed to its ``file-`` name only once complete, and a
+killed server's leftovers are removed when the next one starts.  A full disk while
+writing removes the partial file and raises :class:`DiskFull` (a 507).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import shutil
 import tempfile
@@ -24,59 +30,99 @@ import uuid
 from pathlib import Path
 
 from ..errors import display_path
+from ..files import OWNER, owner_tag, remove_orphans
 
 FILE_ID = re.compile(r"file-[0-9a-f]{32}")
+# A finished upload (kept until its time to live), or an untagged ``tmp-`` file of an older longvu (swept by age).
 _STORED = re.compile(r"(file|tmp)-[0-9a-f]{32}\.bin")
+# In flight: a partial upload (``part-``, renamed to ``file-`` when complete) or a request's data: URL or
+# download (``tmp-``), named after the process writing it: a killed server's are removed at the next start.
+_TEMP = re.compile(rf"(part|tmp)-{OWNER}-[0-9a-f]{{32}}\.bin")
+_OWNED_DIR = re.compile(rf"longvu-uploads-{OWNER}-\w+")  # the private folder of a server without --upload-dir
 SUFFIX = ".bin"
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class QuotaExceeded(Exception):
     """The store's total quota would be passed (the server answers 413)."""
 
 
+class DiskFull(Exception):
+    """The disk (or the user's disk quota) filled up while a file was written (the server answers 507)."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _DISK_FULL
+
+
 class MediaStore:
     """A server-owned folder of media files under a total quota, swept of old files.
 
+    The quota counts what fills a disk: each file's size rounded up to whole blocks of the
+    file system (a 1-byte file takes a block), and the number of files (``max_files``).
     Uploads can be found by id after a restart (the file is the record; its client-side
-    name, kept in memory, is then forgotten).
+    name, kept in memory, is then forgotten).  At start, files a killed server left in
+    flight are removed (see :data:`_TEMP`).
     """
 
-    def __init__(self, folder: str | None, ttl_s: float, quota_bytes: int) -> None:
+    def __init__(self, folder: str | None, ttl_s: float, quota_bytes: int, max_files: int = 10_000) -> None:
         self.own = folder is None
-        self.root = Path(folder or tempfile.mkdtemp(prefix="longvu-uploads-"))
+        if folder is None:
+            remove_orphans(tempfile.gettempdir(), _OWNED_DIR)
+            folder = tempfile.mkdtemp(prefix=f"longvu-uploads-{owner_tag()}-")
+        self.root = Path(folder)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.ttl_s, self.quota = ttl_s, quota_bytes
+        self.orphans_removed = remove_orphans(self.root, _TEMP)
+        self.ttl_s, self.quota, self.max_files = ttl_s, quota_bytes, max_files
+        self.block = os.statvfs(self.root).f_frsize or 4096
         self.meta: dict[str, dict] = {}
         self.lock = threading.Lock()
-        self.used = sum(p.stat().st_size for p in self._stored())
+        held = [p.stat().st_size for p in self.root.iterdir() if _STORED.fullmatch(p.name) or _TEMP.fullmatch(p.name)]
+        self.used, self.files = sum(map(self.on_disk, held)), len(held)
 
     # ------------------------------------------------------------------ quota
-    def reserve(self, n: int) -> None:
+    def on_disk(self, size: int) -> int:
+        """What a file of ``size`` bytes takes on disk: whole blocks, at least one."""
+        return max(1, -(-size // self.block)) * self.block
+
+    def reserve(self, n: int, files: int = 0) -> None:
         with self.lock:
-            if self.used + n > self.quota:
+            if self.used + n > self.quota or self.files + files > self.max_files:
                 raise QuotaExceeded()
             self.used += n
+            self.files += files
 
-    def release(self, n: int) -> None:
+    def release(self, n: int, files: int = 0) -> None:
         with self.lock:
             self.used = max(0, self.used - n)
+            self.files = max(0, self.files - files)
+
+    def charge(self) -> Charge:
+        """The quota of one new file, grown as it is written (:class:`Charge`)."""
+        return Charge(self)
 
     # ------------------------------------------------------------------ files
     def new_path(self, kind: str = "file") -> tuple[str, Path]:
-        fid = f"{kind}-{uuid.uuid4().hex}"
+        """A new file's id and path: ``file`` (a finished upload) or ``part``/``tmp`` (in flight, tagged)."""
+        hexid = uuid.uuid4().hex
+        fid = f"file-{hexid}" if kind == "file" else f"{kind}-{owner_tag()}-{hexid}"
         return fid, self.root / f"{fid}{SUFFIX}"
 
     def write_temp(self, data: bytes) -> tuple[Path, callable]:
         """Store ``data`` for one request (blocking: call it off the event loop); returns the path and its cleanup."""
-        self.reserve(len(data))
+        charge = self.charge()
         _, path = self.new_path("tmp")
         try:
+            charge.add(len(data))
             with open(path, "xb") as f:
                 f.write(data)
-        except BaseException:
-            self._remove(path, len(data))
+        except BaseException as e:
+            path.unlink(missing_ok=True)
+            charge.release()
+            if is_disk_full(e):
+                raise DiskFull() from None
             raise
-        return path, lambda: self._remove(path, len(data))
+        return path, lambda: (path.unlink(missing_ok=True), charge.release())
 
     def register(self, fid: str, path: Path, filename: str, purpose: str) -> dict:
         info = {"id": fid, "object": "file", "bytes": path.stat().st_size, "created_at": int(time.time()),
@@ -113,7 +159,7 @@ class MediaStore:
             path.unlink()
         except FileNotFoundError:
             return
-        self.release(size)
+        self.release(self.on_disk(size), files=1)
 
     def _stored(self):
         return (p for p in self.root.iterdir() if _STORED.fullmatch(p.name))
@@ -141,6 +187,24 @@ class MediaStore:
     def close(self) -> None:
         if self.own:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Charge:
+    """One file's share of the store's quota: a file, and its bytes in whole blocks as they are written."""
+
+    def __init__(self, store: MediaStore) -> None:
+        self.store, self.size, self.bytes, self.file = store, 0, 0, 0
+        store.reserve(store.on_disk(0), files=1)
+        self.bytes, self.file = store.on_disk(0), 1
+
+    def add(self, n: int) -> None:
+        grown = self.store.on_disk(self.size + n)
+        self.store.reserve(grown - self.bytes)
+        self.size, self.bytes = self.size + n, grown
+
+    def release(self) -> None:
+        self.store.release(self.bytes, files=self.file)
+        self.bytes = self.file = 0
 
 
 def _client_name(name: str) -> str:
@@ -179,6 +243,8 @@ async def receive_upload(stream, content_type: str, store: MediaStore, max_bytes
     parts = _Parts(max_bytes)
     parser = MultipartParser(boundary, parts.callbacks())
     fid, path = store.new_path("file")
+    _, partial = store.new_path("part")  # renamed to ``path`` once complete: a crash never leaves a torn upload
+    charge = store.charge()
 
     def feed(out, data: bytes, final: bool = False) -> None:  # on a worker thread: parse, reserve, write
         parser.write(data)
@@ -186,12 +252,11 @@ async def receive_upload(stream, content_type: str, store: MediaStore, max_bytes
             parser.finalize()
         if parts.pending:
             chunk, parts.pending = b"".join(parts.pending), []
-            store.reserve(len(chunk))
-            parts.reserved += len(chunk)
+            charge.add(len(chunk))
             out.write(chunk)
 
     try:
-        with open(path, "xb") as out:
+        with open(partial, "xb") as out:
             batch: list[bytes] = []
             size = 0
             async for chunk in stream:
@@ -202,9 +267,12 @@ async def receive_upload(stream, content_type: str, store: MediaStore, max_bytes
                     batch, size = [], 0
             await asyncio.to_thread(feed, out, b"".join(batch), True)
         parts.check_complete()
-    except BaseException:
-        path.unlink(missing_ok=True)
-        store.release(parts.reserved)
+        os.rename(partial, path)
+    except BaseException as e:
+        partial.unlink(missing_ok=True)
+        charge.release()
+        if is_disk_full(e):
+            raise DiskFull() from None
         raise
     return fid, path, parts.fields
 
@@ -217,7 +285,7 @@ class _Parts:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.pending: list[bytes] = []  # file bytes parsed, not yet written
-        self.size = self.reserved = self.count = 0
+        self.size = self.count = 0
         self.fields: dict[str, str] = {}
         self.files = 0
         self._header, self._value = bytearray(), bytearray()
