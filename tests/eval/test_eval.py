@@ -561,7 +561,7 @@ def test_generation_error_is_recorded_and_retried(tmp_path, monkeypatch, capsys)
     assert [x["qid"] for x in lines] == ["count-0", "plotQA-0"] and len(calls) == 2
     assert lines[0]["error"] == "generation error: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert lines[0]["output"] is None and lines[0]["correct"] is False and lines[1]["error"] is None
-    assert "1 questions failed (counted wrong; see summary.json); run again to retry them" in capsys.readouterr().err
+    assert "1 question failed (counted wrong; see summary.json); run again to retry them" in capsys.readouterr().err
     r = run_eval("mlvu", data, out)
     assert len(calls) == 3 and [x["error"] for x in r["lines"]] == [None, None] and r["summary"]["errors"] == 0
 
