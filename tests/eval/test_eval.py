@@ -96,11 +96,20 @@ def test_frame_rules_worked_examples():
 def test_every_preset_honours_sample_fps_and_max_frames():
     import dataclasses
 
+    from longvu.model.video import Sampling, sampled_indices
+
     for name, preset in PRESETS.items():
         faster = dataclasses.replace(preset, sample_fps=1.0)
         assert faster.frame_indices(300, 30.0) == list(range(0, 300, 30)), name
+        strided = dataclasses.replace(preset, sample_fps=1.0, stride_to=4)
+        assert strided.frame_indices(300, 30.0) == [0, 60, 120, 180, 240], name  # 10 -> every 10 // 4 = 2nd
         capped = dataclasses.replace(preset, sample_fps=1.0, max_frames=4)
-        assert capped.frame_indices(300, 30.0) == [0, 60, 120, 180, 240], name  # 10 -> every 10 // 4 = 2nd
+        assert capped.frame_indices(300, 30.0) == [0, 60, 150, 210], name  # at most 4, evenly spaced (as ask)
+    # one meaning of --max-frames N: eval keeps exactly the frames ask keeps, never more than N
+    for total, n in [(10, 4), (176, 64), (3000, 1000), (7, 7), (5, 9)]:
+        capped = dataclasses.replace(PRESETS["synthetic"], max_frames=n)
+        asked = sampled_indices(total, 1.0, Sampling(fps=1.0, max_frames=n))
+        assert capped.frame_indices(total, 1.0) == asked and len(asked) == min(n, total), (total, n)
     mvb = dataclasses.replace(PRESETS["mvbench"], sample_fps=1.0)
     assert mvb.frame_indices(1000, 30.0, (1.0, 3.0)) == [30, 60]
     assert mvb.folder_indices(30, (1.0, 4.0)) == [3, 6, 9]
@@ -386,7 +395,8 @@ def test_resume_with_other_settings_is_refused_unless_forced(tmp_path, capsys):
         (("--dtype", "float16"), "dtype: auto -> float16"),
         (("--device", "auto"), "device: cpu -> auto"),
         (("--sample-fps", "1"), "sample_fps: 0.5 -> 1.0"),
-        (("--max-frames", "64"), "max_frames: 1000 -> 64"),
+        (("--stride-to", "64"), "stride_to: 1000 -> 64"),
+        (("--max-frames", "64"), "max_frames: None -> 64"),
         (("--model", str(LLAMA)), f"model: {QWEN.resolve()} -> {LLAMA.resolve()}"),
     ]
     for extra, change in changes:

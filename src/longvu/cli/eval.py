@@ -52,8 +52,11 @@ def _add_benchmark(bench, name: str, title: str, data: str) -> None:
     f = p.add_argument_group("frames and answers (the preset's, unless given)")
     f.add_argument("--sample-fps", type=c.positive_number, metavar="FPS",
                    help=f"frames per second sampled (default: the preset's {preset.sample_fps:g})")  # fmt: skip
+    f.add_argument("--stride-to", type=c.positive_int, metavar="N",
+                   help="the original script's thinning: past N frames keep every (frames // N)-th, which can leave "
+                        f"up to 2N (default: the preset's {preset.stride_to or 'none'})")  # fmt: skip
     f.add_argument("--max-frames", type=c.positive_int, metavar="N",
-                   help=f"thin the frames to about N (default: the preset's {preset.max_frames or 'no limit'})")  # fmt: skip
+                   help="then keep at most N frames, evenly spaced, as `longvu ask --max-frames` (default: all)")  # fmt: skip
     if name == "videomme":
         f.add_argument("--subtitles", action="store_true",
                        help="add each video's subtitles to the prompt (the 'w/ subs' setting; default: without)")  # fmt: skip
@@ -71,8 +74,8 @@ def _add_workers(p: argparse.ArgumentParser) -> None:
 
 def _describe(preset) -> str:
     parts = [f"{preset.sample_fps:g} frames per second"]
-    if preset.max_frames:
-        parts.append(f"thinned to about {preset.max_frames} frames")
+    if preset.stride_to:
+        parts.append(f"strided to about {preset.stride_to} frames (up to 2x)")
     parts += [f"{k} {v}" for k, v in preset.overrides]
     parts.append(f"greedy, {preset.max_new_tokens} new tokens")
     return ", ".join(parts)
@@ -173,6 +176,8 @@ def _run_benchmark(args, overrides: dict) -> int:
     preset = PRESETS[args.benchmark]
     if args.sample_fps is not None:
         preset = dataclasses.replace(preset, sample_fps=args.sample_fps)
+    if args.stride_to is not None:
+        preset = dataclasses.replace(preset, stride_to=args.stride_to)
     if args.max_frames is not None:
         preset = dataclasses.replace(preset, max_frames=args.max_frames)
     subtitles = getattr(args, "subtitles", False)

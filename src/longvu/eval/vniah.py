@@ -189,7 +189,7 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
     items = json.loads(manifest.read_text())["items"][:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    preset = Preset("vniah", sample_fps, max_frames, max_new_tokens=8)
+    preset = Preset("vniah", sample_fps, max_frames=max_frames, max_new_tokens=8)
     settings = {**run_settings("vniah", model, device, dtype, dict(sorted((overrides or {}).items())), preset, False),
                 "mode": mode}  # fmt: skip
     kw = {"model": model, "device": device, "dtype": dtype, "overrides": overrides, "mode": mode}
