@@ -16,6 +16,7 @@ COMMANDS = {
 
 def add_parser(sub) -> None:
     """Register ``synth`` and ``data`` on the ``longvu`` sub-parsers."""
+    from ..train.render import RENDERS
     from ..train.synth import FAMILIES
     from .common import examples
 
@@ -42,7 +43,11 @@ def add_parser(sub) -> None:
                          "4 directions); four: four options, shuffled (default all)")  # fmt: skip
     sy.add_argument("--cast", type=int, default=4, metavar="K",
                     help="objects per video, 1 to 4 (default 4); with 1, colour and shape questions need no "
-                         "telling objects apart")  # fmt: skip
+                         "telling objects apart, and the object is drawn about twice as large")  # fmt: skip
+    sy.add_argument("--render", choices=RENDERS, default="default",
+                    help="the word needle's style, drawn per video from the seed: default (the training styles: "
+                         "fonts, sizes, positions, colours), heldout (fonts, sizes and colours no training recipe "
+                         "uses), plain (black on white, centred, always the same)")  # fmt: skip
     sy.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     da = sub.add_parser("data", help=COMMANDS["data"],
                         description="Check a training JSONL line by line: each malformed line is reported with its "
@@ -63,6 +68,7 @@ def run_synth(args: argparse.Namespace) -> int:
     settings = SynthSettings(
         seed=args.seed, minutes=tuple(args.minutes), size=args.size, families=tuple(args.families),
         questions_per_video=args.questions_per_video, options=args.options, cast=args.cast,
+        render=args.render,
     )  # fmt: skip
     show = not args.quiet and sys.stderr.isatty()
 
