@@ -148,10 +148,10 @@ def test_a_smaller_cast():
     for index in range(12):  # a lone object is drawn about twice as large, always whole in the frame
         plan, _ = make_video(SynthSettings(seed=2, minutes=(0.2, 0.3), size=128, cast=1), index)
         assert 0.24 * 128 <= plan.radius <= 0.31 * 128
-        for f, on in zip(render(plan, 128), [bool(plan.frames_of(plan.appearances)) for _ in range(plan.length)]):
-            mask = np.abs(f.astype(int) - np.array(COLOURS[plan.colours[0]])).sum(-1) < 60
-            if mask.any():  # no border row or column is the object's colour: it is not cut off
-                assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+        masks = [np.abs(f.astype(int) - np.array(COLOURS[plan.colours[0]])).sum(-1) < 60 for f in render(plan, 128)]
+        assert [k for k, m in enumerate(masks) if m.sum() > 500] == plan.frames_of(plan.appearances)  # large
+        for mask in masks:  # no border row or column is the object's colour: it is never cut off
+            assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
     two = SynthSettings(seed=2, minutes=(0.2, 0.3), size=64, families=("colour", "shape"), options="four", cast=2)
     for index in range(12):
         plan, (q,) = make_video(two, index)

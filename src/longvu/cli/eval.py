@@ -134,6 +134,9 @@ def _add_vniah_generate(sub) -> None:
                     help="haystack lengths in seconds (= frames, at 1 fps)")  # fmt: skip
     vn.add_argument("--depths", type=c.fraction, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], metavar="DEPTH",
                     help="needle positions as fractions of the haystack, in [0, 1] (0: first frame, 1: last)")  # fmt: skip
+    vn.add_argument("--words", nargs="+", type=str.upper, metavar="WORD",
+                    help="needle words, each put in every (length, depth) cell: one video per cell and word "
+                         "(default the eight of LongVA's V-NIAH: APPLE RIVER CANDLE PLANET TIGER BRIDGE VIOLIN GARDEN)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,6 +208,6 @@ def run_vniah_generate(args: argparse.Namespace) -> int:
     c.check_output_dir(args.out, "--out")
     if args.haystack:
         c.check_video_path(args.haystack)
-    manifest = generate(args.out, lengths=args.lengths, depths=args.depths, haystack=args.haystack)
+    manifest = generate(args.out, lengths=args.lengths, depths=args.depths, haystack=args.haystack, words=args.words)
     print(f"wrote {manifest}")
     return 0

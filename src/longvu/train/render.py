@@ -78,7 +78,9 @@ def _mask(word: str, style: WordStyle):
     return img, xs
 
 
-def render_word(word: str, h: int, w: int, style: WordStyle) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+def render_word(
+    word: str, h: int, w: int, style: WordStyle
+) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
     """``[h, w, 3]`` uint8: ``word`` drawn in ``style``, and each letter's box ``(x0, y0, x1, y1)`` in
     the frame (upright styles; a slanted word's boxes are those before the slant)."""
     from PIL import Image  # lazy: PIL only on this path
