@@ -113,12 +113,13 @@ def digest(obj: Any, n: int = 8) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-def prepare_set(root: Path, name: str, seed: int, minutes: tuple[float, float], n: int, families: list[str]) -> Path:
+def prepare_set(root: Path, name: str, seed: int, minutes: tuple[float, float], n: int, families: list[str],
+                render: str = "default") -> Path:  # fmt: skip
     """A ``longvu synth`` folder of ``n`` one-object videos, each asked every family (made, or reused)."""
     from longvu.train.synth import SynthSettings, generate
 
     settings = SynthSettings(seed=seed, minutes=tuple(minutes), families=tuple(families), cast=1,
-                             questions_per_video=len(families))  # fmt: skip
+                             questions_per_video=len(families), render=render)  # fmt: skip
     folder = root / f"{name}-seed{seed}-{minutes[0]:g}-{minutes[1]:g}min-{digest(settings.manifest())}"
     generate(folder, settings, n)
     return folder
@@ -297,7 +298,8 @@ def markdown(report: dict, settings: list[Setting]) -> str:
     """The whole ``ablation.md``: what ran, the tables, and how to read them."""
     on = ", ".join(f"{k}={json.dumps(v)}" for k, v in report["checkpoint_values"].items())
     sets = "; ".join(f"{k}: seeds {', '.join(map(str, v['seeds']))}, {v['minutes'][0]:g}-{v['minutes'][1]:g} min, "
-                     f"{v['videos']} videos a seed, families {', '.join(v['families'])}"
+                     f"{v['videos']} videos a seed, families {', '.join(v['families'])}, word needles "
+                     f"`--render {v.get('render', 'default')}`"
                      for k, v in report["sets"].items())  # fmt: skip
     names = list(report["sets"])
     return "\n".join([
@@ -361,6 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--short-minutes", type=float, nargs=2, default=list(SETS["short"][1]), metavar=("MIN", "MAX"))
     ap.add_argument("--long-minutes", type=float, nargs=2, default=list(SETS["long"][1]), metavar=("MIN", "MAX"))
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), help="synth question families (each video: all)")
+    ap.add_argument("--render", default="default", choices=["default", "heldout", "plain"],
+                    help="the word needles' style set (longvu synth --render; default: default)")  # fmt: skip
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "longvu-ablation"),
@@ -394,7 +398,8 @@ def new_report(args: argparse.Namespace, base: Any, settings: list[Setting], arg
         "format": "ablation/2", "benchmark": "ablation", "command": "python -m benchmarks.ablation " + shlex.join(argv),
         "model": args.model, "adapter": args.adapter, "device": str(base.device), "dtype": str(base.dtype),
         "context": args.context, "checkpoint_values": {k: getattr(base.config, k) for k in KNOBS},
-        "sets": {k: {"seeds": seeds, "minutes": minutes, "videos": args.n, "families": args.families, "cast": 1}
+        "sets": {k: {"seeds": seeds, "minutes": minutes, "videos": args.n, "families": args.families, "cast": 1,
+                     "render": args.render}
                  for k, (seeds, minutes) in sets.items()},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "settings": [asdict(s) for s in settings],
@@ -435,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = build_settings({k: getattr(base.config, k) for k in KNOBS}, args.context)
     report = new_report(args, base, settings, argv)
     for set_name, spec in report["sets"].items():
-        folders = [prepare_set(root, set_name, seed, spec["minutes"], args.n, args.families) for seed in spec["seeds"]]
+        folders = [prepare_set(root, set_name, seed, spec["minutes"], args.n, args.families, args.render)
+                   for seed in spec["seeds"]]  # fmt: skip
         lines = run_set(base, settings, folders, args)
         for i, st in enumerate(settings):
             above = lines[settings[i - 1].name] if i else None

@@ -10,13 +10,10 @@ It writes, deterministically from ``--seed``:
 * a random Qwen2 decoder (width 256, 4 layers, 4 heads, 2 KV heads) and a random SVA connector
   (3x3 high-res and 1x1 low-res query grids over 12x12 tower patches);
 * two small vision towers in the SigLIP and DINOv2 layouts (width 96, 3 layers, 168 px, 14 px
-  patches), *pretrained* here on per-patch labels of rendered frames: the colour and shape of the
-  object under each patch of synth video frames (their word frames left out), and the letter under
-  each patch of frames showing random letter strings (never one of the eight needle words) in the
-  training styles (``--render default``; never a ``heldout`` style).  So the towers never saw a
-  needle word, nor a label of one.  They stand in for the released towers, which were pretrained
-  elsewhere on web images; LongVU keeps its towers frozen, and so does ``longvu train``.  About 4
-  minutes each on 2 CPU cores.
+  patches), *pretrained* here on per-patch labels of rendered synth frames: the colour and shape
+  of the object under each patch, and the word on word frames.  They stand in for the released
+  towers, which were pretrained elsewhere on web images; LongVU keeps its towers frozen, and so
+  does ``longvu train``.  About 4 minutes each on 2 CPU cores.
 
 Stage 2 (``longvu train``) then trains the projector and the decoder; see ``run.sh``.
 """
@@ -37,7 +34,6 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from longvu.train import synth
-from longvu.train.render import draw_style, render_word
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "tests/fixtures/parity/checkpoints/tiny-longvu-qwen2"  # config keys and chat template
@@ -173,9 +169,8 @@ def patch_labels(plan: synth.Plan, t: int, size: int) -> np.ndarray:
 
 
 def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray, torch.Tensor]:
-    """Frames of ``videos`` random synth videos (about 10 each, no word frame) and of ``videos // 2`` letter
-    strings, and ``[N, 144, 3]`` labels: per patch, the colour (1-6) and the shape (1-6) of the object
-    under it, and the letter (1-26), 0 for none."""
+    """Frames of ``videos`` random synth videos (about 10 each, every word frame) and ``[N, 144, 3]`` labels:
+    per patch, the colour (1-6), the shape (1-6) and the word (1-8) under it, 0 for none."""
     colours = list(synth.COLOURS)
     frames, labels = [], []
     for i in range(videos):
@@ -185,35 +180,37 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
         timeline = []  # the timeline second of each video frame, None on word frames
         for t in range(plan.seconds + 1):
             timeline += [None] * (plan.word_frames if t == plan.word_at else 0) + ([t] if t < plan.seconds else [])
-        for k in rng.permutation([k for k, t in enumerate(timeline) if t is not None])[:10].tolist():
-            lab = np.zeros((GRID**2, 3), np.int64)
-            member = patch_labels(plan, timeline[k], size)
-            lab[:, 0] = np.array([0] + [colours.index(c) + 1 for c in plan.colours])[member]
-            lab[:, 1] = np.array([0] + [synth.SHAPES.index(s) + 1 for s in plan.shapes])[member]
+        words = [k for k, t in enumerate(timeline) if t is None]
+        for k in dict.fromkeys([*words, *rng.permutation(len(video))[:10].tolist()]):
+            t, lab = timeline[k], np.zeros((GRID**2, 3), np.int64)
+            if t is None:
+                lab[:, 2] = synth.WORDS.index(plan.word) + 1
+            else:
+                member = patch_labels(plan, t, size)
+                lab[:, 0] = np.array([0] + [colours.index(c) + 1 for c in plan.colours])[member]
+                lab[:, 1] = np.array([0] + [synth.SHAPES.index(s) + 1 for s in plan.shapes])[member]
             frames.append(video[k])
             labels.append(lab)
-    for frame, letters in letter_frames(np.random.default_rng([seed, 1 << 30]), videos // 2, size):
+    for word, frame in needle_frames(np.random.default_rng([seed, 1 << 30]), videos // 5, size):
         lab = np.zeros((GRID**2, 3), np.int64)
-        lab[:, 2] = letters
+        lab[:, 2] = synth.WORDS.index(word) + 1
         frames.append(frame)
         labels.append(lab)
     return np.stack(frames), torch.from_numpy(np.stack(labels))
 
 
-def letter_frames(rng: np.random.Generator, n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Frames of random 4-7 letter strings (never a needle word) in the training styles, and per patch
-    the letter (1-26) whose box holds the patch's centre, 0 for none."""
-    centres = (np.arange(GRID) + 0.5) * size / GRID
+def needle_frames(rng: np.random.Generator, n: int, size: int) -> list[tuple[str, np.ndarray]]:
+    """Word frames as V-NIAH draws them (smaller letters, wide or tall frames, padded square as the
+    towers' preprocessing pads them), so the towers read a needle at any of those sizes."""
+    from longvu.model.preprocess import expand_to_square
+
     out = []
-    while len(out) < n:
-        text = "".join(chr(65 + int(c)) for c in rng.integers(26, size=int(rng.integers(4, 8))))
-        if text in synth.WORDS:
-            continue
-        frame, boxes = render_word(text, size, size, draw_style(rng, "default"))
-        lab = np.zeros((GRID, GRID), np.int64)
-        for ch, (x0, y0, x1, y1) in zip(text, boxes):
-            lab[np.ix_((centres >= y0) & (centres < y1), (centres >= x0) & (centres < x1))] = ord(ch) - 64
-        out.append((frame, lab.ravel()))
+    for _ in range(n):
+        word = synth.WORDS[int(rng.integers(len(synth.WORDS)))]
+        h, w = [(224, 336), (336, 224), (size, size)][int(rng.integers(3))]
+        frame = Image.fromarray(synth.word_frame(word, h, w, scale=float(rng.uniform(0.9, 1.6))))
+        square = expand_to_square(frame, (127, 127, 127))
+        out.append((word, np.asarray(square.resize((size, size), Image.BICUBIC))))
     return out
 
 
@@ -241,7 +238,7 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
     model = (SiglipModel if kind == "siglip" else Dinov2Model).from_pretrained(str(folder))
     features, params = tower_features(kind, model)
     torch.manual_seed(seed)
-    head = nn.Linear(TOWER, 7 + 7 + 27)
+    head = nn.Linear(TOWER, 7 + 7 + 9)
     params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -249,7 +246,7 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
     gen = torch.Generator().manual_seed(seed)
 
     def loss_logits(px, lab):
-        logits = head(features(px)).split([7, 7, 27], -1)
+        logits = head(features(px)).split([7, 7, 9], -1)
         return sum(F.cross_entropy(lg.flatten(0, 1), lab[..., j].flatten()) for j, lg in enumerate(logits)), logits
 
     t0 = time.time()
@@ -267,7 +264,7 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
             loss_logits(pixels[i : min(i + 100, held)], labels[i : min(i + 100, held)])[1] for i in range(0, held, 100)
         ]
     acc = {}
-    for j, name in enumerate(("colour", "shape", "letter")):
+    for j, name in enumerate(("colour", "shape", "word")):
         pred, lab = torch.cat([lg[j] for lg in logits]).argmax(-1), labels[:held, :, j]
         acc[name] = round(float((pred[lab > 0] == lab[lab > 0]).float().mean()), 4)
     return acc

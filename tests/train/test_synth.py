@@ -157,6 +157,16 @@ def test_a_smaller_cast():
         plan, (q,) = make_video(two, index)
         values = plan.colours if q.family == "colour" else plan.shapes
         assert len(set(q.options)) == 4 and set(values) <= set(q.options)  # the cast's values, filled up to four
+    usual = SynthSettings(seed=2, minutes=(0.2, 0.3), size=128, cast=1, object_scale=1.0)  # the size before
+    for index in range(4):
+        big, small = (
+            make_video(SynthSettings(seed=2, minutes=(0.2, 0.3), size=128, cast=1), index)[0],
+            make_video(usual, index)[0],
+        )
+        assert 0.13 * 128 <= small.radius <= 0.16 * 128 and big.radius == pytest.approx(small.radius * 1.9)
+        assert (big.appearances, big.word) == (small.appearances, small.word) and not small.whole
+    with pytest.raises(Exception, match="--object-scale must be between 0.5 and 2"):
+        SynthSettings(seed=0, object_scale=3.0)
     with pytest.raises(Exception, match="--cast must be between 1 and 4"):
         SynthSettings(seed=0, cast=5)
 
