@@ -57,18 +57,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from longvu.config import THRESHOLD_OFF
+
 ROOT = Path(__file__).resolve().parent.parent
 KNOBS = ("dino_threshold", "drop_threshold", "text_guided")
 CONTEXT = "tokenizer_model_max_length"
-# Above any cosine a float32 computation gives (identical inputs score up to ~1.00002), so a
-# threshold stage with it drops nothing; 1.0 still drops exact repeats (see the module docstring).
-OFF_THRESHOLD = 1.01
+OFF_THRESHOLD = THRESHOLD_OFF  # a threshold stage with it drops nothing (longvu.config)
 SETS = {"short": ((101, 201), (0.2, 0.4)), "long": ((102, 202), (2.0, 4.0))}  # name: (seeds, minutes)
 FAMILIES = ("colour", "shape", "word")
 COUNTS = ("frames_sampled", "frames_kept", "high_res_frames", "tokens_after_stc_drop", "visual_tokens",
           "sequence_length", "stc_applied")  # fmt: skip
 DOCS = ROOT / "docs" / "model-trained-here.md"
-REPORTS = ("ablation_ctx256", "ablation_ctx512")  # under benchmarks/results, the ones --docs tabulates
+REPORTS = ("ablation_ctx256",)  # under benchmarks/results, the ones --docs tabulates
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ def add_adapter_option(g) -> None:
 
 def add_set_option(g, what: str = "a run-time config field") -> None:
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
-                   help=f"change {what}, e.g. --set drop_threshold=0.7 (repeatable; thresholds in [0, 1], "
+                   help=f"change {what}, e.g. --set drop_threshold=0.7 (repeatable; thresholds in [0, 1], 1.01 turns a stage off, "
                         "windows and caps positive; architecture fields such as image_token_len are refused)")  # fmt: skip
 
 
