@@ -23,153 +23,19 @@ Stage 2 (``longvu train``) then trains the projector and the decoder; see ``run.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import shutil
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
-from torch import nn
 
 from longvu.train import synth
 from longvu.train.render import draw_style, render_word
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "tests/fixtures/parity/checkpoints/tiny-longvu-qwen2"  # config keys and chat template
-VOCAB = 1024
-WIDTH, LAYERS, MLP = 256, 4, 768  # the decoder
-TOWER, TOWER_LAYERS, IMAGE, PATCH = 96, 3, 168, 14  # the towers: 12x12 patches
-GRID = IMAGE // PATCH
-CONFIG = {  # over the template's config.json
-    "hidden_size": WIDTH, "intermediate_size": MLP, "num_hidden_layers": LAYERS, "max_window_layers": LAYERS,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "vision_hidden_size": 128, "image_token_len": 9,
-    "query_num_list": [9], "lowres_token": 1, "mm_vision_tower_aux_token_len_list": [GRID**2, GRID**2],
-    "vision_tower_aux_token_len_list": [GRID**2, GRID**2], "tokenizer_model_max_length": 1536,
-    "max_position_embeddings": 4096, "vocab_size": VOCAB, "dino_threshold": 0.95, "drop_threshold": 0.8,
-    "dino_image_size": IMAGE, "torch_dtype": "float32", "_name_or_path": "longvu-synth-tiny",
-}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "synth_tiny"))
+import build_base as v1  # noqa: E402  (recipes are scripts: the v1 recipe's stage 1, shared)
 
-
-# ------------------------------------------------------------------ tokenizer
-def tokenizer_corpus(n: int = 400):
-    """Text the model will read and write: synth questions, options and captions, and chat words."""
-    settings = synth.SynthSettings(seed=12345, minutes=(0.2, 0.5))
-    for i in range(n):
-        plan, _ = synth.make_video(settings, i)
-        rng = np.random.default_rng([7, i])
-        yield synth.describe(plan)
-        for fam in synth.FAMILIES:
-            q = synth.ask(rng, plan, fam)
-            yield synth.mc_prompt(q.text, q.options)
-            yield " ".join(q.options)
-    for _ in range(50):
-        yield "You are a helpful assistant. Describe the video. system user assistant"
-        yield "Answer with a single word. What is happening in this video? What is the person doing in this video?"
-
-
-def build_tokenizer(out: Path) -> None:
-    from tokenizers import Tokenizer
-    from tokenizers.pre_tokenizers import ByteLevel
-    from tokenizers.trainers import BpeTrainer
-
-    tok = Tokenizer.from_file(str(TEMPLATE / "tokenizer.json"))  # Qwen2's normalizer and pre-tokenizer
-    trainer = BpeTrainer(vocab_size=VOCAB - 3, initial_alphabet=ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
-    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])  # ids 1021-1023
-    tok.save(str(out / "tokenizer.json"))
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        shutil.copy(TEMPLATE / name, out / name)
-    gen = {"bos_token_id": 1021, "do_sample": False, "eos_token_id": [1023, 1021], "pad_token_id": 1021}
-    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-
-
-# ------------------------------------------------------------------ decoder and connector
-def build_model(out: Path, seed: int) -> dict:
-    """config.json and model.safetensors: a random decoder and connector; returns the raw config."""
-    from safetensors.torch import save_file
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from longvu.config import LongVUConfig
-    from longvu.model.connector import SVAConnector
-
-    raw = json.loads((TEMPLATE / "config.json").read_text())
-    raw.update(CONFIG)
-    raw.pop("transformers_version", None)
-    (out / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-    torch.manual_seed(seed)
-    llm = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=LAYERS, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e6, tie_word_embeddings=False,
-        rms_norm_eps=1e-6,
-    ))  # fmt: skip
-    conn = SVAConnector(LongVUConfig.from_dict(raw), [TOWER, TOWER])
-    with torch.no_grad():  # the reference initialises these small; torch.empty would leave them arbitrary
-        conn.vision_query.normal_(0, 0.02)
-        conn.image_newline.normal_(0, 0.02)
-        for name, p in conn.named_parameters():
-            if "pos_embed" in name:
-                p.normal_(0, 0.02)
-    state = {k: v.contiguous() for k, v in llm.state_dict().items()}
-    state.update({f"model.{k}": v.contiguous() for k, v in conn.state_dict().items()})
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    return raw
-
-
-# ------------------------------------------------------------------ vision towers
-def random_towers(out: Path, seed: int) -> None:
-    """``vision_towers/{siglip,dinov2}``: random towers in the released layouts, at 168 px."""
-    from transformers import Dinov2Config, Dinov2Model, SiglipConfig, SiglipModel
-
-    torch.manual_seed(seed)
-    text = dict(hidden_size=16, intermediate_size=32, max_position_embeddings=16, num_attention_heads=2,
-                num_hidden_layers=1, vocab_size=64)  # fmt: skip  # unused by LongVU, required by the layout
-    vision = dict(hidden_size=TOWER, intermediate_size=TOWER * 4, num_attention_heads=4,
-                  num_hidden_layers=TOWER_LAYERS, image_size=IMAGE, patch_size=PATCH)  # fmt: skip
-    towers = {
-        "siglip": SiglipModel(SiglipConfig(text_config=text, vision_config=vision)),
-        "dinov2": Dinov2Model(Dinov2Config(hidden_size=TOWER, num_attention_heads=4, num_hidden_layers=TOWER_LAYERS,
-                                           mlp_ratio=4, image_size=IMAGE, patch_size=PATCH, use_swiglu_ffn=True,
-                                           layerscale_value=1.0)),
-    }  # fmt: skip
-    for kind, model in towers.items():
-        d = out / "vision_towers" / kind
-        d.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(d), safe_serialization=True)
-        pp = json.loads((TEMPLATE / "vision_towers" / kind / "preprocessor_config.json").read_text())
-        if kind == "siglip":
-            pp["size"] = {"height": IMAGE, "width": IMAGE}
-        else:
-            pp["crop_size"] = {"height": IMAGE, "width": IMAGE}
-            pp["size"] = {"shortest_edge": IMAGE}
-        (d / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
-
-
-def patch_labels(plan: synth.Plan, t: int, size: int) -> np.ndarray:
-    """``[GRID*GRID]`` the cast member (1-based, 0 none) covering at least 12% of each patch at second ``t``."""
-    mask = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(mask)
-    for a in sorted((a for a in plan.appearances if a.start <= t < a.end), key=lambda a: a.member == plan.mover):
-        x, y = synth.appearance_centre(plan, a, t, size)
-        r, v = plan.radius, a.member + 1
-        if plan.shapes[a.member] == "circle":
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=v, outline=v)
-        else:
-            draw.polygon(synth.shape_points(plan.shapes[a.member], x, y, r), fill=v, outline=v)
-    m = np.asarray(mask)
-    rows = np.arange(size) * GRID // size  # the patch row (and column) of each pixel row (column)
-    out = np.zeros(GRID**2, np.int64)
-    for gy in range(GRID):
-        for gx in range(GRID):
-            cell = m[rows == gy][:, rows == gx]
-            counts = np.bincount(cell.ravel(), minlength=synth.MAX_COUNT + 1)[1:]
-            if counts.max() >= 0.12 * cell.size:
-                out[gy * GRID + gx] = int(counts.argmax()) + 1
-    return out
+HEADS = {"colour": 7, "shape": 7, "letter": 27}  # per-patch label classes (0: none): letters, not words
 
 
 def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray, torch.Tensor]:
@@ -187,14 +53,14 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
         for t in range(plan.seconds + 1):
             timeline += [None] * (plan.word_frames if t == plan.word_at else 0) + ([t] if t < plan.seconds else [])
         for k in rng.permutation([k for k, t in enumerate(timeline) if t is not None])[:10].tolist():
-            lab = np.zeros((GRID**2, 3), np.int64)
-            member = patch_labels(plan, timeline[k], size)
+            lab = np.zeros((v1.GRID**2, 3), np.int64)
+            member = v1.patch_labels(plan, timeline[k], size)
             lab[:, 0] = np.array([0] + [colours.index(c) + 1 for c in plan.colours])[member]
             lab[:, 1] = np.array([0] + [synth.SHAPES.index(s) + 1 for s in plan.shapes])[member]
             frames.append(video[k])
             labels.append(lab)
     for frame, letters in letter_frames(np.random.default_rng([seed, 1 << 30]), videos // 2, size):
-        lab = np.zeros((GRID**2, 3), np.int64)
+        lab = np.zeros((v1.GRID**2, 3), np.int64)
         lab[:, 2] = letters
         frames.append(frame)
         labels.append(lab)
@@ -204,101 +70,19 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
 def letter_frames(rng: np.random.Generator, n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Frames of random 4-7 letter strings (never a needle word) in the training styles, and per patch
     the letter (1-26) whose box holds the patch's centre, 0 for none."""
-    centres = (np.arange(GRID) + 0.5) * size / GRID
+    centres = (np.arange(v1.GRID) + 0.5) * size / v1.GRID
     out = []
     while len(out) < n:
         text = "".join(chr(65 + int(c)) for c in rng.integers(26, size=int(rng.integers(4, 8))))
         if text in synth.WORDS:
             continue
         frame, boxes = render_word(text, size, size, draw_style(rng, "default"))
-        lab = np.zeros((GRID, GRID), np.int64)
+        lab = np.zeros((v1.GRID, v1.GRID), np.int64)
         for ch, (x0, y0, x1, y1) in zip(text, boxes):
             lab[np.ix_((centres >= y0) & (centres < y1), (centres >= x0) & (centres < x1))] = ord(ch) - 64
         out.append((frame, lab.ravel()))
     return out
 
 
-def tower_features(kind: str, model: nn.Module):
-    """``pixels -> [B, 144, C]`` patch features as LongVU reads them, and the parameters that train."""
-    if kind == "siglip":
-        vm = model.vision_model
-        return (lambda px: vm.encoder(inputs_embeds=vm.embeddings(px)).last_hidden_state), [
-            *vm.embeddings.parameters(), *vm.encoder.parameters()]  # fmt: skip
-    return (lambda px: model(pixel_values=px).last_hidden_state[:, 1:]), list(model.parameters())
-
-
-def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Tensor, *, seed: int,
-                   steps: int = 1200, batch: int = 32, held: int = 1000) -> dict[str, float]:  # fmt: skip
-    """Train one tower (and a linear head per label, thrown away) on per-patch labels; returns held-out accuracy."""
-    from transformers import Dinov2Model, SiglipModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    from longvu.model.preprocess import ImageSpec, preprocess_frames
-
-    held = min(held, len(frames) // 5)
-    order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))  # held out: every kind
-    frames, labels = frames[order.numpy()], labels[order]
-    pixels = preprocess_frames(frames, ImageSpec.from_preprocessor_config(folder / "preprocessor_config.json"))
-    model = (SiglipModel if kind == "siglip" else Dinov2Model).from_pretrained(str(folder))
-    features, params = tower_features(kind, model)
-    torch.manual_seed(seed)
-    head = nn.Linear(TOWER, 7 + 7 + 27)
-    params += list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps)))  # fmt: skip
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss_logits(px, lab):
-        logits = head(features(px)).split([7, 7, 27], -1)
-        return sum(F.cross_entropy(lg.flatten(0, 1), lab[..., j].flatten()) for j, lg in enumerate(logits)), logits
-
-    t0 = time.time()
-    for step in range(1, steps + 1):
-        idx = held + torch.randint(len(pixels) - held, (batch,), generator=gen)
-        loss, _ = loss_logits(pixels[idx], labels[idx])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step(), opt.zero_grad()
-        if step % 200 == 0:
-            print(f"  {kind} step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", flush=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    with torch.no_grad():
-        logits = [
-            loss_logits(pixels[i : min(i + 100, held)], labels[i : min(i + 100, held)])[1] for i in range(0, held, 100)
-        ]
-    acc = {}
-    for j, name in enumerate(("colour", "shape", "letter")):
-        pred, lab = torch.cat([lg[j] for lg in logits]).argmax(-1), labels[:held, :, j]
-        acc[name] = round(float((pred[lab > 0] == lab[lab > 0]).float().mean()), 4)
-    return acc
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, type=Path, help="new folder for the base checkpoint")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tower-videos", type=int, default=1500, help="synth videos whose frames pretrain the towers")
-    ap.add_argument("--tower-steps", type=int, default=1200, help="optimizer steps per tower (batch 32)")
-    a = ap.parse_args()
-    if a.out.exists() and any(a.out.iterdir()):
-        raise SystemExit(f"build_base: --out {a.out} is not empty")
-    a.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    build_tokenizer(a.out)
-    build_model(a.out, a.seed)
-    random_towers(a.out, a.seed)
-    frames, labels = labelled_frames(1000 + a.seed, a.tower_videos)
-    print(f"base: tokenizer, decoder, connector; {len(frames)} labelled frames ({time.time() - t0:.0f} s)", flush=True)
-    report = {}
-    for kind in ("siglip", "dinov2"):
-        report[kind] = pretrain_tower(a.out / "vision_towers" / kind, kind, frames, labels, seed=a.seed,
-                                      steps=a.tower_steps)  # fmt: skip
-        print(f"  {kind} held-out per-patch accuracy {report[kind]} ({time.time() - t0:.0f} s)", flush=True)
-    (a.out / "towers_pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    v1.main(labelled_frames, HEADS, shuffle=True, doc=__doc__)
