@@ -153,7 +153,8 @@ def acted(knob: str | None, line: dict) -> bool:
 
 def view_evaluator(base: Any, frames_for: dict[str, int] | None = None) -> Callable[..., Any]:
     """An evaluator factory for :func:`run_benchmark`: each setting gets a view of ``base`` (weights loaded
-    once); ``frames_for`` (video path -> frames) samples that many frames of a video, evenly spaced."""
+    once); ``frames_for`` (question id -> frames) samples that many frames of its video, evenly spaced (the
+    full method's budget, and so what it keeps, depends on the question's length)."""
     from longvu.eval.benchmarks import Item
     from longvu.eval.runner import Evaluator, result_line
     from longvu.eval.workers import one_line
@@ -167,14 +168,18 @@ def view_evaluator(base: Any, frames_for: dict[str, int] | None = None) -> Calla
             self.lv, self.max_new_tokens = base.with_overrides(overrides), max_new_tokens
 
         def run_group(self, group: list[dict], preset: Any) -> list[dict]:
-            items = [Item(**g) for g in group]
-            cap = frames_for.get(items[0].video) if frames_for is not None else preset.max_frames
-            try:  # by path, not a decoded clip, so the cache applies (synth videos: 1 fps, every frame)
-                feats = self.lv.features(items[0].video, Sampling(fps=preset.sample_fps, max_frames=cap))
-            except Exception as e:  # this video fails, the run goes on (as Evaluator.run_group)
-                return [result_line(it, None, f"video error: {one_line(e)}") for it in items]
             gen = GenerationOptions(max_new_tokens=self.max_new_tokens, greedy=True)
-            return [self.answer(feats, it.prompt, it, gen) for it in items]
+            out, feats = [], {}
+            for it in (Item(**g) for g in group):
+                cap = frames_for.get(it.qid) if frames_for is not None else preset.max_frames
+                try:  # by path, not a decoded clip, so the cache applies (synth videos: 1 fps, every frame)
+                    if cap not in feats:
+                        feats[cap] = self.lv.features(it.video, Sampling(fps=preset.sample_fps, max_frames=cap))
+                except Exception as e:  # this video fails, the run goes on (as Evaluator.run_group)
+                    out.append(result_line(it, None, f"video error: {one_line(e)}"))
+                    continue
+                out.append(self.answer(feats[cap], it.prompt, it, gen))
+            return out
 
         def answer(self, feats: Any, prompt: str, item: Any, gen: Any) -> dict:
             try:
@@ -418,7 +423,7 @@ def run_set(base: Any, settings: list[Setting], folders: list[Path], args: argpa
             frames_for = None
             if st.uniform:
                 full = [x for x in lines[settings[-1].name] if x["video"].startswith(str(data))]
-                frames_for = {x["video"]: int(x["frames_kept"] or 1) for x in full}
+                frames_for = {x["qid"]: int(x["frames_kept"] or 1) for x in full}
             tag = digest([st.overrides, sorted((frames_for or {}).items())], 6)
             t0 = time.perf_counter()
             got = run_setting(base, st, data, runs / data.name / f"{st.name}-{tag}", args, frames_for)
