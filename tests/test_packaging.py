@@ -88,7 +88,7 @@ def test_the_installed_wheel_runs(installed):
 def test_the_installed_wheel_answers(installed, tmp_path):
     """``longvu ask`` from the wheel names the word of a synth video (the trained model, on the CPU)."""
     res = run_installed(installed, "synth", "--out", str(tmp_path / "demo"), "--n", "1", "--seed", "5", "--cast", "1",
-                        "-q")  # fmt: skip
+                        "--render", "plain", "-q")  # fmt: skip
     assert res.returncode == 0, res.stderr
     res = run_installed(installed, "ask", str(tmp_path / "demo" / "videos" / "s5_000000.mp4"), TRAINED_QUESTION, "--model",
                         str(ROOT / "models" / "longvu-synth-tiny"), "--greedy", "--device", "cpu", "--no-cache")  # fmt: skip

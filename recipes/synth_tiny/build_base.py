@@ -41,6 +41,7 @@ VOCAB = 1024
 WIDTH, LAYERS, MLP = 256, 4, 768  # the decoder
 TOWER, TOWER_LAYERS, IMAGE, PATCH = 96, 3, 168, 14  # the towers: 12x12 patches
 GRID = IMAGE // PATCH
+HEADS = {"colour": 7, "shape": 7, "word": 9}  # per-patch label classes (0: none) the towers learn here
 CONFIG = {  # over the template's config.json
     "hidden_size": WIDTH, "intermediate_size": MLP, "num_hidden_layers": LAYERS, "max_window_layers": LAYERS,
     "num_attention_heads": 4, "num_key_value_heads": 2, "vision_hidden_size": 128, "image_token_len": 9,
@@ -224,8 +225,12 @@ def tower_features(kind: str, model: nn.Module):
 
 
 def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Tensor, *, seed: int,
-                   steps: int = 1200, batch: int = 32, held: int = 1000) -> dict[str, float]:  # fmt: skip
-    """Train one tower (and a linear head per label, thrown away) on per-patch labels; returns held-out accuracy."""
+                   steps: int = 1200, batch: int = 32, held: int = 1000, heads: dict[str, int] = HEADS,
+                   shuffle: bool = False) -> dict[str, float]:  # fmt: skip
+    """Train one tower (and a linear head per label, thrown away) on per-patch labels; returns held-out accuracy.
+
+    ``heads``: each label column's name and class count; ``shuffle``: hold out a random slice of the
+    frames (else the first ``held``)."""
     from transformers import Dinov2Model, SiglipModel
     from transformers.utils import logging as hf_logging
 
@@ -234,11 +239,14 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
     from longvu.model.preprocess import ImageSpec, preprocess_frames
 
     held = min(held, len(frames) // 5)
+    if shuffle:
+        order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))
+        frames, labels = frames[order.numpy()], labels[order]
     pixels = preprocess_frames(frames, ImageSpec.from_preprocessor_config(folder / "preprocessor_config.json"))
     model = (SiglipModel if kind == "siglip" else Dinov2Model).from_pretrained(str(folder))
     features, params = tower_features(kind, model)
     torch.manual_seed(seed)
-    head = nn.Linear(TOWER, 7 + 7 + 9)
+    head = nn.Linear(TOWER, sum(heads.values()))
     params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -246,7 +254,7 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
     gen = torch.Generator().manual_seed(seed)
 
     def loss_logits(px, lab):
-        logits = head(features(px)).split([7, 7, 9], -1)
+        logits = head(features(px)).split(list(heads.values()), -1)
         return sum(F.cross_entropy(lg.flatten(0, 1), lab[..., j].flatten()) for j, lg in enumerate(logits)), logits
 
     t0 = time.time()
@@ -264,14 +272,16 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
             loss_logits(pixels[i : min(i + 100, held)], labels[i : min(i + 100, held)])[1] for i in range(0, held, 100)
         ]
     acc = {}
-    for j, name in enumerate(("colour", "shape", "word")):
+    for j, name in enumerate(heads):
         pred, lab = torch.cat([lg[j] for lg in logits]).argmax(-1), labels[:held, :, j]
         acc[name] = round(float((pred[lab > 0] == lab[lab > 0]).float().mean()), 4)
     return acc
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(labelled=None, heads: dict[str, int] = HEADS, shuffle: bool = False, doc: str | None = None) -> None:
+    """The command line; another recipe passes its own frames (``labelled(seed, videos)``) and heads."""
+    labelled = labelled or labelled_frames
+    ap = argparse.ArgumentParser(description=(doc or __doc__).split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="new folder for the base checkpoint")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tower-videos", type=int, default=1500, help="synth videos whose frames pretrain the towers")
@@ -284,12 +294,12 @@ def main() -> None:
     build_tokenizer(a.out)
     build_model(a.out, a.seed)
     random_towers(a.out, a.seed)
-    frames, labels = labelled_frames(1000 + a.seed, a.tower_videos)
+    frames, labels = labelled(1000 + a.seed, a.tower_videos)
     print(f"base: tokenizer, decoder, connector; {len(frames)} labelled frames ({time.time() - t0:.0f} s)", flush=True)
     report = {}
     for kind in ("siglip", "dinov2"):
         report[kind] = pretrain_tower(a.out / "vision_towers" / kind, kind, frames, labels, seed=a.seed,
-                                      steps=a.tower_steps)  # fmt: skip
+                                      steps=a.tower_steps, heads=heads, shuffle=shuffle)  # fmt: skip
         print(f"  {kind} held-out per-patch accuracy {report[kind]} ({time.time() - t0:.0f} s)", flush=True)
     (a.out / "towers_pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
 

@@ -12,7 +12,8 @@ WORK=${1:-work/synth-tiny}
 MODEL=${2:-models/longvu-synth-tiny}
 PY=${PYTHON:-.venv/bin/python}
 LONGVU=${LONGVU:-.venv/bin/longvu}
-DATA=(--cast 1 --families colour shape word --minutes 0.2 0.4)
+# the data this model was trained on: the plain needle, and a lone object at the usual size
+DATA=(--cast 1 --families colour shape word --minutes 0.2 0.4 --render plain --object-scale 1)
 start=$(date +%s)
 stage() { echo "[$(( $(date +%s) - start )) s] $*"; }
 

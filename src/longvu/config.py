@@ -250,9 +250,12 @@ ARCHITECTURE_FIELDS: dict[str, str] = {
 
 # The values that make sense for each run-time knob, as inclusive (low, high) bounds (None: open).
 # Thresholds compare cosine similarities; windows, caps and lengths count frames or tokens.
+# A threshold of 1.01 (THRESHOLD_OFF) turns its stage off: no float32 cosine reaches it, while 1.0 still
+# drops exact repeats (identical frames or tokens score up to ~1.00002).
+THRESHOLD_OFF = 1.01
 RUNTIME_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "dino_threshold": (0.0, 1.0),
-    "drop_threshold": (0.0, 1.0),
+    "dino_threshold": (0.0, THRESHOLD_OFF),
+    "drop_threshold": (0.0, THRESHOLD_OFF),
     "max_history_share": (0.0, 1.0),
     "dino_window": (1, None),
     "stc_window": (1, None),

@@ -129,7 +129,7 @@ def test_times_in_seconds_mm_ss_and_hh_mm_ss():
     "extra, needle",
     [
         (["--set", "vision_hidden_size=7"], "--set vision_hidden_size: the connector's width, fixed by its weights"),
-        (["--set", "dino_threshold=5"], "--set dino_threshold=5: must be in [0, 1]"),
+        (["--set", "dino_threshold=5"], "--set dino_threshold=5: must be in [0, 1.01]"),
         (["--set", "dino_window=0"], "--set dino_window=0: must be at least 1"),
         (["--set", "dino_treshold=0.5"], "unknown config key 'dino_treshold' (did you mean dino_threshold?)"),
         (["--trace", "/no/such/dir/t.json"], "--trace /no/such/dir/t.json: no such folder /no/such/dir"),

@@ -96,11 +96,20 @@ def test_frame_rules_worked_examples():
 def test_every_preset_honours_sample_fps_and_max_frames():
     import dataclasses
 
+    from longvu.model.video import Sampling, sampled_indices
+
     for name, preset in PRESETS.items():
         faster = dataclasses.replace(preset, sample_fps=1.0)
         assert faster.frame_indices(300, 30.0) == list(range(0, 300, 30)), name
+        strided = dataclasses.replace(preset, sample_fps=1.0, stride_to=4)
+        assert strided.frame_indices(300, 30.0) == [0, 60, 120, 180, 240], name  # 10 -> every 10 // 4 = 2nd
         capped = dataclasses.replace(preset, sample_fps=1.0, max_frames=4)
-        assert capped.frame_indices(300, 30.0) == [0, 60, 120, 180, 240], name  # 10 -> every 10 // 4 = 2nd
+        assert capped.frame_indices(300, 30.0) == [0, 60, 150, 210], name  # at most 4, evenly spaced (as ask)
+    # one meaning of --max-frames N: eval keeps exactly the frames ask keeps, never more than N
+    for total, n in [(10, 4), (176, 64), (3000, 1000), (7, 7), (5, 9)]:
+        capped = dataclasses.replace(PRESETS["synthetic"], max_frames=n)
+        asked = sampled_indices(total, 1.0, Sampling(fps=1.0, max_frames=n))
+        assert capped.frame_indices(total, 1.0) == asked and len(asked) == min(n, total), (total, n)
     mvb = dataclasses.replace(PRESETS["mvbench"], sample_fps=1.0)
     assert mvb.frame_indices(1000, 30.0, (1.0, 3.0)) == [30, 60]
     assert mvb.folder_indices(30, (1.0, 4.0)) == [3, 6, 9]
@@ -373,10 +382,15 @@ def test_vniah_generate_and_score(tmp_path):
     import av
 
     data = tmp_path / "vniah"
-    assert main(["vniah", "generate", "--out", str(data), "--lengths", "6", "12", "--depths", "0", "0.5", "1"]) == 0
+    gen = ["vniah", "generate", "--out", str(data), "--lengths", "6", "12", "--depths", "0", "0.5", "1"]
+    assert main([*gen, "--words", "apple", "tiger"]) == 0
     manifest = json.loads((data / "vniah.json").read_text())
-    assert len(manifest["items"]) == 6
-    item = next(i for i in manifest["items"] if i["length"] == 12 and i["depth"] == 0.5)
+    assert len(manifest["items"]) == 12  # every needle word in every (length, depth) cell
+    cells = {(i["length"], i["depth"]): set() for i in manifest["items"]}
+    for i in manifest["items"]:
+        cells[(i["length"], i["depth"])].add(i["answer"])
+    assert len(cells) == 6 and all(words == {"APPLE", "TIGER"} for words in cells.values())
+    item = next(i for i in manifest["items"] if i["length"] == 12 and i["depth"] == 0.5 and i["answer"] == "TIGER")
     with av.open(str(data / item["video"])) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 13 and item["needle_index"] == 6
@@ -391,14 +405,21 @@ def test_vniah_generate_and_score(tmp_path):
     assert [x["qid"] for x in lines] == [i["id"] for i in manifest["items"]]
     assert all(isinstance(x["correct"], bool) and x["error"] is None for x in lines)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["accuracy"] == round(100 * sum(x["correct"] for x in lines) / 6, 2)
+    assert summary["accuracy"] == round(100 * sum(x["correct"] for x in lines) / 12, 2)
+    assert set(summary["per_word"]) == {"APPLE", "TIGER"} and summary["per_word"]["APPLE"]["n"] == 6
+    cell = summary["cells"]["12@0.5"]
+    assert cell["n"] == 2 and cell["right"] == sum(
+        x["correct"] for x in lines if x["qid"].startswith("len00012_depth050")
+    )
+    lo, hi = cell["interval"]
+    assert 0 <= lo <= cell["accuracy"] <= hi <= 100 and hi - lo > 30  # two items: a wide interval
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     # other frame sampling is other settings: refused in the same folder, honoured in a new one
     assert main([*vniah, "--sample-fps", "0.5"]) == 2
     half = tmp_path / "half"
     assert main([*vniah[:5], str(half), *vniah[6:], "--sample-fps", "0.5", "--max-frames", "3"]) == 0
     kept = {json.loads(x)["qid"]: json.loads(x)["needle_kept"] for x in (half / RESULTS).read_text().splitlines()}
-    assert kept["len00006_depth050"] is False  # the needle (frame 3) is not among frames 0, 2, 4 at 0.5 fps
+    assert kept["len00006_depth050_apple"] is False  # the needle (frame 3) is not among frames 0, 2, 4 at 0.5 fps
     assert json.loads((half / "settings.json").read_text())["settings"]["max_frames"] == 3
 
 
@@ -437,7 +458,8 @@ def test_resume_with_other_settings_is_refused_unless_forced(tmp_path, capsys):
         (("--dtype", "float16"), "dtype: auto -> float16"),
         (("--device", "auto"), "device: cpu -> auto"),
         (("--sample-fps", "1"), "sample_fps: 0.5 -> 1.0"),
-        (("--max-frames", "64"), "max_frames: 1000 -> 64"),
+        (("--stride-to", "64"), "stride_to: 1000 -> 64"),
+        (("--max-frames", "64"), "max_frames: None -> 64"),
         (("--model", str(LLAMA)), f"model: {QWEN.resolve()} -> {LLAMA.resolve()}"),
     ]
     for extra, change in changes:

@@ -281,7 +281,7 @@ def test_views_and_loads_never_read_each_others_features(tmp_path, overrides):
         ({"image_token_len": 64}, "with_overrides image_token_len: the connector's 12x12 query grid"),
         ({"llm_config": {}}, "with_overrides llm_config: the decoder's own config"),
         ({"dino_treshold": 0.5}, "unknown config key 'dino_treshold' (did you mean dino_threshold?)"),
-        ({"dino_threshold": 5}, "with_overrides dino_threshold=5: must be in [0, 1]"),
+        ({"dino_threshold": 5}, "with_overrides dino_threshold=5: must be in [0, 1.01]"),
         ({"frame_pos": "maybe"}, "frame_pos expects true/false, got 'maybe'"),
     ],
 )

@@ -80,14 +80,16 @@ def test_pixels_hold_the_answers(short_set):
         frames = load_video(str(short_set / video)).frames
         q = {r["family"]: r for r in recs}
         assert len(frames) == q["word"]["length"]
-        white = [i for i, f in enumerate(frames) if f.mean() > 200]
-        assert white == q["word"]["evidence"]  # the word frames, and only they, are white
+        plan, _ = make_video(SHORT, int(video[-10:-4]))
+        needle = render(plan, SHORT.size)[q["word"]["evidence"][0]]
+        like = [i for i, f in enumerate(frames) if np.abs(f.astype(int) - needle).mean() < 8]
+        assert like == q["word"]["evidence"]  # the word frames, and only they, show the needle
+        assert (np.median(needle.reshape(-1, 3), 0) == plan.word_style.paper).all()  # on its paper
         shape_q = q["shape"]
         colour = shape_q["question"].removeprefix("What shape was the ").removesuffix(" object?")
         seen = [colour_present(f, COLOURS[colour]) for f in frames]
         assert [i for i, s in enumerate(seen) if s] == shape_q["evidence"]
         count_q = q["count"]
-        plan, _ = make_video(SHORT, int(video[-10:-4]))
         member = plan.shapes.index(count_q["question"].split(" the ")[1].removesuffix(" appear?"))
         flags = [colour_present(f, COLOURS[plan.colours[member]]) for f in frames]
         assert runs(flags) == int(count_q["answer_text"]) == plan.counts[member]
@@ -143,11 +145,28 @@ def test_a_smaller_cast():
             assert not {plan.shapes[0], plan.colours[0]} & set(x.text.rstrip("?").split())
         counts[plan.counts[0]] += 1
     assert set(counts) == {1, 2, 3, 4}  # the count question is not a constant with one object
+    for index in range(12):  # a lone object is drawn about twice as large, always whole in the frame
+        plan, _ = make_video(SynthSettings(seed=2, minutes=(0.2, 0.3), size=128, cast=1), index)
+        assert 0.24 * 128 <= plan.radius <= 0.31 * 128
+        masks = [np.abs(f.astype(int) - np.array(COLOURS[plan.colours[0]])).sum(-1) < 60 for f in render(plan, 128)]
+        assert [k for k, m in enumerate(masks) if m.sum() > 500] == plan.frames_of(plan.appearances)  # large
+        for mask in masks:  # no border row or column is the object's colour: it is never cut off
+            assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
     two = SynthSettings(seed=2, minutes=(0.2, 0.3), size=64, families=("colour", "shape"), options="four", cast=2)
     for index in range(12):
         plan, (q,) = make_video(two, index)
         values = plan.colours if q.family == "colour" else plan.shapes
         assert len(set(q.options)) == 4 and set(values) <= set(q.options)  # the cast's values, filled up to four
+    usual = SynthSettings(seed=2, minutes=(0.2, 0.3), size=128, cast=1, object_scale=1.0)  # the size before
+    for index in range(4):
+        big, small = (
+            make_video(SynthSettings(seed=2, minutes=(0.2, 0.3), size=128, cast=1), index)[0],
+            make_video(usual, index)[0],
+        )
+        assert 0.13 * 128 <= small.radius <= 0.16 * 128 and big.radius == pytest.approx(small.radius * 1.9)
+        assert (big.appearances, big.word) == (small.appearances, small.word) and not small.whole
+    with pytest.raises(Exception, match="--object-scale must be between 0.5 and 2"):
+        SynthSettings(seed=0, object_scale=3.0)
     with pytest.raises(Exception, match="--cast must be between 1 and 4"):
         SynthSettings(seed=0, cast=5)
 

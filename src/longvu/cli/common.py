@@ -138,7 +138,7 @@ TINY_NOTE = "# plumbing only: the tiny test checkpoint (offline, a CPU, seconds)
 TRAINED_MODEL = "models/longvu-synth-tiny"
 TRAINED_NOTE = ("# an answer that is right: the model trained here (in a clone; 21 MB, a CPU, seconds) names the word "
                 "one frame of a synth video shows")  # fmt: skip
-TRAINED_DEMO = "longvu synth --out demo --n 1 --seed 5 --cast 1 -q"
+TRAINED_DEMO = "longvu synth --out demo --n 1 --seed 5 --cast 1 --render plain -q"
 TRAINED_QUESTION = (
     "One frame of this video shows a single word in large letters. What is that word? Answer with the word only."
 )
@@ -185,7 +185,7 @@ def add_adapter_option(g) -> None:
 
 def add_set_option(g, what: str = "a run-time config field") -> None:
     g.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
-                   help=f"change {what}, e.g. --set drop_threshold=0.7 (repeatable; thresholds in [0, 1], "
+                   help=f"change {what}, e.g. --set drop_threshold=0.7 (repeatable; thresholds in [0, 1], 1.01 turns a stage off, "
                         "windows and caps positive; architecture fields such as image_token_len are refused)")  # fmt: skip
 
 

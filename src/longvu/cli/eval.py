@@ -45,7 +45,7 @@ def _add_benchmark(bench, name: str, title: str, data: str) -> None:
     example = [f"longvu eval {name} --data {data} --out results/{name} --device cuda --dtype float16"]
     if name == "synthetic":
         example = ["# held-out word questions the model trained here answers (in a clone; about 100% right)",
-                   "longvu synth --out held-out --n 20 --seed 3001 --cast 1 --families word --minutes 0.2 0.4 -q",
+                   "longvu synth --out held-out --n 20 --seed 3001 --cast 1 --families word --minutes 0.2 0.4 --render plain -q",
                    f"longvu eval synthetic --data held-out --out results/synth --model {c.TRAINED_MODEL} --device cpu"]  # fmt: skip
         description = f"Score a `longvu synth` dataset (multiple choice, its own settings): {_describe(preset)}."
     else:
@@ -55,8 +55,11 @@ def _add_benchmark(bench, name: str, title: str, data: str) -> None:
     f = p.add_argument_group("frames and answers (the preset's, unless given)")
     f.add_argument("--sample-fps", type=c.positive_number, metavar="FPS",
                    help=f"frames per second sampled (default: the preset's {preset.sample_fps:g})")  # fmt: skip
+    f.add_argument("--stride-to", type=c.positive_int, metavar="N",
+                   help="the original script's thinning: past N frames keep every (frames // N)-th, which can leave "
+                        f"up to 2N (default: the preset's {preset.stride_to or 'none'})")  # fmt: skip
     f.add_argument("--max-frames", type=c.positive_int, metavar="N",
-                   help=f"thin the frames to about N (default: the preset's {preset.max_frames or 'no limit'})")  # fmt: skip
+                   help="then keep at most N frames, evenly spaced, as `longvu ask --max-frames` (default: all)")  # fmt: skip
     if name == "videomme":
         f.add_argument("--subtitles", action="store_true",
                        help="add each video's subtitles to the prompt (the 'w/ subs' setting; default: without)")  # fmt: skip
@@ -74,8 +77,8 @@ def _add_workers(p: argparse.ArgumentParser) -> None:
 
 def _describe(preset) -> str:
     parts = [f"{preset.sample_fps:g} frames per second"]
-    if preset.max_frames:
-        parts.append(f"thinned to about {preset.max_frames} frames")
+    if preset.stride_to:
+        parts.append(f"strided to about {preset.stride_to} frames (up to 2x)")
     parts += [f"{k} {v}" for k, v in preset.overrides]
     parts.append(f"greedy, {preset.max_new_tokens} new tokens")
     return ", ".join(parts)
@@ -134,6 +137,9 @@ def _add_vniah_generate(sub) -> None:
                     help="haystack lengths in seconds (= frames, at 1 fps)")  # fmt: skip
     vn.add_argument("--depths", type=c.fraction, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], metavar="DEPTH",
                     help="needle positions as fractions of the haystack, in [0, 1] (0: first frame, 1: last)")  # fmt: skip
+    vn.add_argument("--words", nargs="+", type=str.upper, metavar="WORD",
+                    help="needle words, each put in every (length, depth) cell: one video per cell and word "
+                         "(default the eight of LongVA's V-NIAH: APPLE RIVER CANDLE PLANET TIGER BRIDGE VIOLIN GARDEN)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,6 +185,8 @@ def _run_benchmark(args, overrides: dict) -> int:
     preset = PRESETS[args.benchmark]
     if args.sample_fps is not None:
         preset = dataclasses.replace(preset, sample_fps=args.sample_fps)
+    if args.stride_to is not None:
+        preset = dataclasses.replace(preset, stride_to=args.stride_to)
     if args.max_frames is not None:
         preset = dataclasses.replace(preset, max_frames=args.max_frames)
     subtitles = getattr(args, "subtitles", False)
@@ -211,6 +219,6 @@ def run_vniah_generate(args: argparse.Namespace) -> int:
     c.check_output_dir(args.out, "--out")
     if args.haystack:
         c.check_video_path(args.haystack)
-    manifest = generate(args.out, lengths=args.lengths, depths=args.depths, haystack=args.haystack)
+    manifest = generate(args.out, lengths=args.lengths, depths=args.depths, haystack=args.haystack, words=args.words)
     print(f"wrote {manifest}")
     return 0

@@ -135,7 +135,7 @@ def build_parser(argv: list[str] | None = None) -> tuple[Parser, dict[str, objec
 
     parser = Parser(prog="longvu", description="Answer questions about long videos with LongVU (ICML 2025).",
                     epilog="examples:\n  longvu ask VIDEO QUESTION                          (the released 7B model)\n"
-                           "  longvu synth --out demo --n 1 --seed 5 --cast 1 -q\n"
+                           "  longvu synth --out demo --n 1 --seed 5 --cast 1 --render plain -q\n"
                            "  longvu ask demo/videos/s5_000000.mp4 \"One frame of this video shows a single word in large letters. "
                            "What is that word? Answer with the word only.\" --model models/longvu-synth-tiny --greedy\n"
                            "                                     (the model trained here, in a clone: it prints RIVER)\n"

@@ -18,6 +18,7 @@ COMMANDS = {
 
 def add_parser(sub) -> None:
     """Register ``synth`` and ``data`` on the ``longvu`` sub-parsers."""
+    from ..train.render import RENDERS
     from ..train.synth import FAMILIES
     from .common import examples
 
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
                         description="Make videos whose questions need the video (objects appearing, moving and "
                                     "counted; a word in one frame), with the questions as training JSONL.",
                         epilog=examples("# a video whose word the model trained here names (in a clone: models/longvu-synth-tiny)",
-                                        "longvu synth --out demo --n 1 --seed 5 --cast 1 -q",
+                                        "longvu synth --out demo --n 1 --seed 5 --cast 1 --render plain -q",
                                         "longvu synth --out synth-data --n 100",
                                         "longvu synth --out held-out --n 50 --seed 1 --minutes 1 10 --families count motion",
                                         "longvu data check synth-data"))  # fmt: skip
@@ -46,7 +47,13 @@ def add_parser(sub) -> None:
                          "4 directions); four: four options, shuffled (default all)")  # fmt: skip
     sy.add_argument("--cast", type=int, default=4, metavar="K",
                     help="objects per video, 1 to 4 (default 4); with 1, colour and shape questions need no "
-                         "telling objects apart")  # fmt: skip
+                         "telling objects apart, and the object is drawn about twice as large")  # fmt: skip
+    sy.add_argument("--object-scale", type=float, metavar="S",
+                    help="objects' size against the usual, 0.5 to 2 (default 1.9 with --cast 1, else 1)")  # fmt: skip
+    sy.add_argument("--render", choices=RENDERS, default="default",
+                    help="the word needle's style, drawn per video from the seed: default (the training styles: "
+                         "fonts, sizes, positions, colours), heldout (fonts, sizes and colours no training recipe "
+                         "uses), plain (black on white, centred, always the same)")  # fmt: skip
     sy.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     da = sub.add_parser("data", help=COMMANDS["data"],
                         description="Check a training JSONL line by line: each malformed line is reported with its "
@@ -67,6 +74,7 @@ def run_synth(args: argparse.Namespace) -> int:
     settings = SynthSettings(
         seed=args.seed, minutes=tuple(args.minutes), size=args.size, families=tuple(args.families),
         questions_per_video=args.questions_per_video, options=args.options, cast=args.cast,
+        render=args.render, object_scale=args.object_scale,
     )  # fmt: skip
     show = not args.quiet and sys.stderr.isatty()
 

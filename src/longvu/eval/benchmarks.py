@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LongVUError
+from ..model.video import evenly_spaced
 from .answers import letters_for
 from .items import Item
 from .synthetic import load_synthetic
@@ -34,23 +35,27 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 class Preset:
     """Frame sampling and run-time config of an original evaluation script.
 
-    The defaults are the scripts' own; ``--sample-fps``/``--max-frames`` replace
-    ``sample_fps``/``max_frames`` for every benchmark, with the same rule around them.
+    The defaults are the scripts' own; ``--sample-fps``/``--stride-to`` replace
+    ``sample_fps``/``stride_to`` for every benchmark, with the same rule around them.
+    ``max_frames`` (``--max-frames``) then keeps at most that many, evenly spread: the rule
+    ``longvu ask --max-frames`` follows (:func:`longvu.model.video.evenly_spaced`).
     """
 
     name: str
     sample_fps: float  # frames per second; the step is round(fps / sample_fps)
-    max_frames: int | None = None  # strided down to about this many (the scripts' rule)
+    stride_to: int | None = None  # strided down to about this many (the scripts' rule; can leave up to 2x)
     overrides: tuple[tuple[str, object], ...] = ()
     max_new_tokens: int = 5
     round_fps: bool = True  # round the video's fps before use (eval_videomme/mlvu/egoschema.py); MVBench does not
     folder_fps: float = 3.0  # frame rate of the JPEG frame folders (MVBench's tvqa frames)
+    max_frames: int | None = None  # then at most this many, evenly spread (as ``longvu ask --max-frames``)
 
     def __post_init__(self) -> None:
         if not self.sample_fps > 0:
             raise LongVUError(f"--sample-fps must be positive, got {self.sample_fps}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise LongVUError(f"--max-frames must be at least 1, got {self.max_frames}")
+        for flag, value in (("--stride-to", self.stride_to), ("--max-frames", self.max_frames)):
+            if value is not None and value < 1:
+                raise LongVUError(f"{flag} must be at least 1, got {value}")
 
     def step(self, fps: float) -> int:
         return max(1, round(fps / self.sample_fps))
@@ -83,10 +88,11 @@ class Preset:
         return self.thin(list(range(start, end, self.step(self.folder_fps))) or [start])
 
     def thin(self, idx: list[int]) -> list[int]:
-        """More than ``max_frames`` indices: every ``len // max_frames``-th (can leave up to 2x as many)."""
-        if self.max_frames and len(idx) > self.max_frames:
-            idx = idx[:: len(idx) // self.max_frames]
-        return idx
+        """More than ``stride_to`` indices: every ``len // stride_to``-th (the scripts' rule, which can leave
+        up to 2x as many); then at most ``max_frames``, evenly spread."""
+        if self.stride_to and len(idx) > self.stride_to:
+            idx = idx[:: len(idx) // self.stride_to]
+        return evenly_spaced(idx, self.max_frames)
 
 
 PRESETS = {

@@ -18,7 +18,7 @@ needed.  It is a thin adapter around :class:`longvu.LongVU`:
   through the feature cache.
 
 ``--model_args`` keys: ``pretrained``, ``device``, ``dtype``, ``preset``
-(``auto``/``none``/a preset name), ``fps``, ``max_frames``, ``max_new_tokens`` (a default
+(``auto``/``none``/a preset name), ``fps``, ``max_frames`` (at most N, evenly spaced, as ``longvu ask --max-frames``), ``max_new_tokens`` (a default
 when the task gives none), ``cache`` (``true``/``false``/a folder), ``siglip``, ``dinov2``,
 and any config field of ``--set`` (``drop_threshold=0.7``), which wins over the preset's.
 """

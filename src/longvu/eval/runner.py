@@ -171,7 +171,7 @@ def run_settings(benchmark: str, model: str, device: str, dtype: str, cfg: dict,
     settings = {
         "benchmark": benchmark, "model": str(local.resolve()) if local.exists() else str(model),
         "device": device, "dtype": dtype, "overrides": dict(sorted(cfg.items())), "sample_fps": preset.sample_fps,
-        "max_frames": preset.max_frames, "max_new_tokens": preset.max_new_tokens,
+        "stride_to": preset.stride_to, "max_frames": preset.max_frames, "max_new_tokens": preset.max_new_tokens,
     }  # fmt: skip
     if benchmark == "videomme":
         settings["subtitles"] = subtitles

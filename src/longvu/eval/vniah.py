@@ -10,7 +10,9 @@ frame cannot answer.  ``score`` answers each item in one of two modes:
   equals every answer token;
 * ``generate``: the model answers freely; right if the answer word is in its output.
 
-``heatmap`` draws accuracy over (haystack length x needle depth) as a PNG.
+Every needle word is put in every (length, depth) cell, so a cell's accuracy is not the accident of
+which word sat in it; the summary gives each cell's n and Wilson interval, and a per-word breakdown.
+``heatmap`` draws accuracy over (haystack length x needle depth) as a PNG, each cell with its k/n.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..model.generation import GenerationOptions
 from ..model.video import Sampling, load_video
 from ..train.synth import word_frame, write_video
 from .benchmarks import Preset
+from .stats import wilson
 from .store import RESULTS, ResultWriter, check_settings, exclusive, read_results, write_results
 
 NEEDLES = ["APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN"]
@@ -60,22 +63,28 @@ def generate(
     depths: list[float],
     haystack: str | None = None,
     size: tuple[int, int] = (224, 336),
+    words: list[str] | None = None,
 ) -> Path:
-    """Write one video per (length, depth) and ``vniah.json``; lengths are seconds at 1 fps."""
+    """Write one video per (length, depth, word) and ``vniah.json``; lengths are seconds at 1 fps.
+
+    ``words`` (default all of :data:`NEEDLES`) are the needles: each is put in every cell."""
+    words = list(NEEDLES if words is None else words)
+    if not words or not all(w.isalpha() and w.isascii() for w in words) or len(set(words)) != len(words):
+        raise LongVUError(f"--words takes distinct words of letters A-Z, got {words}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     h, w = size
     base = haystack_frames(haystack, max(lengths), h, w)
     items = []
-    for li, n in enumerate(lengths):
-        for di, depth in enumerate(depths):
-            word = NEEDLES[(li * len(depths) + di) % len(NEEDLES)]
+    for n in lengths:
+        for depth in depths:
             pos = int(round(depth * n))
-            frames = base[:pos] + [word_frame(word, h, w)] + base[pos:n]
-            name = f"len{n:05d}_depth{int(round(depth * 100)):03d}.mp4"
-            write_video(out / "videos" / name, frames, crf=12)
-            items.append({"id": name[:-4], "video": f"videos/{name}", "length": n, "depth": depth,
-                          "needle_index": pos, "question": QUESTION, "answer": word})  # fmt: skip
+            for word in words:
+                frames = base[:pos] + [word_frame(word, h, w)] + base[pos:n]
+                name = f"len{n:05d}_depth{int(round(depth * 100)):03d}_{word.lower()}.mp4"
+                write_video(out / "videos" / name, frames, crf=12)
+                items.append({"id": name[:-4], "video": f"videos/{name}", "length": n, "depth": depth,
+                              "needle_index": pos, "question": QUESTION, "answer": word})  # fmt: skip
     manifest = out / "vniah.json"
     manifest.write_text(json.dumps({"haystack": haystack or "synthetic", "items": items}, indent=1))
     return manifest
@@ -152,11 +161,17 @@ def heatmap(results: list[dict], path: str | Path, title: str = "V-NIAH") -> Non
 
     lengths = sorted({r["length"] for r in results})
     depths = sorted({r["depth"] for r in results})
-    grid = np.full((len(depths), len(lengths)), np.nan)
+    right, total = np.zeros((len(depths), len(lengths))), np.zeros((len(depths), len(lengths)))
     for r in results:
-        grid[depths.index(r["depth"]), lengths.index(r["length"])] = 1.0 if r["correct"] else 0.0
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(lengths), 1.2 + 0.5 * len(depths)))
+        at = depths.index(r["depth"]), lengths.index(r["length"])
+        right[at] += bool(r["correct"])
+        total[at] += 1
+    grid = np.where(total > 0, right / np.maximum(total, 1), np.nan)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(lengths), 1.2 + 0.5 * len(depths)))
     im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for (i, j), n in np.ndenumerate(total):
+        if n:
+            ax.text(j, i, f"{int(right[i, j])}/{int(n)}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(lengths)), [str(x) for x in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     ax.set_xlabel("haystack length (frames at 1 fps)")
@@ -189,7 +204,7 @@ def run_vniah(data: str | Path, out_dir: str | Path, *, model: str, mode: str = 
     items = json.loads(manifest.read_text())["items"][:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    preset = Preset("vniah", sample_fps, max_frames, max_new_tokens=8)
+    preset = Preset("vniah", sample_fps, max_frames=max_frames, max_new_tokens=8)
     settings = {**run_settings("vniah", model, device, dtype, dict(sorted((overrides or {}).items())), preset, False),
                 "mode": mode}  # fmt: skip
     kw = {"model": model, "device": device, "dtype": dtype, "overrides": overrides, "mode": mode}
@@ -225,9 +240,29 @@ def _summarize(ordered: list[dict], mode: str, out: Path) -> dict:
     summary = {
         "benchmark": "vniah", "mode": mode, "items": n,
         "accuracy": round(100.0 * sum(r["correct"] for r in ordered) / n, 2) if n else 0.0,
+        "accuracy_interval": interval([r["correct"] for r in ordered]),
         "needle_kept_rate": round(100.0 * sum(r["needle_kept"] for r in ordered) / n, 2) if n else 0.0,
         "errors": sum(1 for r in ordered if r.get("error")),
+        "cells": breakdown(ordered, lambda r: f"{r['length']}@{r['depth']:g}"),
+        "per_word": breakdown(ordered, lambda r: r["answer"]),
+        "per_length": breakdown(ordered, lambda r: str(r["length"])),
+        "per_depth": breakdown(ordered, lambda r: f"{r['depth']:g}"),
     }  # fmt: skip
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     heatmap(ordered, out / "heatmap.png", f"V-NIAH ({mode}), accuracy {summary['accuracy']}%")
     return summary
+
+
+def interval(outcomes: list[bool]) -> list[float]:
+    """The 95% Wilson interval of a list of outcomes, in percent."""
+    lo, hi = wilson(sum(map(bool, outcomes)), len(outcomes))
+    return [round(100 * lo, 1), round(100 * hi, 1)]
+
+
+def breakdown(results: list[dict], key) -> dict[str, dict]:
+    """Per group (``key(result)``): n, right, accuracy (percent) and its Wilson interval."""
+    groups: dict[str, list[bool]] = {}
+    for r in results:
+        groups.setdefault(key(r), []).append(bool(r["correct"]))
+    return {k: {"n": len(v), "right": sum(v), "accuracy": round(100.0 * sum(v) / len(v), 1), "interval": interval(v)}
+            for k, v in groups.items()}  # fmt: skip

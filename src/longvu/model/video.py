@@ -188,13 +188,17 @@ def resize_like(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((shape[1], shape[0]), Image.BICUBIC))
 
 
+def evenly_spaced(items: list, at_most: int | None) -> list:
+    """``items`` thinned to at most ``at_most``, evenly spread from the first (THE ``--max-frames`` rule,
+    for ``ask`` and ``eval`` alike; ``None`` keeps all)."""
+    if at_most is None or len(items) <= at_most:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items), at_most, endpoint=False).astype(int).tolist()]
+
+
 def sampled_indices(total: int, avg_fps: float, sampling: Sampling) -> list[int]:
     """Source indices that :class:`Sampling` keeps out of ``total`` frames (``max_frames`` included)."""
-    out = [i for i in range(total) if sampling.keeps(i, avg_fps)]
-    if sampling.max_frames is not None and len(out) > sampling.max_frames:
-        keep = np.linspace(0, len(out), sampling.max_frames, endpoint=False).astype(int).tolist()
-        out = [out[i] for i in keep]
-    return out
+    return evenly_spaced([i for i in range(total) if sampling.keeps(i, avg_fps)], sampling.max_frames)
 
 
 def planned_indices(path: VideoSource, sampling: Sampling, limits: MediaLimits | None = None, cancel=None) -> set[int]:

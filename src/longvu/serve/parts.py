@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import MediaLimitError, VideoError
 from ..model.intake import NO_LIMITS, HeldFile, MediaLimits
-from ..model.video import Sampling, VideoClip
+from ..model.video import Sampling, VideoClip, evenly_spaced
 
 # Image frames one request may carry at most (each is decoded to RGB in memory).
 MAX_IMAGE_FRAMES = 1024
@@ -124,9 +124,7 @@ def frames_from_images(paths: list[str | HeldFile], media: Media, limits: MediaL
     import numpy as np
 
     limits = limits or NO_LIMITS
-    keep = list(range(len(paths)))
-    if media.sampling.max_frames is not None and len(keep) > media.sampling.max_frames:
-        keep = np.linspace(0, len(paths), media.sampling.max_frames, endpoint=False).astype(int).tolist()
+    keep = evenly_spaced(list(range(len(paths))), media.sampling.max_frames)
     frames, size = [], None
     for k in keep:
         frame = _image_frame(paths[k], k, limits, size)

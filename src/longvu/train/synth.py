@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LongVUError
+from .render import RENDERS, WordStyle, draw_style, render_word
 
 FORMAT = "longvu-synth/1"
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -58,6 +59,7 @@ CAST = 4  # cast members per video by default (at most 4); their appearance coun
 MAX_COUNT = 4  # the count family's options: 1..MAX_COUNT
 MIN_SECONDS = 12  # the shortest timeline that fits four appearances of one object with gaps
 WORD_SCALE = 1.6  # word needles fill most of the frame's width
+LONE_SCALE = 1.9  # a lone object (``cast`` 1) is drawn this much larger by default: about half the frame across
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
@@ -204,6 +206,8 @@ class Plan:
     word: str = ""
     word_at: int = 0
     word_frames: int = 1
+    word_style: WordStyle | None = None  # None: the plain needle (:func:`word_frame`)
+    whole: bool = False  # objects are kept whole inside the frame (drawn larger than the cell grid allows)
 
     @property
     def length(self) -> int:
@@ -216,14 +220,14 @@ class Plan:
         return sorted({shift(t) for a in apps for t in range(a.start, a.end)})
 
 
-def plan_video(rng: np.random.Generator, seconds: int, size: int, cast: int = CAST) -> Plan:
-    """Draw a video's scenes, cast of ``cast`` objects, appearances and word needle."""
+def plan_video(rng: np.random.Generator, seconds: int, size: int, cast: int = CAST, scale: float = 1.0) -> Plan:
+    """Draw a video's scenes, cast of ``cast`` objects (``scale`` times the usual size), appearances and needle."""
     shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:cast]]
     colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))[:cast]]
     counts = [int(c) + 1 for c in rng.permutation(MAX_COUNT)[:cast]]
     mover = int(rng.integers(cast))
     plan = Plan(seconds, plan_scenes(rng, seconds), shapes, colours, counts, mover,
-                DIRECTIONS[int(rng.integers(4))], size * float(rng.uniform(0.13, 0.16)))  # fmt: skip
+                DIRECTIONS[int(rng.integers(4))], size * float(rng.uniform(0.13, 0.16)) * scale, whole=scale > 1)  # fmt: skip
     times = appearance_times(rng, seconds, counts, mover)
     plan.appearances = place_appearances(rng, times, plan, size)
     plan.word = WORDS[int(rng.integers(len(WORDS)))]
@@ -290,17 +294,18 @@ def place_appearances(rng: np.random.Generator, times: list[tuple], plan: Plan, 
 
 # ------------------------------------------------------------------ rendering
 def appearance_centre(plan: Plan, a: Appearance, t: int, size: int) -> tuple[float, float]:
-    """``(x, y)`` pixel centre of appearance ``a`` at timeline second ``t``."""
+    """``(x, y)`` pixel centre of appearance ``a`` at timeline second ``t`` (the whole object in the frame)."""
     third = size / 3
+    inside = (lambda v: min(max(v, plan.radius), size - plan.radius)) if plan.whole else (lambda v: v)  # noqa: E731
     if a.member != plan.mover:
-        return (a.cell[1] + 0.5) * third + a.jitter[0], (a.cell[0] + 0.5) * third + a.jitter[1]
+        return inside((a.cell[1] + 0.5) * third + a.jitter[0]), inside((a.cell[0] + 0.5) * third + a.jitter[1])
     frac = (t - a.start) / max(1, a.end - a.start - 1)
     if plan.direction in ("left", "up"):
         frac = 1 - frac
-    along = size / 6 + frac * (size * 2 / 3)
+    along = inside(size / 6 + frac * (size * 2 / 3))
     if plan.direction in ("left", "right"):
-        return along, (a.cell[0] + 0.5) * third
-    return (a.cell[1] + 0.5) * third, along
+        return along, inside((a.cell[0] + 0.5) * third)
+    return inside((a.cell[1] + 0.5) * third), along
 
 
 def render(plan: Plan, size: int) -> list[np.ndarray]:
@@ -308,12 +313,16 @@ def render(plan: Plan, size: int) -> list[np.ndarray]:
     # lazy: PIL only on this path (the module imports without it)
     from PIL import Image, ImageDraw
 
+    if plan.word_style is None:
+        needle = word_frame(plan.word, size, size, WORD_SCALE)
+    else:
+        needle = render_word(plan.word, size, size, plan.word_style)[0]
     frames = []
     backgrounds = [background(sc, size) for sc in plan.scenes]
     scene_at = {t: k for k, sc in enumerate(plan.scenes) for t in range(sc.start, sc.end)}
     for t in range(plan.seconds):
         if t == plan.word_at:
-            frames += [word_frame(plan.word, size, size, WORD_SCALE)] * plan.word_frames
+            frames += [needle] * plan.word_frames
         img = Image.fromarray(backgrounds[scene_at[t]])
         draw = ImageDraw.Draw(img)
         on = [a for a in plan.appearances if a.start <= t < a.end]
@@ -322,7 +331,7 @@ def render(plan: Plan, size: int) -> list[np.ndarray]:
             draw_shape(draw, plan.shapes[a.member], COLOURS[plan.colours[a.member]], x, y, plan.radius)
         frames.append(np.asarray(img))
     if plan.word_at == plan.seconds:
-        frames += [word_frame(plan.word, size, size, WORD_SCALE)] * plan.word_frames
+        frames += [needle] * plan.word_frames
     return frames
 
 
@@ -456,6 +465,8 @@ class SynthSettings:
     questions_per_video: int = 1
     options: str = "all"  # OPTION_MODES: every value in a fixed order, or four shuffled
     cast: int = CAST  # objects per video, 1 to 4
+    render: str = "default"  # the word needle's style set (longvu.train.render.RENDERS)
+    object_scale: float | None = None  # objects' size against the usual; None: LONE_SCALE with cast 1, else 1
 
     def __post_init__(self) -> None:
         lo, hi = self.minutes
@@ -470,6 +481,10 @@ class SynthSettings:
             raise LongVUError(f"--families takes distinct names from {', '.join(FAMILIES)}, got {list(self.families)}")
         if not 1 <= self.cast <= MAX_COUNT:
             raise LongVUError(f"--cast must be between 1 and {MAX_COUNT}, got {self.cast}")
+        if self.object_scale is not None and not 0.5 <= self.object_scale <= 2.0:
+            raise LongVUError(f"--object-scale must be between 0.5 and 2, got {self.object_scale}")
+        if self.render not in RENDERS:
+            raise LongVUError(f"--render must be one of {', '.join(RENDERS)}, got {self.render!r}")
         if self.options not in OPTION_MODES:
             raise LongVUError(f"--options must be one of {', '.join(OPTION_MODES)}, got {self.options!r}")
         if not 1 <= self.questions_per_video <= len(self.families):
@@ -478,7 +493,14 @@ class SynthSettings:
     def manifest(self) -> dict:
         return {"format": FORMAT, "seed": self.seed, "minutes": list(self.minutes), "size": self.size, "fps": 1,
                 "families": list(self.families), "questions_per_video": self.questions_per_video,
-                "options": self.options, "cast": self.cast}  # fmt: skip
+                "options": self.options, "cast": self.cast, "render": self.render, "object_scale": self.scale}  # fmt: skip
+
+    @property
+    def scale(self) -> float:
+        """The objects' size against the usual (``object_scale``, or its default for the cast)."""
+        if self.object_scale is not None:
+            return self.object_scale
+        return LONE_SCALE if self.cast == 1 else 1.0
 
 
 def video_seconds(rng: np.random.Generator, minutes: tuple[float, float]) -> int:
@@ -490,7 +512,9 @@ def video_seconds(rng: np.random.Generator, minutes: tuple[float, float]) -> int
 def make_video(settings: SynthSettings, index: int) -> tuple[Plan, list[Question]]:
     """Video ``index``: its plan and its questions (families taken in turn over the dataset)."""
     rng = np.random.default_rng([settings.seed, index])
-    plan = plan_video(rng, video_seconds(rng, settings.minutes), settings.size, settings.cast)
+    plan = plan_video(rng, video_seconds(rng, settings.minutes), settings.size, settings.cast, settings.scale)
+    if settings.render != "plain":  # a stream of its own: the plan is the same whatever the render
+        plan.word_style = draw_style(np.random.default_rng([settings.seed, index, 1]), settings.render)
     fams = settings.families
     asked = [fams[(index * settings.questions_per_video + j) % len(fams)] for j in range(settings.questions_per_video)]
     return plan, [ask(rng, plan, f, settings.options) for f in asked]
