@@ -42,6 +42,7 @@ from ..model.observe import Observer, ParityObserver
 from ..model.prompt import DESCRIBE_PROMPT, Conversation, reserved_markers
 from ..model.video import Sampling, VideoClip
 from .cache import FeatureCache
+from .live import LiveSession
 from .trace import Trace
 
 Video = str | os.PathLike | VideoClip | VisualFeatures  # None where a method takes it: a text-only question
@@ -314,14 +315,11 @@ class LongVU:
         feats = video if video is None or isinstance(video, VisualFeatures) else self.features(video, sampling)
         return ChatSession(self, feats, self.conversation(system, video=feats is not None))
 
-    def watch(self, source, *, sampling: Sampling | None = None, horizon_s: float | None = None, **kw):
+    def watch(self, source, *, sampling: Sampling | None = None, horizon_s: float | None = None, **kw) -> LiveSession:
         """Follow a video still being written (a growing file or a stream) and answer over what is seen so far.
 
         Returns a :class:`~longvu.pipeline.live.LiveSession` (a context manager); keywords as its constructor.
         """
-        # lazy: pipeline.live builds on this module
-        from .live import LiveSession
-
         return LiveSession(self, source, sampling=sampling, horizon_s=horizon_s, **kw)
 
     @torch.inference_mode()

@@ -25,7 +25,7 @@ from ..model.live import FollowOptions, LiveSource
 from ..model.live_encode import LiveEncoder
 from ..model.video import Sampling
 
-if TYPE_CHECKING:  # the live session is made by LongVU.watch; importing api here would be a cycle
+if TYPE_CHECKING:  # typing only: LongVU.watch makes the session (api imports this module, never the reverse)
     from .api import Answer, AnswerStream, ChatSession, LongVU
 
 Source = str | os.PathLike | LiveSource  # or a readable binary stream with a file descriptor (sys.stdin.buffer)
