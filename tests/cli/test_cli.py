@@ -76,7 +76,7 @@ def test_ask_help_states_sampling_and_quick_start():
     text = all_parsers()["longvu ask"].format_help()
     first = text.split("examples:\n")[1].splitlines()[:3]  # a quick start that answers comes first
     assert first[0].startswith("  # an answer that is right: the model trained here")
-    assert first[1] == "  longvu synth --out demo --n 1 --seed 5 --cast 1 -q"
+    assert first[1] == "  longvu synth --out demo --n 1 --seed 5 --cast 1 --render plain -q"
     assert "--model models/longvu-synth-tiny --greedy" in first[2] and (ROOT / "models/longvu-synth-tiny").is_dir()
     assert "--max-new-tokens N" in text and "(default: 512)" in text
     text = " ".join(text.split())
