@@ -100,8 +100,10 @@ def _step(dir_fd: int, name: str, flags: int, relative: str) -> int:
     try:
         return os.open(name, flags, dir_fd=dir_fd)
     except OSError as e:
-        # O_NOFOLLOW on a link: ELOOP (Linux), EMLINK (FreeBSD); O_DIRECTORY on one: ENOTDIR
-        if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR) and _is_link(dir_fd, name):
+        # O_NOFOLLOW on a link: ELOOP (Linux), EMLINK (FreeBSD), and nothing else can give them here (every
+        # step is one name, opened with O_NOFOLLOW): a link, even if it is swapped back by the time we look.
+        # O_DIRECTORY on a link or on a file: ENOTDIR, so look which it was.
+        if e.errno in (errno.ELOOP, errno.EMLINK) or (e.errno == errno.ENOTDIR and _is_link(dir_fd, name)):
             raise UnsafePathError("the path goes through a symbolic link", relative) from None
         raise
     finally:
