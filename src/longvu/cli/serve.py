@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
 
 def add_server_options(n) -> None:
     """The server's own options (an argparse group)."""
+    from ..serve.settings import ServerSettings  # the defaults' one home
+
     n.add_argument("--host", default="127.0.0.1", help="address to listen on")
     n.add_argument("--port", type=c.port, default=8000, help="port to listen on (1-65535)")
     n.add_argument("--served-model-name", metavar="NAME", help="model id clients send (default: the --model folder's name)")  # fmt: skip
@@ -50,8 +52,8 @@ def add_server_options(n) -> None:
     n.add_argument("--api-key", default=os.environ.get("LONGVU_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every route but the page and /health "
                         "(default: $LONGVU_API_KEY, else none)")  # fmt: skip
-    n.add_argument("--max-upload-mb", type=c.positive_number, default=1024.0, metavar="MB", help="largest video accepted")  # fmt: skip
-    n.add_argument("--max-video-seconds", type=c.positive_number, default=4 * 3600.0, metavar="S", help="longest video accepted")  # fmt: skip
+    n.add_argument("--max-upload-mb", type=c.positive_number, default=ServerSettings.max_upload_mb, metavar="MB", help="largest video accepted")  # fmt: skip
+    n.add_argument("--max-video-seconds", type=c.positive_number, default=ServerSettings.max_video_seconds, metavar="S", help="longest video accepted")  # fmt: skip
     n.add_argument("--request-timeout", type=c.positive_number, default=1800.0, metavar="S", help="seconds before a request is abandoned")  # fmt: skip
     n.add_argument("--queue-size", type=c.positive_int, default=8, metavar="N", help="requests waiting at most (then 503)")  # fmt: skip
     n.add_argument("--max-new-tokens", type=c.positive_int, default=512, metavar="N", help="answer length when a request does not say")  # fmt: skip

@@ -47,44 +47,44 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="origins whose web pages may call the API (e.g. https://app.example.com); default none",
     )
     g.add_argument("--docs", action="store_true", help="serve /docs, /redoc and /openapi.json (behind the key)")
-    g.add_argument("--max-pixels", type=count, default=4096 * 2160,
-                   help="largest frame, width x height (default 8847360: 4096x2160); above it, 413")  # fmt: skip
-    g.add_argument("--max-video-frames", type=count, default=4 * 3600 * 60,
-                   help="most decoded frames per video (default 864000: 4 hours at 60 fps); above it, 413")  # fmt: skip
+    g.add_argument("--max-pixels", type=count, default=ServerSettings.max_pixels,
+                   help="largest frame, width x height (4096x2160 by default); above it, 413")  # fmt: skip
+    g.add_argument("--max-video-frames", type=count, default=ServerSettings.max_video_frames,
+                   help="most decoded frames per video (4 hours at 60 fps by default); above it, 413")  # fmt: skip
     g.add_argument(
         "--max-json-mb",
         type=positive,
-        default=256.0,
-        help="largest JSON request body, data: URLs included (default 256)",
+        default=ServerSettings.max_json_mb,
+        help="largest JSON request body, data: URLs included",
     )
     g.add_argument(
         "--max-upload-total-mb",
         type=positive,
-        default=10240.0,
-        help="all stored uploads together, with data: URLs and downloads in flight (default 10240)",
+        default=ServerSettings.max_upload_total_mb,
+        help="all stored uploads together, with data: URLs and downloads in flight",
     )
-    g.add_argument("--max-upload-files", type=count, default=10_000, metavar="N",
-                   help="stored files at most, uploads and files in flight together (default 10000)")  # fmt: skip
+    g.add_argument("--max-upload-files", type=count, default=ServerSettings.max_upload_files, metavar="N",
+                   help="stored files at most, uploads and files in flight together")  # fmt: skip
     g.add_argument(
         "--max-image-frames-mb",
         type=positive,
-        default=2048.0,
-        help="one request's image frames, decoded to RGB (default 2048)",
+        default=ServerSettings.max_image_frames_mb,
+        help="one request's image frames, decoded to RGB",
     )
     g.add_argument(
         "--upload-ttl",
         type=positive,
-        default=24 * 3600.0,
+        default=ServerSettings.upload_ttl_s,
         metavar="SECONDS",
-        help="uploads older than this are removed (default 86400)",
+        help="uploads older than this are removed",
     )
     _add_http_options(parser, {"count": count, "positive": positive})
     g.add_argument(
         "--remote-timeout",
         type=positive,
-        default=120.0,
+        default=ServerSettings.remote_timeout_s,
         metavar="SECONDS",
-        help="deadline of one --allow-remote-urls download, redirects included (default 120)",
+        help="deadline of one --allow-remote-urls download, redirects included",
     )
     add_live_options(parser)
 
