@@ -21,7 +21,7 @@ from .errors import APIError, clip, too_large
 from .parts import Media
 from .remote import RemoteRefused, RemoteTooLarge
 from .settings import ServerSettings
-from .store import DiskFull, MediaStore, is_disk_full
+from .store import MediaStore, undone_on_failure
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 
@@ -130,17 +130,12 @@ async def _download(url: str, settings: ServerSettings, store: MediaStore, downl
             path.unlink(missing_ok=True)
             raise
         try:
-            await asyncio.wrap_future(downloader.submit(url, sink, settings.max_upload_bytes))
-        except BaseException as e:
-            path.unlink(missing_ok=True)
-            sink.charge.release()
-            if is_disk_full(e):
-                raise DiskFull() from None
-            if isinstance(e, RemoteTooLarge):
-                raise too_large(settings) from None
-            if isinstance(e, RemoteRefused):  # one message for every reason: no oracle of what is reachable
-                raise APIError(400, "could not download the video from that URL", code="download_failed") from None
-            raise
+            with undone_on_failure(path, sink.charge):
+                await asyncio.wrap_future(downloader.submit(url, sink, settings.max_upload_bytes))
+        except RemoteTooLarge:
+            raise too_large(settings) from None
+        except RemoteRefused:  # one message for every reason: no oracle of what is reachable
+            raise APIError(400, "could not download the video from that URL", code="download_failed") from None
 
     def cleanup() -> None:
         path.unlink(missing_ok=True)

@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import display_path
@@ -112,16 +114,10 @@ class MediaStore:
         """Store ``data`` for one request (blocking: call it off the event loop); returns the path and its cleanup."""
         charge = self.charge()
         _, path = self.new_path("tmp")
-        try:
+        with undone_on_failure(path, charge):
             charge.add(len(data))
             with open(path, "xb") as f:
                 f.write(data)
-        except BaseException as e:
-            path.unlink(missing_ok=True)
-            charge.release()
-            if is_disk_full(e):
-                raise DiskFull() from None
-            raise
         return path, lambda: (path.unlink(missing_ok=True), charge.release())
 
     def register(self, fid: str, path: Path, filename: str, purpose: str) -> dict:
@@ -207,6 +203,20 @@ class Charge:
         self.bytes = self.file = 0
 
 
+@contextmanager
+def undone_on_failure(path: Path, charge: Charge) -> Iterator[None]:
+    """A write into ``path``, charged to ``charge``: if it fails, the file goes and its quota comes back,
+    and a full disk is raised as :class:`DiskFull` (the server's 507)."""
+    try:
+        yield
+    except BaseException as e:
+        path.unlink(missing_ok=True)
+        charge.release()
+        if is_disk_full(e):
+            raise DiskFull() from None
+        raise
+
+
 def _client_name(name: str) -> str:
     """The client's file name, as metadata only: no folders, printable, at most 255 characters."""
     base = re.split(r"[/\\]", name or "")[-1] or "upload"
@@ -255,7 +265,7 @@ async def receive_upload(stream, content_type: str, store: MediaStore, max_bytes
             charge.add(len(chunk))
             out.write(chunk)
 
-    try:
+    with undone_on_failure(partial, charge):
         with open(partial, "xb") as out:
             batch: list[bytes] = []
             size = 0
@@ -268,12 +278,6 @@ async def receive_upload(stream, content_type: str, store: MediaStore, max_bytes
             await asyncio.to_thread(feed, out, b"".join(batch), True)
         parts.check_complete()
         os.rename(partial, path)
-    except BaseException as e:
-        partial.unlink(missing_ok=True)
-        charge.release()
-        if is_disk_full(e):
-            raise DiskFull() from None
-        raise
     return fid, path, parts.fields
 
 
