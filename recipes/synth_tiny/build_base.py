@@ -278,14 +278,17 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
     return acc
 
 
-def main(labelled=None, heads: dict[str, int] = HEADS, shuffle: bool = False, doc: str | None = None) -> None:
-    """The command line; another recipe passes its own frames (``labelled(seed, videos)``) and heads."""
+def main(labelled=None, heads: dict[str, int] = HEADS, shuffle: bool = False, doc: str | None = None,
+         after_towers=None) -> None:  # fmt: skip
+    """The command line; another recipe passes its own frames (``labelled(seed, videos)``), heads, and a
+    stage run after the towers (``after_towers(out, frames, labels, seed)`` -> a report to keep)."""
     labelled = labelled or labelled_frames
     ap = argparse.ArgumentParser(description=(doc or __doc__).split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="new folder for the base checkpoint")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tower-videos", type=int, default=1500, help="synth videos whose frames pretrain the towers")
     ap.add_argument("--tower-steps", type=int, default=1200, help="optimizer steps per tower (batch 32)")
+    ap.add_argument("--dinov2-steps", type=int, default=None, help="the DINOv2 tower's steps (default: --tower-steps)")
     a = ap.parse_args()
     if a.out.exists() and any(a.out.iterdir()):
         raise SystemExit(f"build_base: --out {a.out} is not empty")
@@ -299,8 +302,11 @@ def main(labelled=None, heads: dict[str, int] = HEADS, shuffle: bool = False, do
     report = {}
     for kind in ("siglip", "dinov2"):
         report[kind] = pretrain_tower(a.out / "vision_towers" / kind, kind, frames, labels, seed=a.seed,
-                                      steps=a.tower_steps, heads=heads, shuffle=shuffle)  # fmt: skip
+                                      steps=a.dinov2_steps if kind == "dinov2" and a.dinov2_steps else a.tower_steps,
+                                      heads=heads, shuffle=shuffle)  # fmt: skip
         print(f"  {kind} held-out per-patch accuracy {report[kind]} ({time.time() - t0:.0f} s)", flush=True)
+    if after_towers is not None:
+        report.update(after_towers(a.out, frames, labels, a.seed))
     (a.out / "towers_pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
 
 

@@ -23,11 +23,16 @@ Stage 2 (``longvu train``) then trains the projector and the decoder; see ``run.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from longvu.train import synth
 from longvu.train.render import draw_style, render_word
@@ -59,7 +64,9 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
             lab[:, 1] = np.array([0] + [synth.SHAPES.index(s) + 1 for s in plan.shapes])[member]
             frames.append(video[k])
             labels.append(lab)
-    for frame, letters in letter_frames(np.random.default_rng([seed, 1 << 30]), videos // 2, size):
+    for frame, letters in letter_frames(
+        np.random.default_rng([seed, 1 << 30]), videos * 6, size, fonts=training_fonts()
+    ):
         lab = np.zeros((v1.GRID**2, 3), np.int64)
         lab[:, 2] = letters
         frames.append(frame)
@@ -67,16 +74,54 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
     return np.stack(frames), torch.from_numpy(np.stack(labels))
 
 
-def letter_frames(rng: np.random.Generator, n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Frames of random 4-7 letter strings (never a needle word) in the training styles, and per patch
-    the letter (1-26) whose box holds the patch's centre, 0 for none."""
+# Upright TrueType fonts shipped inside matplotlib (a dev dependency), so the same files on every machine;
+# their slanted variants are left out, as are Pillow's bitmap font and every heldout palette.
+UPRIGHT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
+                 "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf", "cmr10.ttf",
+                 "cmss10.ttf", "cmtt10.ttf", "cmb10.ttf")  # fmt: skip
+
+
+def training_fonts() -> list[str]:
+    """Paths of :data:`UPRIGHT_FONTS` (matplotlib's copies), and ``"scalable"`` (Pillow's own)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        raise SystemExit("build_base: needs matplotlib for its fonts (pip install -e '.[dev]')")
+    folder = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf"
+    return ["scalable", *(str(folder / f) for f in UPRIGHT_FONTS)]
+
+
+def letter_frames(
+    rng: np.random.Generator,
+    n: int,
+    size: int,
+    render: str = "default",
+    blur: bool = True,
+    fonts: list[str] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Frames of random 4-7 letter strings (never a needle word) in the styles ``render`` (the training
+    styles unless measuring), and per patch the letter (1-26) whose box holds the patch's centre, 0 for none.
+
+    ``fonts``: draw each string in one of these (:func:`training_fonts`) instead of the style's font.
+    ``blur``: half the frames are scaled down by 0.45-1 and back up (bilinear), a generic resolution
+    augmentation, so that letters are learnt at more than one sharpness."""
+    from PIL import Image
+
     centres = (np.arange(v1.GRID) + 0.5) * size / v1.GRID
     out = []
     while len(out) < n:
         text = "".join(chr(65 + int(c)) for c in rng.integers(26, size=int(rng.integers(4, 8))))
         if text in synth.WORDS:
             continue
-        frame, boxes = render_word(text, size, size, draw_style(rng, "default"))
+        style = draw_style(rng, render)
+        if fonts:
+            style = dataclasses.replace(style, font=fonts[int(rng.integers(len(fonts)))])
+        frame, boxes = render_word(text, size, size, style)
+        if blur and rng.random() < 0.5:
+            small = max(8, int(size * rng.uniform(0.45, 1.0)))
+            img = Image.fromarray(frame).resize((small, small), Image.BILINEAR)
+            frame = np.asarray(img.resize((size, size), Image.BILINEAR))
         lab = np.zeros((v1.GRID, v1.GRID), np.int64)
         for ch, (x0, y0, x1, y1) in zip(text, boxes):
             lab[np.ix_((centres >= y0) & (centres < y1), (centres >= x0) & (centres < x1))] = ord(ch) - 64
@@ -84,5 +129,101 @@ def letter_frames(rng: np.random.Generator, n: int, size: int) -> list[tuple[np.
     return out
 
 
+def region_targets(labels: torch.Tensor, side: int = 3) -> dict[str, torch.Tensor]:
+    """Per-patch labels ``[N, 144, 3]`` -> what each of the connector's ``side x side`` tokens should
+    hold about its region of patches: the share of each colour and shape class (``[N, side^2, 7]``,
+    class 0 = no object) and of each letter (``[N, side^2, 27]``, class 0 = none)."""
+    n, cell = len(labels), v1.GRID // side
+
+    def regions(x: torch.Tensor) -> torch.Tensor:  # [N, 144, C] -> [N, side^2, cell^2, C]
+        x = x.view(n, side, cell, side, cell, -1).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(n, side * side, cell * cell, -1)
+
+    colour = regions(F.one_hot(labels[..., 0], HEADS["colour"]).float()).mean(2)
+    shape = regions(F.one_hot(labels[..., 1], HEADS["shape"]).float()).mean(2)
+    letter = regions(F.one_hot(labels[..., 2], HEADS["letter"]).float()).mean(2)
+    return {"colour": colour, "shape": shape, "letter": letter}
+
+
+def tower_outputs(lv, frames: np.ndarray, batch: int = 200) -> list[torch.Tensor]:
+    """Both towers' patch features of ``frames`` as the encoder computes them: ``[N, 144, C]`` each."""
+    from longvu.model.preprocess import preprocess_frames
+
+    model, out = lv.model, ([], [])
+    for i in range(0, len(frames), batch):
+        for k, tower in enumerate((model.siglip, model.dinov2)):
+            out[k].append(tower(preprocess_frames(frames[i : i + batch], tower.spec), model.cfg.aux_side).float())
+    return [torch.cat(o) for o in out]
+
+
+def connector_loss(conn, head: nn.Module, feats: list[torch.Tensor], target: dict[str, torch.Tensor], hw):
+    """The region objective: each sampled token predicts its region's shares of colours, shapes and
+    letters (soft cross-entropy each).  Returns the loss and the three logits."""
+    sampled = conn.sample(conn.project_aux(feats), hw, fix_orientation=False)  # [B, 9, vh]
+    logits = head(sampled).split(list(HEADS.values()), -1)
+    loss = sum(-(target[name] * lg.log_softmax(-1)).sum(-1).mean() for name, lg in zip(HEADS, logits))
+    return loss, logits
+
+
+def pretrain_connector(out: Path, frames: np.ndarray, labels: torch.Tensor, seed: int, steps: int = 800,
+                       batch: int = 64, held: int = 600) -> dict:  # fmt: skip
+    """Train the SVA connector (tower projections, sampler, queries; ``mm_projector`` stays for ``longvu
+    train``) on the frozen towers' outputs, with :func:`connector_loss`, and save it into
+    ``model.safetensors``.  Returns held-out accuracies (:func:`region_accuracy`) on these frames, and
+    on letter strings in *held-out* styles (measured only; nothing here trains on them)."""
+    from safetensors.torch import load_file, save_file
+
+    from longvu import LongVU
+
+    t0 = time.time()
+    lv = LongVU.from_pretrained(str(out), device="cpu", dtype="float32", cache=False)
+    conn, hw = lv.model.connector, (v1.IMAGE, v1.IMAGE)
+    order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed + 1)).numpy()
+    frames, labels = frames[order], labels[order]
+    feats, target = tower_outputs(lv, frames), region_targets(labels)
+    print(f"  connector: tower outputs of {len(frames)} frames ({time.time() - t0:.0f} s)", flush=True)
+    torch.manual_seed(seed)
+    head = nn.Linear(lv.model.cfg.vision_hidden_size, sum(HEADS.values()))
+    params = [p for n, p in conn.named_parameters() if not n.startswith(("mm_projector.", "image_newline"))]
+    opt = torch.optim.AdamW([*params, *head.parameters()], lr=1e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(1, steps + 1):
+        idx = held + torch.randint(len(frames) - held, (batch,), generator=gen)
+        loss, _ = connector_loss(conn, head, [f[idx] for f in feats], {k: v[idx] for k, v in target.items()}, hw)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step(), opt.zero_grad()
+        if step % 100 == 0:
+            print(f"  connector step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", flush=True)
+    state = load_file(str(out / "model.safetensors"))
+    state.update({f"model.{k}": v.detach().contiguous() for k, v in conn.state_dict().items()})
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    report = {"held_out": region_accuracy(conn, head, [f[:held] for f in feats], labels[:held], hw)}
+    pairs = letter_frames(np.random.default_rng([seed, 1 << 31]), 300, 128, render="heldout", blur=False)
+    lab = torch.zeros(len(pairs), v1.GRID**2, 3, dtype=torch.long)
+    lab[..., 2] = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    feats = tower_outputs(lv, np.stack([p[0] for p in pairs]))
+    report["held_out_styles_letters"] = region_accuracy(conn, head, feats, lab, hw)
+    print(f"  connector held-out: {report} ({time.time() - t0:.0f} s)", flush=True)
+    return {"connector": report}
+
+
+@torch.no_grad()
+def region_accuracy(conn, head, feats: list[torch.Tensor], labels: torch.Tensor, hw) -> dict[str, float]:
+    """The main colour and shape of each region an object covers at least half of, and the main letter of
+    each region showing any (accuracy)."""
+    target = region_targets(labels)
+    _, logits = connector_loss(conn, head, feats, target, hw)
+    out = {}
+    for name, lg in zip(HEADS, logits):
+        where = target[name][..., 0] < (1.0 if name == "letter" else 0.5)
+        if where.any():
+            pred, truth = lg[where][:, 1:].argmax(-1), target[name][where][:, 1:].argmax(-1)
+            out[name] = round(float((pred == truth).float().mean()), 4)
+    return out
+
+
 if __name__ == "__main__":
-    v1.main(labelled_frames, HEADS, shuffle=True, doc=__doc__)
+    v1.main(labelled_frames, HEADS, shuffle=True, doc=__doc__, after_towers=pretrain_connector)

@@ -67,6 +67,27 @@ def test_the_ink_lies_in_the_letters_boxes(render_set):
             assert not (ink & ~inside).any(), (word, style)
 
 
+def test_a_truetype_font_draws_the_word_in_its_own_shapes():
+    # the v2 recipe's tower pretraining draws letter strings in upright fonts that ship with matplotlib
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        pytest.skip("matplotlib (the dev extra) is not installed")
+    ttf = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSerif.ttf"
+    base = draw_style(np.random.default_rng(3), "default")
+    own, other = (
+        render_word("GARDEN", 128, 128, base),
+        render_word("GARDEN", 128, 128, dataclasses.replace(base, font=str(ttf))),
+    )
+    assert own[0].shape == other[0].shape == (128, 128, 3) and len(other[1]) == 6
+    ink = np.abs(other[0].astype(int) - np.array(base.paper)).sum(-1) > 120
+    assert 0.015 * ink.size < ink.sum() < 0.5 * ink.size
+    assert (own[0] != other[0]).any(axis=-1).mean() > 0.02  # another font's pixels, not the default's
+
+
 def test_synth_render_option(tmp_path, capsys):
     out = tmp_path / "held"
     assert main(["synth", "--out", str(out), "--n", "2", "--size", "64", "--render", "heldout", "-q"]) == 0

@@ -32,7 +32,7 @@ WIDTHS = {"default": ((0.55, 0.68), (0.80, 0.92)), "heldout": ((0.68, 0.80),)}  
 class WordStyle:
     """How one needle is drawn (fractions of the frame where sizes are relative)."""
 
-    font: str = "scalable"  # "scalable" (Pillow's default FreeType font) or "bitmap" (its bitmap font)
+    font: str = "scalable"  # "scalable" (Pillow's default FreeType font), "bitmap" (its bitmap font), or a .ttf path
     width: float = 0.0  # the word's share of the frame's width; 0: the plain needle's size
     stroke: int = 0  # bold: extra outline width in font pixels (at size 64)
     stretch: float = 1.0  # height scale against the width
@@ -68,8 +68,13 @@ def _mask(word: str, style: WordStyle):
     """The word's ink as a tight ``L`` image, and the x-extent of each letter in it (pixels)."""
     from PIL import Image, ImageDraw, ImageFont  # lazy: PIL only on this path
 
-    font = ImageFont.load_default_imagefont() if style.font == "bitmap" else ImageFont.load_default(size=64)
-    stroke = style.stroke if style.font == "scalable" else 0
+    if style.font == "bitmap":
+        font = ImageFont.load_default_imagefont()
+    elif style.font == "scalable":
+        font = ImageFont.load_default(size=64)
+    else:  # a TrueType file (a recipe's own fonts; no RENDERS style draws one)
+        font = ImageFont.truetype(style.font, 64)
+    stroke = style.stroke if style.font != "bitmap" else 0
     box = font.getbbox(word, stroke_width=stroke)
     img = Image.new("L", (box[2] - box[0] + 2, box[3] - box[1] + 2), 0)
     ImageDraw.Draw(img).text((1 - box[0], 1 - box[1]), word, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
