@@ -1,24 +1,28 @@
 """Stage 1 of the longvu-synth-tiny v2 recipe: the untrained base checkpoint, in the official layout.
 
-    python recipes/synth_tiny_v2/build_base.py --out base [--seed 0]
+    python recipes/synth_tiny_v2/build_base.py --out base --tower-videos 800 --tower-steps 2000 --dinov2-steps 600
 
 It writes, deterministically from ``--seed``:
 
 * a 1024-token byte-level BPE tokenizer fitted to ``longvu synth`` text (questions, options,
   captions) and the chat template's words: the Qwen2 tokenizer's 151k-row embedding table alone
   would be 150 MB at width 256;
-* a random Qwen2 decoder (width 256, 4 layers, 4 heads, 2 KV heads) and a random SVA connector
-  (3x3 high-res and 1x1 low-res query grids over 12x12 tower patches);
+* a random Qwen2 decoder (width 256, 4 layers, 4 heads, 2 KV heads) and an SVA connector (3x3 high-res
+  and 1x1 low-res query grids over 12x12 tower patches), pretrained last (below);
 * two small vision towers in the SigLIP and DINOv2 layouts (width 96, 3 layers, 168 px, 14 px
   patches), *pretrained* here on per-patch labels of rendered frames: the colour and shape of the
   object under each patch of synth video frames (their word frames left out), and the letter under
   each patch of frames showing random letter strings (never one of the eight needle words) in the
-  training styles (``--render default``; never a ``heldout`` style).  So the towers never saw a
-  needle word, nor a label of one.  They stand in for the released towers, which were pretrained
-  elsewhere on web images; LongVU keeps its towers frozen, and so does ``longvu train``.  About 4
-  minutes each on 2 CPU cores.
+  training styles (``--render default``) and 13 upright fonts (:func:`training_fonts`); never a
+  ``heldout`` style.  So the towers never saw a needle word, nor a label of one.  They stand in for
+  the released towers, which were pretrained elsewhere on web images; LongVU keeps its towers
+  frozen, and so does ``longvu train``;
+* then the SVA connector (not ``mm_projector``), trained on the frozen towers' outputs for the same
+  frames so that each of its tokens tells its region's colours, shapes and letters
+  (:func:`pretrain_connector`).
 
-Stage 2 (``longvu train``) then trains the projector and the decoder; see ``run.sh``.
+``towers_pretraining.json`` holds each part's held-out accuracy.  Stage 3 (``longvu train``) then
+trains the projector and the decoder; see ``run.sh``.
 """
 
 from __future__ import annotations
