@@ -48,8 +48,8 @@ HEADS = {"colour": 7, "shape": 7, "letter": 27}  # per-patch label classes (0: n
 
 
 def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray, torch.Tensor]:
-    """Frames of ``videos`` random synth videos (about 10 each, no word frame) and of ``videos // 2`` letter
-    strings, and ``[N, 144, 3]`` labels: per patch, the colour (1-6) and the shape (1-6) of the object
+    """Frames of ``videos`` random synth videos (about 10 each, no word frame) and of ``videos * 6`` letter
+    strings (:func:`letter_frames` in :func:`training_fonts`), and ``[N, 144, 3]`` labels: per patch, the colour (1-6) and the shape (1-6) of the object
     under it, and the letter (1-26), 0 for none."""
     colours = list(synth.COLOURS)
     frames, labels = [], []
@@ -68,14 +68,19 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
             lab[:, 1] = np.array([0] + [synth.SHAPES.index(s) + 1 for s in plan.shapes])[member]
             frames.append(video[k])
             labels.append(lab)
-    for frame, letters in letter_frames(
+    letters, letter_labels = letter_set(
         np.random.default_rng([seed, 1 << 30]), videos * 6, size, fonts=training_fonts()
-    ):
-        lab = np.zeros((v1.GRID**2, 3), np.int64)
-        lab[:, 2] = letters
-        frames.append(frame)
-        labels.append(lab)
-    return np.stack(frames), torch.from_numpy(np.stack(labels))
+    )
+    return np.concatenate([np.stack(frames), letters]), torch.cat([torch.from_numpy(np.stack(labels)), letter_labels])
+
+
+def letter_set(rng: np.random.Generator, n: int, size: int, **kw) -> tuple[np.ndarray, torch.Tensor]:
+    """:func:`letter_frames` as ``[n, size, size, 3]`` frames and ``[n, 144, 3]`` labels (the letter in
+    the third column; no colour or shape)."""
+    pairs = letter_frames(rng, n, size, **kw)
+    labels = torch.zeros(n, v1.GRID**2, 3, dtype=torch.long)
+    labels[..., 2] = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    return np.stack([p[0] for p in pairs]), labels
 
 
 # Upright TrueType fonts shipped inside matplotlib (a dev dependency), so the same files on every machine;
@@ -160,10 +165,13 @@ def tower_outputs(lv, frames: np.ndarray, batch: int = 200) -> list[torch.Tensor
     return [torch.cat(o) for o in out]
 
 
-def connector_loss(conn, head: nn.Module, feats: list[torch.Tensor], target: dict[str, torch.Tensor], hw):
+def connector_loss(conn, head: nn.Module, feats: list[torch.Tensor], target: dict[str, torch.Tensor], sampling):
     """The region objective: each sampled token predicts its region's shares of colours, shapes and
-    letters (soft cross-entropy each).  Returns the loss and the three logits."""
-    sampled = conn.sample(conn.project_aux(feats), hw, fix_orientation=False)  # [B, 9, vh]
+    letters (soft cross-entropy each).  Returns the loss and the three logits.
+
+    ``sampling``: ``(frame size, fix_unpad_orientation)``, as the encoder passes them to the sampler."""
+    size, fix = sampling
+    sampled = conn.sample(conn.project_aux(feats), size, fix_orientation=fix)  # [B, 9, vh]
     logits = head(sampled).split(list(HEADS.values()), -1)
     loss = sum(-(target[name] * lg.log_softmax(-1)).sum(-1).mean() for name, lg in zip(HEADS, logits))
     return loss, logits
@@ -181,7 +189,7 @@ def pretrain_connector(out: Path, frames: np.ndarray, labels: torch.Tensor, seed
 
     t0 = time.time()
     lv = LongVU.from_pretrained(str(out), device="cpu", dtype="float32", cache=False)
-    conn, hw = lv.model.connector, (v1.IMAGE, v1.IMAGE)
+    conn, sampling = lv.model.connector, ((v1.IMAGE, v1.IMAGE), lv.model.cfg.fix_unpad_orientation)
     order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed + 1)).numpy()
     frames, labels = frames[order], labels[order]
     feats, target = tower_outputs(lv, frames), region_targets(labels)
@@ -195,7 +203,7 @@ def pretrain_connector(out: Path, frames: np.ndarray, labels: torch.Tensor, seed
     gen = torch.Generator().manual_seed(seed)
     for step in range(1, steps + 1):
         idx = held + torch.randint(len(frames) - held, (batch,), generator=gen)
-        loss, _ = connector_loss(conn, head, [f[idx] for f in feats], {k: v[idx] for k, v in target.items()}, hw)
+        loss, _ = connector_loss(conn, head, [f[idx] for f in feats], {k: v[idx] for k, v in target.items()}, sampling)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step(), opt.zero_grad()
@@ -204,22 +212,19 @@ def pretrain_connector(out: Path, frames: np.ndarray, labels: torch.Tensor, seed
     state = load_file(str(out / "model.safetensors"))
     state.update({f"model.{k}": v.detach().contiguous() for k, v in conn.state_dict().items()})
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    report = {"held_out": region_accuracy(conn, head, [f[:held] for f in feats], labels[:held], hw)}
-    pairs = letter_frames(np.random.default_rng([seed, 1 << 31]), 300, 128, render="heldout", blur=False)
-    lab = torch.zeros(len(pairs), v1.GRID**2, 3, dtype=torch.long)
-    lab[..., 2] = torch.from_numpy(np.stack([p[1] for p in pairs]))
-    feats = tower_outputs(lv, np.stack([p[0] for p in pairs]))
-    report["held_out_styles_letters"] = region_accuracy(conn, head, feats, lab, hw)
+    report = {"held_out": region_accuracy(conn, head, [f[:held] for f in feats], labels[:held], sampling)}
+    letters, lab = letter_set(np.random.default_rng([seed, 1 << 31]), 300, 128, render="heldout", blur=False)
+    report["held_out_styles_letters"] = region_accuracy(conn, head, tower_outputs(lv, letters), lab, sampling)
     print(f"  connector held-out: {report} ({time.time() - t0:.0f} s)", flush=True)
     return {"connector": report}
 
 
 @torch.no_grad()
-def region_accuracy(conn, head, feats: list[torch.Tensor], labels: torch.Tensor, hw) -> dict[str, float]:
+def region_accuracy(conn, head, feats: list[torch.Tensor], labels: torch.Tensor, sampling) -> dict[str, float]:
     """The main colour and shape of each region an object covers at least half of, and the main letter of
     each region showing any (accuracy)."""
     target = region_targets(labels)
-    _, logits = connector_loss(conn, head, feats, target, hw)
+    _, logits = connector_loss(conn, head, feats, target, sampling)
     out = {}
     for name, lg in zip(HEADS, logits):
         where = target[name][..., 0] < (1.0 if name == "letter" else 0.5)
