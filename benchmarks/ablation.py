@@ -68,7 +68,7 @@ FAMILIES = ("colour", "shape", "word")
 COUNTS = ("frames_sampled", "frames_kept", "high_res_frames", "tokens_after_stc_drop", "visual_tokens",
           "sequence_length", "stc_applied")  # fmt: skip
 DOCS = ROOT / "docs" / "model-trained-here.md"
-REPORTS = ("ablation_ctx256",)  # under benchmarks/results, the ones --docs tabulates
+REPORTS = ("ablation_ctx256", "ablation_ctx256_v2")  # under benchmarks/results, the ones --docs tabulates
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def markdown(report: dict, settings: list[Setting]) -> str:
                      for k, v in report["sets"].items())  # fmt: skip
     names = list(report["sets"])
     return "\n".join([
-        f"### Context {report['context']} tokens", "",
+        f"### Context {report['context']} tokens: {Path(report['model']).name}", "",
         f"Model {report['model']}" + (f" + adapter {report['adapter']}" if report["adapter"] else "")
         + f", device {report['device']}. Checkpoint values: {on}. Sets: {sets}. Command: `{report['command']}`.", "",
         table(settings, report["results"], names), "",
