@@ -7,7 +7,8 @@ Encodes the first ``--videos`` videos of a ``longvu synth`` folder (``data_singl
 fits a linear classifier (softmax regression, features standardised) on the first ``--train`` of them
 for each question family, from two inputs: the 9 tokens of the frames that show the answer (the
 question's ``evidence``), and the whole video's tokens pooled (mean and max over frames).  Prints the
-accuracy on the other videos.  It tells a decoder that cannot read an answer from one that is given none.
+accuracy on the other videos, or with ``--test DIR ...`` on those folders' videos (another seed or
+``--render``).  It tells a decoder that cannot read an answer from one that is given none.
 """
 
 from __future__ import annotations
@@ -68,10 +69,20 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--videos", type=int, default=800)
     ap.add_argument("--train", type=int, default=600, help="videos the probe fits on; the rest score it")
+    ap.add_argument(
+        "--test", type=Path, nargs="+", help="score on these synth folders' videos instead (e.g. another --render)"
+    )
     a = ap.parse_args()
     items = encode(a.model, a.data, a.videos)
-    families = sorted({fam for it in items for fam in it["answer"]})
-    held = len(items) - a.train
+    if a.test:  # fit on the first --train videos of DATA_DIR, score on every video of the --test folders
+        test = [it for folder in a.test for it in encode(a.model, folder, a.videos)]
+        items = items[: a.train] + test
+    scored = items[a.train :]
+    families = sorted(
+        {fam for it in items[: a.train] for fam in it["answer"]}
+        & set.intersection(*(set(it["answer"]) for it in scored))
+    )
+    held = len(scored)
     for family in families:
         scores = {kind: probe(items, family, kind, a.train) for kind in ("evidence", "pooled")}
         print(f"{family}: " + ", ".join(f"{k} {v:.1%}" for k, v in scores.items()) + f" (n={held} held-out videos)")
