@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The longvu-synth-tiny v2 recipe, end to end, on CPU: base checkpoint (towers and connector pretrained on
-# objects and letter strings), training data, three `longvu train` passes (the mix; the word alone; the mix
-# again), `longvu merge` after each, then the held-out check on fresh seeds. Deterministic from its seeds;
+# objects and letter strings), training data, two `longvu train` passes (the word alone; then the mix),
+# `longvu merge` after each, then the held-out check on fresh seeds. Deterministic from its seeds;
 # every stage prints its time.
 #
 #   bash recipes/synth_tiny_v2/run.sh [WORK_DIR] [MODEL_DIR]
@@ -14,7 +14,7 @@ WORK=${1:-work/synth-tiny-v2}
 MODEL=${2:-models/longvu-synth-tiny-v2}
 PY=${PYTHON:-.venv/bin/python}
 LONGVU=${LONGVU:-.venv/bin/longvu}
-STEPS=${STEPS:-800}
+STEPS=${STEPS:-1000}
 DATA=(--cast 1 --minutes 0.2 0.4)  # one object (drawn large), word needles in the training styles
 start=$(date +%s)
 stage() { echo "[$(( $(date +%s) - start )) s] $*"; }
@@ -26,32 +26,29 @@ merge() {  # merge BASE RUN OUT: a full checkpoint, once (a later run finds it t
   [[ -f "$3/config.json" ]] || "$LONGVU" merge --model "$1" --adapter "$2" --out "$3" -q
 }
 
-stage "1/7 base: tokenizer and random decoder; towers, then the SVA connector, pretrained on objects and letter strings"
+stage "1/6 base: tokenizer and random decoder; towers, then the SVA connector, pretrained on objects and letter strings"
 if [[ -f "$WORK/base/towers_pretraining.json" ]]; then echo "  (done: $WORK/base)"; else
   "$PY" recipes/synth_tiny_v2/build_base.py --out "$WORK/base" --seed 0 --tower-videos 800 --tower-steps 2000 \
     --dinov2-steps 600
 fi
-stage "2/7 training data: 3000 videos, 3 questions each: one conversation per video, and its word asked again"
+stage "2/6 training data: 1500 videos that show a word in every frame; 3000 videos, 3 questions each (one conversation per video, and its word asked again)"
+"$PY" recipes/synth_tiny_v2/word_videos.py "$WORK/words" --n 1500 --seed 31
 "$LONGVU" synth --out "$WORK/train" --n 3000 --seed 21 --questions-per-video 3 --families colour shape word \
   "${DATA[@]}" -q
 "$PY" recipes/synth_tiny_v2/multi_turn.py "$WORK/train"
-stage "3/7 longvu train, pass 1: the projector and the decoder on the mix, $STEPS steps of 16 lines"
-train "$WORK/base" "$WORK/train" "$WORK/run" --lr 1e-3 --warmup-steps 60 --max-steps "$STEPS"
-merge "$WORK/base" "$WORK/run" "$WORK/pass1"
-stage "4/7 pass 2: the word alone, 1500 videos that show it in every frame, 200 steps"
-"$PY" recipes/synth_tiny_v2/word_videos.py "$WORK/words" --n 1500 --seed 31
-train "$WORK/pass1" "$WORK/words" "$WORK/run-words" --lr 1e-3 --warmup-steps 20 --max-steps 200
-merge "$WORK/pass1" "$WORK/run-words" "$WORK/pass2"
-stage "5/7 pass 3: the mix again (finding the word frame among the object's), 700 steps"
-train "$WORK/pass2" "$WORK/train" "$WORK/run-again" --lr 5e-4 --warmup-steps 20 --max-steps 700
-stage "6/7 longvu merge -> $MODEL"
+stage "3/6 longvu train, pass 1: the projector and the decoder on the word alone, 250 steps of 16 lines"
+train "$WORK/base" "$WORK/words" "$WORK/run-words" --lr 1e-3 --warmup-steps 40 --max-steps 250
+merge "$WORK/base" "$WORK/run-words" "$WORK/pass1"
+stage "4/6 pass 2: the mix (colour, shape, and finding the word frame among the object's), $STEPS steps"
+train "$WORK/pass1" "$WORK/train" "$WORK/run" --lr 7e-4 --warmup-steps 20 --max-steps "$STEPS"
+stage "5/6 longvu merge -> $MODEL"
 rm -rf "$MODEL.tmp"
-merge "$WORK/pass2" "$WORK/run-again" "$MODEL.tmp"
+merge "$WORK/pass1" "$WORK/run" "$MODEL.tmp"
 cp recipes/synth_tiny_v2/MODEL_CARD.md "$MODEL.tmp/README.md"
 cp "$WORK/base/towers_pretraining.json" "$MODEL.tmp/"
-for pass in run:1 run-words:2 run-again:3; do cp "$WORK/${pass%:*}/train_log.jsonl" "$MODEL.tmp/train_log-pass${pass#*:}.jsonl"; done
+for pass in run-words:1 run:2; do cp "$WORK/${pass%:*}/train_log.jsonl" "$MODEL.tmp/train_log-pass${pass#*:}.jsonl"; done
 rm -rf "$MODEL" && mv "$MODEL.tmp" "$MODEL"
-stage "7/7 held-out check on fresh seeds: colour and shape (seed 8001), words (8002), words in held-out styles (8003)"
+stage "6/6 held-out check on fresh seeds: colour and shape (seed 8001), words (8002), words in held-out styles (8003)"
 "$LONGVU" synth --out "$WORK/held/cs" --n 200 --seed 8001 --families colour shape "${DATA[@]}" -q
 "$LONGVU" synth --out "$WORK/held/word" --n 100 --seed 8002 --families word "${DATA[@]}" -q
 "$LONGVU" synth --out "$WORK/held/word-heldout" --n 100 --seed 8003 --families word "${DATA[@]}" --render heldout -q

@@ -1,4 +1,4 @@
-"""Pass 2's data in the longvu-synth-tiny v2 recipe: videos in which every frame shows the word.
+"""Pass 1's data in the longvu-synth-tiny v2 recipe: videos in which every frame shows the word.
 
     python recipes/synth_tiny_v2/word_videos.py OUT_DIR [--n 1500] [--seed 31] [--frames 12]
 
@@ -6,8 +6,8 @@ Each video shows one of the needle words (:data:`longvu.train.synth.WORDS`) in e
 in its own style from ``longvu synth``'s ``default`` set (the training styles; never ``heldout``).  Its
 lines ask the word as options and free-form.  A decoder that has not learnt where to look still sees
 the word in every visual token of these videos, so the word's answer has a gradient from the first
-step (in the mix of pass 1 the word is one or two frames in 12-24, and the word stayed at chance there);
-pass 3, the mix again, then teaches it to find the word frame among the object's.  Writes
+step (trained on the mix alone, where the word is one or two frames in 12-24, the word stayed at
+chance); pass 2, the mix, then teaches it to find the word frame among the object's.  Writes
 ``OUT_DIR/data.jsonl`` and ``OUT_DIR/videos/``; deterministic from the seed.  ``--render heldout``
 makes a check set in the held-out styles (the recipe never trains on one).
 """
