@@ -25,24 +25,24 @@ import numpy as np
 from longvu.eval.vniah import QUESTION
 from longvu.files import atomic_write_text
 from longvu.train.render import WordStyle, draw_style, render_word
-from longvu.train.synth import WORDS, mc_prompt, write_video
+from longvu.train.synth import WORD_QUESTION, WORDS, mc_prompt, write_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_base import training_fonts  # noqa: E402  (recipes are scripts: stage 1's fonts, shared)
 
-MC = "One frame of this video shows a word in large letters. Which word is it?"  # longvu synth's wording
-
 
 def lines(vid: str, video: str, word: str) -> list[dict]:
-    """The video's two lines: the word asked with options (answered with the letter) and free-form."""
-    letter = "ABCDEFGH"[WORDS.index(word)]
-    ask = [(f"{vid}-mc", mc_prompt(MC, list(WORDS)), letter), (f"{vid}-free", QUESTION, word)]
-    rows = [{"id": i, "video": video, "conversations": [{"from": "human", "value": "<image>\n" + q},
-             {"from": "gpt", "value": a}]} for i, q, a in ask]  # fmt: skip
-    rows[0].update(
-        family="word", options=list(WORDS), answer=letter, answer_text=word
-    )  # `longvu eval synthetic` scores it
-    return rows
+    """The video's two lines: the word asked with options (answered with the letter; the fields
+    ``longvu eval synthetic`` scores) and free-form."""
+    letter = chr(65 + WORDS.index(word))
+
+    def line(suffix: str, question: str, reply: str, **extra) -> dict:
+        turns = [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": reply}]
+        return {"id": f"{vid}-{suffix}", "video": video, "conversations": turns, **extra}
+
+    mc = mc_prompt(WORD_QUESTION, list(WORDS))
+    return [line("mc", mc, letter, family="word", options=list(WORDS), answer=letter, answer_text=word),
+            line("free", QUESTION, word)]  # fmt: skip
 
 
 def frame_style(rng: np.random.Generator, render: str, fonts: list[str] | None) -> WordStyle:

@@ -53,6 +53,7 @@ COLOURS = {
     "yellow": (240, 215, 30), "purple": (135, 50, 175), "orange": (245, 135, 20),
 }  # fmt: skip
 WORDS = ("APPLE", "RIVER", "CANDLE", "PLANET", "TIGER", "BRIDGE", "VIOLIN", "GARDEN")  # V-NIAH's needles
+WORD_QUESTION = "One frame of this video shows a word in large letters. Which word is it?"
 DIRECTIONS = ("left", "right", "up", "down")
 FAMILIES = ("word", "colour", "shape", "order", "count", "motion")
 CAST = 4  # cast members per video by default (at most 4); their appearance counts are distinct values in 1..4
@@ -381,9 +382,7 @@ def ask(rng: np.random.Generator, plan: Plan, family: str, options: str = "all")
     if family == "word":
         opts, ans = _choices(rng, options, WORDS, [], plan.word)
         ev = list(range(plan.word_at, plan.word_at + plan.word_frames))
-        return Question(
-            family, "One frame of this video shows a word in large letters. Which word is it?", opts, ans, ev
-        )
+        return Question(family, WORD_QUESTION, opts, ans, ev)
     if family == "colour":
         opts, ans = _choices(rng, options, COLOURS, list(plan.colours), colour)
         return Question(family, f"What colour was the {name}?", opts, ans, plan.frames_of(_of(plan, m)))
