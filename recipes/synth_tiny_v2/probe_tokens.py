@@ -52,6 +52,12 @@ def inputs(item: dict, family: str, kind: str) -> torch.Tensor:
 def probe(items: list[dict], family: str, kind: str, n_train: int) -> float:
     x = torch.stack([inputs(it, family, kind) for it in items])
     y = torch.tensor([it["answer"][family] for it in items])
+    return float((linear_probe(x, y, n_train) == y[n_train:]).float().mean())
+
+
+def linear_probe(x: torch.Tensor, y: torch.Tensor, n_train: int) -> torch.Tensor:
+    """Softmax regression on standardised ``x[:n_train]`` -> ``y[:n_train]``; the classes it predicts for
+    the rest of ``x``."""
     x = (x - x[:n_train].mean(0)) / (x[:n_train].std(0) + 1e-5)
     torch.manual_seed(0)
     w = torch.zeros(x.shape[1], int(y.max()) + 1, requires_grad=True)
@@ -60,7 +66,7 @@ def probe(items: list[dict], family: str, kind: str, n_train: int) -> float:
     for _ in range(300):
         loss = F.cross_entropy(x[:n_train] @ w + b, y[:n_train]) + 1e-3 * w.pow(2).sum()
         opt.zero_grad(), loss.backward(), opt.step()
-    return float(((x[n_train:] @ w + b).argmax(-1) == y[n_train:]).float().mean())
+    return (x[n_train:] @ w + b).argmax(-1)
 
 
 def main() -> None:

@@ -88,6 +88,27 @@ def test_a_truetype_font_draws_the_word_in_its_own_shapes():
     assert (own[0] != other[0]).any(axis=-1).mean() > 0.02  # another font's pixels, not the default's
 
 
+def test_pixel_draws_the_word_blocky_in_two_colours_and_keeps_the_boxes():
+    # the v2 recipe's pixelation augmentation: the word drawn a few pixels tall, then blown up unsmoothed
+    import dataclasses
+
+    base = dataclasses.replace(draw_style(np.random.default_rng(4), "default"), stroke=1)
+    smooth, boxes = render_word("VIOLIN", 128, 128, base)
+    for pixel in (6, 10, 14):
+        frame, blocky_boxes = render_word("VIOLIN", 128, 128, dataclasses.replace(base, pixel=pixel))
+        colours = {tuple(c) for c in frame.reshape(-1, 3).tolist()}
+        assert colours == {base.ink, base.paper}  # every pixel all ink or all paper: no smoothing
+        assert blocky_boxes == boxes  # the letters stay where their labels say
+        ink = (frame != np.array(base.paper)).any(-1)
+        assert 0.015 * ink.size < ink.sum() < 0.5 * ink.size
+        assert (frame != smooth).any(-1).mean() > 0.01
+        rows = ink[ink.any(1)]  # the word's rows repeat in blocks: as many distinct rows as drawn pixels
+        assert len({r.tobytes() for r in rows}) == pixel < len(rows)
+    ink = (smooth != np.array(base.paper)).any(-1)
+    rows = ink[ink.any(1)]
+    assert len({r.tobytes() for r in rows}) == len(rows)  # the smooth word: every row its own
+
+
 def test_synth_render_option(tmp_path, capsys):
     out = tmp_path / "held"
     assert main(["synth", "--out", str(out), "--n", "2", "--size", "64", "--render", "heldout", "-q"]) == 0

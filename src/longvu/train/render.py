@@ -39,6 +39,8 @@ class WordStyle:
     shear: float = 0.0  # italic slant (x shift per unit of height)
     dx: float = 0.0  # offset of the word's centre, fraction of the width
     dy: float = 0.0  # and of the height
+    pixel: int = 0  # >0: the word drawn this many pixels tall, unsmoothed, then blown up (blocky); a
+    #                 recipe's augmentation, no RENDERS style sets it
     ink: tuple[int, int, int] = (0, 0, 0)
     paper: tuple[int, int, int] = (255, 255, 255)
 
@@ -91,10 +93,13 @@ def render_word(
     from PIL import Image  # lazy: PIL only on this path
 
     mask, xs = _mask(word, style)
+    if style.pixel:  # coarse pixels, each all ink or all paper, at the mask's own size (the letter boxes hold)
+        small = mask.resize((max(1, round(mask.width * style.pixel / mask.height)), style.pixel), Image.BOX)
+        mask = small.point(lambda v: 255 if v >= 128 else 0).resize(mask.size, Image.NEAREST)
     tw = max(1, int(round(style.width * w)))
     scale = tw / mask.width
     th = max(1, min(int(0.85 * h), int(round(mask.height * scale * style.stretch))))
-    resample = Image.NEAREST if style.font == "bitmap" else Image.BICUBIC
+    resample = Image.NEAREST if style.font == "bitmap" or style.pixel else Image.BICUBIC
     mask = mask.resize((tw, th), resample)
     if style.shear:
         pad = int(style.shear * th) + 1
