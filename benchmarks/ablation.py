@@ -387,11 +387,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_key(args: argparse.Namespace) -> str:
-    """The runs' folder name: the checkpoint, adapter, device and precision (the setting's folder has the rest)."""
+    """The runs' folder name: the checkpoint (its path and, for a local folder, its weights, so that a model
+    retrained in place is not answered from the old one's results), adapter, device and precision (the
+    setting's folder has the rest)."""
+    from longvu.loading.checkpoint import weights_fingerprint
+
     local = Path(args.model).expanduser()
     model = str(local.resolve()) if local.exists() else args.model
+    weights = weights_fingerprint(sorted(local.rglob("*.safetensors"))) if local.is_dir() else None
     adapter = str(Path(args.adapter).resolve()) if args.adapter else None
-    return f"{Path(model).name}-ctx{args.context}-{digest([model, adapter, args.device, args.dtype])}"
+    return f"{Path(model).name}-ctx{args.context}-{digest([model, weights, adapter, args.device, args.dtype])}"
 
 
 def new_report(args: argparse.Namespace, base: Any, settings: list[Setting], argv: list[str]) -> dict[str, Any]:

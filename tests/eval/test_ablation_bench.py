@@ -19,6 +19,7 @@ from benchmarks.ablation import (
     cell,
     markdown,
     parse_args,
+    run_key,
     stage_counts,
     table,
     write_docs,
@@ -142,3 +143,19 @@ def test_defaults():
     assert parse_args(["--docs"]).docs
     with pytest.raises(SystemExit):
         parse_args([])
+
+
+def test_a_model_retrained_in_place_gets_new_runs(tmp_path):
+    # a re-run resumes its answers from runs/<run_key>: new weights at the same path must not reuse them
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "vision_towers").mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"a" * 100)
+    (ckpt / "vision_towers" / "model.safetensors").write_bytes(b"t" * 100)
+    args = parse_args(["--model", str(ckpt)])
+    first = run_key(args)
+    assert first.startswith("ckpt-ctx256-") and run_key(args) == first
+    (ckpt / "vision_towers" / "model.safetensors").write_bytes(b"u" * 100)  # only a tower retrained
+    second = run_key(args)
+    assert second != first
+    assert run_key(parse_args(["--model", str(ckpt), "--context", "512"])) not in (first, second)
+    assert run_key(parse_args(["--model", "org/hub-name"])).startswith("hub-name-ctx256-")
