@@ -226,11 +226,12 @@ def tower_features(kind: str, model: nn.Module):
 
 def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Tensor, *, seed: int,
                    steps: int = 1200, batch: int = 32, held: int = 1000, heads: dict[str, int] = HEADS,
-                   shuffle: bool = False) -> dict[str, float]:  # fmt: skip
+                   shuffle: bool = False, focus: tuple[str, ...] = ()) -> dict[str, float]:  # fmt: skip
     """Train one tower (and a linear head per label, thrown away) on per-patch labels; returns held-out accuracy.
 
     ``heads``: each label column's name and class count; ``shuffle``: hold out a random slice of the
-    frames (else the first ``held``)."""
+    frames (else the first ``held``); ``focus``: heads whose loss also counts, on its own, the patches
+    that carry a label (class > 0), so that a rare label is not drowned by the patches without one."""
     from transformers import Dinov2Model, SiglipModel
     from transformers.utils import logging as hf_logging
 
@@ -255,7 +256,12 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
 
     def loss_logits(px, lab):
         logits = head(features(px)).split(list(heads.values()), -1)
-        return sum(F.cross_entropy(lg.flatten(0, 1), lab[..., j].flatten()) for j, lg in enumerate(logits)), logits
+        loss = sum(F.cross_entropy(lg.flatten(0, 1), lab[..., j].flatten()) for j, lg in enumerate(logits))
+        for j, name in enumerate(heads):
+            on = lab[..., j] > 0
+            if name in focus and on.any():
+                loss = loss + F.cross_entropy(logits[j][on], lab[..., j][on])
+        return loss, logits
 
     t0 = time.time()
     for step in range(1, steps + 1):
@@ -279,9 +285,10 @@ def pretrain_tower(folder: Path, kind: str, frames: np.ndarray, labels: torch.Te
 
 
 def main(labelled=None, heads: dict[str, int] = HEADS, shuffle: bool = False, doc: str | None = None,
-         after_towers=None) -> None:  # fmt: skip
+         after_towers=None, focus: tuple[str, ...] = ()) -> None:  # fmt: skip
     """The command line; another recipe passes its own frames (``labelled(seed, videos)``), heads, and a
-    stage run after the towers (``after_towers(out, frames, labels, seed)`` -> a report to keep)."""
+    stage run after the towers (``after_towers(out, frames, labels, seed)`` -> a report to keep), and
+    the heads the towers' loss dwells on (:func:`pretrain_tower`'s ``focus``)."""
     labelled = labelled or labelled_frames
     ap = argparse.ArgumentParser(description=(doc or __doc__).split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="new folder for the base checkpoint")
@@ -303,7 +310,7 @@ def main(labelled=None, heads: dict[str, int] = HEADS, shuffle: bool = False, do
     for kind in ("siglip", "dinov2"):
         report[kind] = pretrain_tower(a.out / "vision_towers" / kind, kind, frames, labels, seed=a.seed,
                                       steps=a.dinov2_steps if kind == "dinov2" and a.dinov2_steps else a.tower_steps,
-                                      heads=heads, shuffle=shuffle)  # fmt: skip
+                                      heads=heads, shuffle=shuffle, focus=focus)  # fmt: skip
         print(f"  {kind} held-out per-patch accuracy {report[kind]} ({time.time() - t0:.0f} s)", flush=True)
     if after_towers is not None:
         report.update(after_towers(a.out, frames, labels, a.seed))

@@ -48,7 +48,7 @@ HEADS = {"colour": 7, "shape": 7, "letter": 27}  # per-patch label classes (0: n
 
 
 def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray, torch.Tensor]:
-    """Frames of ``videos`` random synth videos (about 10 each, no word frame) and of ``videos * 6`` letter
+    """Frames of ``videos`` random synth videos (about 10 each, no word frame) and of ``videos * 9`` letter
     strings (:func:`letter_frames` in :func:`training_fonts`), and ``[N, 144, 3]`` labels: per patch, the colour (1-6) and the shape (1-6) of the object
     under it, and the letter (1-26), 0 for none."""
     colours = list(synth.COLOURS)
@@ -69,7 +69,7 @@ def labelled_frames(seed: int, videos: int, size: int = 128) -> tuple[np.ndarray
             frames.append(video[k])
             labels.append(lab)
     letters, letter_labels = letter_set(
-        np.random.default_rng([seed, 1 << 30]), videos * 6, size, fonts=training_fonts()
+        np.random.default_rng([seed, 1 << 30]), videos * 9, size, fonts=training_fonts(), pixelate=0.4
     )
     return np.concatenate([np.stack(frames), letters]), torch.cat([torch.from_numpy(np.stack(labels)), letter_labels])
 
@@ -83,22 +83,28 @@ def letter_set(rng: np.random.Generator, n: int, size: int, **kw) -> tuple[np.nd
     return np.stack([p[0] for p in pairs]), labels
 
 
-# Upright TrueType fonts shipped inside matplotlib (a dev dependency), so the same files on every machine;
-# their slanted variants are left out, as are Pillow's bitmap font and every heldout palette.
+# TrueType fonts shipped inside matplotlib (a dev dependency), so the same files on every machine: upright
+# faces, and the slanted (oblique and italic) faces of some.  Pillow's bitmap font, Pillow's scalable font
+# slanted, the held-out widths and every heldout palette are left out.
 UPRIGHT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
                  "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf", "cmr10.ttf",
                  "cmss10.ttf", "cmtt10.ttf", "cmb10.ttf")  # fmt: skip
+SLANTED_FONTS = ("DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf", "DejaVuSansMono-Oblique.ttf",
+                 "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf", "STIXGeneralItalic.ttf",
+                 "STIXGeneralBolIta.ttf")  # fmt: skip
+PIXEL_HEIGHTS = (6, 15)  # the pixelation augmentation: the word drawn 6-14 pixels tall, then blown up
 
 
 def training_fonts() -> list[str]:
-    """Paths of :data:`UPRIGHT_FONTS` (matplotlib's copies), and ``"scalable"`` (Pillow's own)."""
+    """Paths of :data:`UPRIGHT_FONTS` and :data:`SLANTED_FONTS` (matplotlib's copies), and ``"scalable"``
+    (Pillow's own, upright)."""
     import importlib.util
 
     spec = importlib.util.find_spec("matplotlib")
     if spec is None or spec.origin is None:
         raise SystemExit("build_base: needs matplotlib for its fonts (pip install -e '.[dev]')")
     folder = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf"
-    return ["scalable", *(str(folder / f) for f in UPRIGHT_FONTS)]
+    return ["scalable", *(str(folder / f) for f in UPRIGHT_FONTS + SLANTED_FONTS)]
 
 
 def letter_frames(
@@ -108,11 +114,14 @@ def letter_frames(
     render: str = "default",
     blur: bool = True,
     fonts: list[str] | None = None,
+    pixelate: float = 0.0,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Frames of random 4-7 letter strings (never a needle word) in the styles ``render`` (the training
     styles unless measuring), and per patch the letter (1-26) whose box holds the patch's centre, 0 for none.
 
     ``fonts``: draw each string in one of these (:func:`training_fonts`) instead of the style's font.
+    ``pixelate``: the share of strings drawn blocky (:data:`PIXEL_HEIGHTS`, ``WordStyle.pixel``), a
+    generic augmentation, so that letters are learnt from coarse pixels too.
     ``blur``: half the frames are scaled down by 0.45-1 and back up (bilinear), a generic resolution
     augmentation, so that letters are learnt at more than one sharpness."""
     from PIL import Image
@@ -126,6 +135,8 @@ def letter_frames(
         style = draw_style(rng, render)
         if fonts:
             style = dataclasses.replace(style, font=fonts[int(rng.integers(len(fonts)))])
+        if rng.random() < pixelate:
+            style = dataclasses.replace(style, pixel=int(rng.integers(*PIXEL_HEIGHTS)))
         frame, boxes = render_word(text, size, size, style)
         if blur and rng.random() < 0.5:
             small = max(8, int(size * rng.uniform(0.45, 1.0)))
@@ -177,7 +188,7 @@ def connector_loss(conn, head: nn.Module, feats: list[torch.Tensor], target: dic
     return loss, logits
 
 
-def pretrain_connector(out: Path, frames: np.ndarray, labels: torch.Tensor, seed: int, steps: int = 800,
+def pretrain_connector(out: Path, frames: np.ndarray, labels: torch.Tensor, seed: int, steps: int = 1500,
                        batch: int = 64, held: int = 600) -> dict:  # fmt: skip
     """Train the SVA connector (tower projections, sampler, queries; ``mm_projector`` stays for ``longvu
     train``) on the frozen towers' outputs, with :func:`connector_loss`, and save it into
@@ -235,4 +246,4 @@ def region_accuracy(conn, head, feats: list[torch.Tensor], labels: torch.Tensor,
 
 
 if __name__ == "__main__":
-    v1.main(labelled_frames, HEADS, shuffle=True, doc=__doc__, after_towers=pretrain_connector)
+    v1.main(labelled_frames, HEADS, shuffle=True, doc=__doc__, after_towers=pretrain_connector, focus=("letter",))
