@@ -176,14 +176,19 @@ def tower_outputs(lv, frames: np.ndarray, batch: int = 200) -> list[torch.Tensor
     return [torch.cat(o) for o in out]
 
 
+def sampled_tokens(conn, feats: list[torch.Tensor], sampling) -> torch.Tensor:
+    """``[B, 9, vh]``: the connector's high-res tokens of the towers' ``feats``, sampled as the encoder
+    samples them (``sampling``: ``(frame size, fix_unpad_orientation)``)."""
+    size, fix = sampling
+    return conn.sample(conn.project_aux(feats), size, fix_orientation=fix)
+
+
 def connector_loss(conn, head: nn.Module, feats: list[torch.Tensor], target: dict[str, torch.Tensor], sampling):
     """The region objective: each sampled token predicts its region's shares of colours, shapes and
     letters (soft cross-entropy each).  Returns the loss and the three logits.
 
     ``sampling``: ``(frame size, fix_unpad_orientation)``, as the encoder passes them to the sampler."""
-    size, fix = sampling
-    sampled = conn.sample(conn.project_aux(feats), size, fix_orientation=fix)  # [B, 9, vh]
-    logits = head(sampled).split(list(HEADS.values()), -1)
+    logits = head(sampled_tokens(conn, feats, sampling)).split(list(HEADS.values()), -1)
     loss = sum(-(target[name] * lg.log_softmax(-1)).sum(-1).mean() for name, lg in zip(HEADS, logits))
     return loss, logits
 

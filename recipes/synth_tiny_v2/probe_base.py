@@ -52,10 +52,8 @@ def word_frames(seed: int, n: int, render: str) -> tuple[np.ndarray, torch.Tenso
 @torch.no_grad()
 def connector_tokens(stage1, lv: LongVU, frames: np.ndarray) -> torch.Tensor:
     """``[N, 9 * C]``: the connector's high-res tokens of each frame, as the encoder samples them."""
-    conn, cfg = lv.model.connector, lv.model.cfg
-    feats = stage1.tower_outputs(lv, frames)
-    size = (stage1.v1.IMAGE, stage1.v1.IMAGE)
-    return conn.sample(conn.project_aux(feats), size, fix_orientation=cfg.fix_unpad_orientation).flatten(1)
+    sampling = ((stage1.v1.IMAGE, stage1.v1.IMAGE), lv.model.cfg.fix_unpad_orientation)
+    return stage1.sampled_tokens(lv.model.connector, stage1.tower_outputs(lv, frames), sampling).flatten(1)
 
 
 def main() -> None:
