@@ -390,11 +390,11 @@ def run_key(args: argparse.Namespace) -> str:
     """The runs' folder name: the checkpoint (its path and, for a local folder, its weights, so that a model
     retrained in place is not answered from the old one's results), adapter, device and precision (the
     setting's folder has the rest)."""
-    from longvu.loading.checkpoint import weights_fingerprint
+    from longvu.loading.checkpoint import folder_fingerprint
 
     local = Path(args.model).expanduser()
     model = str(local.resolve()) if local.exists() else args.model
-    weights = weights_fingerprint(sorted(local.rglob("*.safetensors"))) if local.is_dir() else None
+    weights = folder_fingerprint(local)
     adapter = str(Path(args.adapter).resolve()) if args.adapter else None
     return f"{Path(model).name}-ctx{args.context}-{digest([model, weights, adapter, args.device, args.dtype])}"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import FIXTURES, QWEN
 
 from longvu.cli.main import main
@@ -20,6 +21,7 @@ from longvu.errors import LongVUError
 from longvu.eval.answers import parse_choice
 from longvu.eval.benchmarks import PRESETS, load_items
 from longvu.eval.runner import RESULTS, markdown, read_results, summarize, write_egoschema_submission
+from longvu.loading.checkpoint import folder_fingerprint
 
 VIDEO = FIXTURES / "videos" / "video3.mp4"
 
@@ -460,7 +462,11 @@ def test_resume_with_other_settings_is_refused_unless_forced(tmp_path, capsys):
         (("--sample-fps", "1"), "sample_fps: 0.5 -> 1.0"),
         (("--stride-to", "64"), "stride_to: 1000 -> 64"),
         (("--max-frames", "64"), "max_frames: None -> 64"),
-        (("--model", str(LLAMA)), f"model: {QWEN.resolve()} -> {LLAMA.resolve()}"),
+        (
+            ("--model", str(LLAMA)),
+            f"model: {QWEN.resolve()} -> {LLAMA.resolve()}; "
+            f"weights: {folder_fingerprint(QWEN)} -> {folder_fingerprint(LLAMA)}",
+        ),
     ]
     for extra, change in changes:
         capsys.readouterr()
@@ -481,6 +487,32 @@ def test_resume_with_other_settings_is_refused_unless_forced(tmp_path, capsys):
     _fake_run(tmp_path, "vm_out", FakeEvaluator, benchmark="videomme", data="vm", model=str(QWEN), device="cpu")
     assert main(eval_args("videomme", tmp_path / "vm", tmp_path / "vm_out", "--subtitles")) == 2
     assert "other settings (subtitles: False -> True)" in capsys.readouterr().err
+
+
+def test_a_model_or_adapter_retrained_in_place_is_not_resumed(tmp_path, capsys):
+    """Same paths, other weights: the old answers are not the new model's, so a resumed run refuses."""
+    from eval_util import FakeEvaluator
+    from safetensors.torch import load_file, save_file
+
+    make_egoschema(tmp_path / "ego")
+    model, adapter = tmp_path / "model", tmp_path / "adapter"
+    shutil.copytree(QWEN, model)
+    adapter.mkdir()
+    save_file({"w": torch.zeros(4)}, str(adapter / "adapter_model.safetensors"))
+    _fake_run(tmp_path, "o", FakeEvaluator, model=str(model), device="cpu", adapter=str(adapter))
+    recorded = json.loads((tmp_path / "o" / "settings.json").read_text())["settings"]
+    assert recorded["weights"] == folder_fingerprint(model) == folder_fingerprint(QWEN)
+    last = "o"
+    for folder, key in ((adapter, "adapter_weights"), (model, "weights")):  # "retrain" one, then the other
+        path = next(folder.glob("*.safetensors"))
+        state = load_file(str(path))
+        name = next(iter(state))
+        state[name] = state[name] + 1  # same names, shapes and sizes: only the bytes differ
+        save_file(state, str(path), metadata={"format": "pt"})
+        with pytest.raises(LongVUError, match=f"other settings \\({key}: [0-9a-f]{{64}} -> [0-9a-f]{{64}}\\)"):
+            _fake_run(tmp_path, last, FakeEvaluator, model=str(model), device="cpu", adapter=str(adapter))
+        last = f"o-{key}"  # a new folder takes the new weights
+        assert len(_fake_run(tmp_path, last, FakeEvaluator, model=str(model), device="cpu", adapter=str(adapter))) == 3
 
 
 def test_answers_without_a_settings_file_are_not_mixed(tmp_path):

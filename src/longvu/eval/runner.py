@@ -28,6 +28,7 @@ from PIL import Image
 from ..config import LongVUConfig
 from ..errors import LongVUError
 from ..files import atomic_write_text
+from ..loading.checkpoint import folder_fingerprint
 from ..model.video import Sampling, StreamInfo, VideoClip, count_frames, iter_frames
 from ..pipeline.api import GenerationOptions, LongVU
 from .answers import parse_choice
@@ -166,11 +167,12 @@ def group_by_video(items: list[Item]) -> list[list[Item]]:
 
 def run_settings(benchmark: str, model: str, device: str, dtype: str, cfg: dict, preset: Preset,
                  subtitles: bool) -> dict[str, Any]:  # fmt: skip
-    """Everything that can change an answer: a resumed run must match it (see store.check_settings)."""
+    """Everything that can change an answer: a resumed run must match it (see store.check_settings).
+    A local model's ``weights`` fingerprint is part of it, so a model retrained in place starts afresh."""
     local = Path(str(model)).expanduser()
     settings = {
         "benchmark": benchmark, "model": str(local.resolve()) if local.exists() else str(model),
-        "device": device, "dtype": dtype, "overrides": dict(sorted(cfg.items())), "sample_fps": preset.sample_fps,
+        "weights": folder_fingerprint(local), "device": device, "dtype": dtype, "overrides": dict(sorted(cfg.items())), "sample_fps": preset.sample_fps,
         "stride_to": preset.stride_to, "max_frames": preset.max_frames, "max_new_tokens": preset.max_new_tokens,
     }  # fmt: skip
     if benchmark == "videomme":
@@ -212,6 +214,7 @@ def run_benchmark(
     kw = {"model": model, "device": device, "dtype": dtype, "overrides": cfg, "max_new_tokens": preset.max_new_tokens}
     if adapter is not None:  # part of the settings a resumed run must match
         kw["adapter"] = settings["adapter"] = str(Path(adapter).resolve())
+        settings["adapter_weights"] = folder_fingerprint(adapter)
     with exclusive(out):
         mixed = check_settings(out, settings, force=force)
         done = read_results(out / RESULTS, RESULT_FIELDS)

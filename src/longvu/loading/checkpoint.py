@@ -175,6 +175,18 @@ def open_checkpoint(model: str | os.PathLike, overrides: dict | None = None) -> 
     return Checkpoint(folder, cfg, weights, tokenizer, import_s)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # files whose bytes are a model's weights
+
+
+def folder_fingerprint(path: str | Path) -> str | None:
+    """:func:`weights_fingerprint` of every weight file under a local folder (towers and adapters
+    included), or ``None`` for a hub id: what tells a model retrained in place from the one before."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return None
+    return weights_fingerprint([p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES])
+
+
 def weights_fingerprint(files: list[Path]) -> str:
     """Cheap identity of weight files: name, size and the sha256 of their first and last MiB."""
     h = hashlib.sha256()
