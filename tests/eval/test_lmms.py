@@ -147,8 +147,8 @@ def test_presets_follow_the_task_name(tmp_path):
 
 
 def test_text_only_questions_go_to_the_llm_alone(tmp_path):
+    from decode_util import TEXT_PROMPT, greedy_decode
     from lmms_eval.api.instance import Instance
-    from test_pipeline import TEXT_PROMPT, greedy_decode
 
     from longvu.eval.lmms import LongVULmms
 

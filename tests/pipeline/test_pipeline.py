@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, LLAMA, QWEN, scene_frames, write_video
+from decode_util import TEXT_PROMPT, greedy_decode
 
 from longvu import GenerationOptions, LongVU, Sampling
 from longvu.config import check_set_options
@@ -129,22 +130,6 @@ def test_dino_single_window_and_cap(qwen, square_video):
 
 
 # ---------------------------------------------------------------- text-only questions
-TEXT_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is two plus two?"
-               "<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
-
-
-@torch.inference_mode()
-def greedy_decode(lv: LongVU, ids: list[int], n: int) -> list[int]:
-    """A plain greedy loop on the LLM over token ids, the checkpoint's repetition penalty on the answer's tokens."""
-    penalty, out = lv.model.generation_config.repetition_penalty, []
-    for _ in range(n):
-        logits = lv.model.llm(input_ids=torch.tensor([ids + out])).logits[0, -1]
-        for t in set(out):
-            logits[t] = logits[t] / penalty if logits[t] > 0 else logits[t] * penalty
-        out.append(int(logits.argmax()))
-    return out
-
-
 def test_text_only_question_is_the_llm_on_the_text(qwen):
     conv = qwen.conversation(video=False)
     conv.add_user("What is two plus two?")
