@@ -172,7 +172,8 @@ def run_settings(benchmark: str, model: str, device: str, dtype: str, cfg: dict,
     local = Path(str(model)).expanduser()
     settings = {
         "benchmark": benchmark, "model": str(local.resolve()) if local.exists() else str(model),
-        "weights": folder_fingerprint(local), "device": device, "dtype": dtype, "overrides": dict(sorted(cfg.items())), "sample_fps": preset.sample_fps,
+        "weights": folder_fingerprint(local),
+        "device": device, "dtype": dtype, "overrides": dict(sorted(cfg.items())), "sample_fps": preset.sample_fps,
         "stride_to": preset.stride_to, "max_frames": preset.max_frames, "max_new_tokens": preset.max_new_tokens,
     }  # fmt: skip
     if benchmark == "videomme":
