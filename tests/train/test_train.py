@@ -202,6 +202,16 @@ def test_malformed_data_is_refused_with_line_numbers(data, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_weight_decay_reaches_the_trainer_and_a_bad_one_is_refused(data, tmp_path, capsys):
+    from longvu.train.loop import training_arguments
+
+    assert training_arguments(config(data, tmp_path / "o", weight_decay=0.05), tmp_path / "o",
+                              torch.device("cpu")).weight_decay == 0.05  # fmt: skip
+    err = _one_line_error(capsys, ["train", "--model", str(QWEN), "--data", str(data), "--out", str(tmp_path / "o"),
+                                   "--weight-decay", "-0.1"])  # fmt: skip
+    assert "--weight-decay must be in [0, 1)" in err and not (tmp_path / "o").exists()
+
+
 def test_missing_video_is_one_line_before_training(data, tmp_path, capsys):
     rec = json.loads((data / "data.jsonl").read_text().splitlines()[0])
     rec["video"] = "nowhere.mp4"

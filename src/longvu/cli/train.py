@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
     tr.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps (default 0)")
     tr.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per device and step (default 1)")
     tr.add_argument("--grad-accum", type=int, default=d.grad_accum, help="gradient accumulation steps (default 1)")
+    tr.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                    help=f"AdamW weight decay (default {d.weight_decay:g})")  # fmt: skip
     tr.add_argument("--seed", type=int, default=d.seed, help=f"seed of data order and LoRA init (default {d.seed})")
     tr.add_argument("--precision", choices=["no", "bf16", "fp16"], default=d.precision,
                     help="mixed precision (autocast; default no)")  # fmt: skip
@@ -88,12 +90,14 @@ def run_train(args: argparse.Namespace) -> int:
             raise LongVUError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_steps == 0 or args.max_steps < -1 or args.epochs <= 0 or args.lr <= 0:
         raise LongVUError("--max-steps, --epochs and --lr must be positive")
+    if not 0 <= args.weight_decay < 1:
+        raise LongVUError(f"--weight-decay must be in [0, 1), got {args.weight_decay:g}")
     cfg = TrainConfig(
         model=args.model, data=args.data, out=args.out, lora=args.lora, train=tuple(args.train.split(",")),
         max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         grad_accum=args.grad_accum, seed=args.seed, resume=args.resume, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps, precision=args.precision,
-        gradient_checkpointing=args.gradient_checkpointing, logging_steps=args.logging_steps,
+        lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, logging_steps=args.logging_steps,
         save_steps=args.save_steps, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
         no_cache=args.no_cache, overrides=parse_set_options(args.overrides), video_root=args.video_root,
         progress=not args.quiet and sys.stderr.isatty(),
